@@ -1,0 +1,100 @@
+"""The ``nandoctor`` command. Heavy imports (torch, pandas) happen inside the commands."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from nandoctor import __version__
+from nandoctor.errors import UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Find why a PyTorch training run goes NaN or refuses to learn.")
+
+FAIL_LEVELS = {"info": 0, "warning": 1, "critical": 2, "never": 99}
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class FailOn(str, Enum):
+    info = "info"
+    warning = "warning"
+    critical = "critical"
+    never = "never"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nandoctor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """Find why a PyTorch training run goes NaN or refuses to learn."""
+
+
+def fail(message: str) -> None:
+    typer.echo(f"nandoctor: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def exit_code(findings: list[dict], fail_on: str) -> int:
+    threshold = FAIL_LEVELS[fail_on]
+    return int(any(FAIL_LEVELS[f["severity"]] >= threshold for f in findings))
+
+
+@app.command()
+def diagnose(
+    spec: str = typer.Argument(..., help="path/to/file.py:function or package.module:function"),
+    set_: List[str] = typer.Option([], "--set", help="key=value passed to the build function (repeatable)"),
+    fmt: Format = typer.Option(Format.text, "--format", help="text for a terminal, json for scripts"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON report to this file"),
+    fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
+    probe: List[str] = typer.Option([], "--probe", help="run only these probes (repeatable)"),
+    skip: List[str] = typer.Option([], "--skip", help="skip these probes (repeatable)"),
+    batches: Optional[int] = typer.Option(None, "--batches", help="batches to read from data and reuse"),
+    settings_file: Optional[str] = typer.Option(None, "--settings", help="YAML file of probe settings (see configs/probes.yaml)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and the probes (default 0)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+) -> None:
+    """Load the spec, run the probes and print a ranked root-cause report."""
+    try:
+        from nandoctor.render import render, render_json
+        from nandoctor.runner import build_report, run_probes, select_probes
+        from nandoctor.settings import load_settings
+        from nandoctor.spec import load_setup
+
+        settings = load_settings(settings_file, {"batches": batches, "seed": seed})
+        probes = select_probes(probe, skip)
+        import torch
+
+        torch.manual_seed(settings.seed)  # the same spec builds the same model: deterministic reports
+        typer.echo(f"nandoctor: loading {spec}", err=True)
+        setup = load_setup(spec, set_)
+        report = build_report(spec, run_probes(setup, settings, probes, debug=debug))
+    except UsageError as exc:
+        if debug:
+            raise
+        fail(str(exc))
+        return
+    if out is not None:
+        out.write_text(render_json(report) + "\n")
+    typer.echo(render(report, fmt.value))
+    raise typer.Exit(exit_code(report["findings"], fail_on.value))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("nandoctor: interrupted", err=True)
+        sys.exit(130)

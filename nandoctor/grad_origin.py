@@ -1,0 +1,104 @@
+"""Where gradients first turn non-finite, down to the autograd op and the module that made it.
+
+Run only when the cheap traced pass saw a finite forward with non-finite gradients. Each
+autograd node is tagged with the innermost module that was running when it was created: at
+every module hook, the nodes created since the previous hook (reachable from the tensors at
+hand and not tagged yet) belong to the module that was running in between. Hooks on every
+node then find the first node whose incoming gradient is finite while its outgoing one is not.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any
+
+from nandoctor.tracing import float_tensors
+
+_TAG = "nandoctor_module"
+_LOSS = "<loss function>"
+_ACCUMULATE = "torch::autograd::AccumulateGrad"
+
+
+def _grad_fns(tensors: list[Any]) -> list[Any]:
+    return [t.grad_fn for t in tensors if t.grad_fn is not None]
+
+
+def _tag_untagged(roots: list[Any], tag: str) -> None:
+    """Tag every untagged node reachable from ``roots``; tagged nodes have tagged ancestors."""
+    todo = list(roots)
+    while todo:
+        node = todo.pop()
+        if node is None or node.name() == _ACCUMULATE or _TAG in node.metadata:
+            continue
+        node.metadata[_TAG] = tag
+        todo.extend(next_node for next_node, _ in node.next_functions)
+
+
+def _all_nodes(root: Any) -> list[Any]:
+    seen, order, todo = set(), [], [root]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        order.append(node)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return order
+
+
+def find_gradient_origin(ctx: Any, batch_index: int) -> dict[str, Any] | None:
+    """Re-run one batch and return ``{"op", "module", "loss_side"}`` for the first bad node."""
+    import torch
+
+    model, batch = ctx.model, ctx.batches[batch_index]
+    names = {}
+    for name, module in model.named_modules():
+        names.setdefault(id(module), name)
+    running: list[str] = []
+    records: list[tuple[str, str, Any, Any]] = []
+
+    def pre_hook(module, args, kwargs):
+        _tag_untagged(_grad_fns(float_tensors((args, kwargs))), running[-1] if running else _LOSS)
+        running.append(names.get(id(module), type(module).__name__))
+
+    def post_hook(module, args, kwargs, output):
+        _tag_untagged(_grad_fns(float_tensors(output)), running.pop())
+
+    def node_hook(node):
+        tag = node.metadata.get(_TAG, _LOSS)
+
+        def record(grad_inputs, grad_outputs):
+            with torch.no_grad():
+                incoming = [torch.isfinite(g).all() for g in grad_outputs if g is not None]
+                outgoing = [torch.isfinite(g).all() for g in grad_inputs if g is not None]
+                records.append((node.name(), tag,
+                                torch.stack(incoming).all() if incoming else None,
+                                torch.stack(outgoing).all() if outgoing else None))
+        return record
+
+    model.train()
+    for param in model.parameters():
+        param.grad = None
+    with ExitStack() as hooks:
+        for module in model.modules():
+            hooks.enter_context(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            hooks.enter_context(module.register_forward_hook(post_hook, with_kwargs=True))
+        loss = ctx.loss(batch).total
+    if loss.grad_fn is None:
+        return None
+    _tag_untagged([loss.grad_fn], _LOSS)
+    with ExitStack() as hooks:
+        for node in _all_nodes(loss.grad_fn):
+            if node.name() != _ACCUMULATE:
+                hooks.enter_context(node.register_hook(node_hook(node)))
+        try:
+            loss.backward()
+        except Exception:  # the cheap pass already reported backward crashes
+            return None
+    flags = torch.stack([torch.stack([
+        f if f is not None else torch.tensor(True, device=loss.device) for f in (inc, out)]).to(loss.device)
+        for _, _, inc, out in records]).tolist() if records else []
+    for (op, tag, _, _), (incoming_ok, outgoing_ok) in zip(records, flags):
+        if incoming_ok and not outgoing_ok:
+            return {"op": op, "module": None if tag == _LOSS else tag, "loss_side": tag == _LOSS}
+    return None

@@ -1,0 +1,16 @@
+"""The one list of probes. The runner knows no probe by name: order and needs live on the probe."""
+
+from nandoctor.probes.activations import ActivationsProbe
+from nandoctor.probes.backward import BackwardProbe
+from nandoctor.probes.forward import ForwardProbe
+from nandoctor.probes.gradients import GradientsProbe
+from nandoctor.probes.inputs import InputsProbe
+from nandoctor.probes.parameters import ParametersProbe
+
+PROBES = [InputsProbe, ParametersProbe, ForwardProbe, BackwardProbe, ActivationsProbe, GradientsProbe]
+
+__all__ = ["PROBES", "probe_names"]
+
+
+def probe_names() -> list[str]:
+    return [probe.name for probe in PROBES]

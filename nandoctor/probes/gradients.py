@@ -1,0 +1,77 @@
+"""Gradient norms per parameter at the user's settings: exploding or vanishing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nandoctor.findings import Finding, Fix, Severity, Where
+from nandoctor.probes.base import ProbeResult
+from nandoctor.probes.parameters import owner
+from nandoctor.tracing import traced
+
+
+class GradientsProbe:
+    name = "gradients"
+    description = "per-parameter gradient norms; flags exploding and vanishing gradients"
+    order = 50
+    requires = ("forward_ok", "backward_ok")
+
+    def run(self, ctx: Any) -> ProbeResult:
+        traces = traced(ctx)
+        norms: dict[str, float] = {}
+        for trace in traces:
+            for name, value in trace.grad_norms.items():
+                norms[name] = max(norms.get(name, 0.0), value)
+        numel = traces[0].grad_numel
+        global_norm = sum(v * v for v in norms.values()) ** 0.5
+        top = sorted(norms.items(), key=lambda kv: -kv[1])[: ctx.settings.top_gradients]
+        raw = {"global_norm": global_norm, "top": [{"parameter": n, "grad_norm": v} for n, v in top],
+               "no_grad_parameters": traces[0].no_grad_params}
+        findings = []
+        if traces[-1].backward_error:  # the loss depends on no trainable parameter
+            findings.append(Finding("vanishing_gradients", Severity.CRITICAL,
+                                    "the loss has no gradient at all: " + traces[-1].backward_error,
+                                    Where(), {"error": traces[-1].backward_error},
+                                    Fix(advice="Something detaches the output from the parameters "
+                                               "(.detach(), .item(), torch.no_grad, requires_grad=False).")))
+        elif norms:
+            findings += self._exploding(ctx, norms, global_norm, top)
+            findings += self._vanishing(ctx, norms, numel, global_norm)
+        return ProbeResult(findings, raw)
+
+    @staticmethod
+    def _exploding(ctx: Any, norms: dict[str, float], global_norm: float, top: list) -> list[Finding]:
+        settings = ctx.settings
+        if global_norm < settings.grad_norm_warning:
+            return []
+        name, value = top[0]
+        severity = Severity.CRITICAL if global_norm >= settings.grad_norm_critical else Severity.WARNING
+        table = {n: v for n, v in top}
+        return [Finding(
+            "exploding_gradients", severity,
+            f"global gradient norm {global_norm:,.4g} at the first step; largest: {name} {value:,.4g}",
+            Where(module=owner(name), parameter=name),
+            {"global_norm": global_norm, "largest_parameter": name, "largest_norm": value,
+             "top": table, "threshold": settings.grad_norm_warning},
+            Fix(advice="Gradients this large come from unnormalized inputs or targets, missing "
+                       "normalization layers or a bad init (see findings above); clip only as a guard."))]
+
+    @staticmethod
+    def _vanishing(ctx: Any, norms: dict[str, float], numel: dict[str, int], global_norm: float) -> list[Finding]:
+        settings = ctx.settings
+        total = sum(numel.values()) or 1
+        dead = [n for n, v in norms.items() if v / max(numel[n], 1) ** 0.5 < settings.grad_rms_vanishing]
+        share = sum(numel[n] for n in dead) / total
+        if share < settings.vanishing_share:
+            return []
+        severity = Severity.CRITICAL if len(dead) == len(norms) else Severity.WARNING
+        deepest = dead[0]
+        return [Finding(
+            "vanishing_gradients", severity,
+            f"{share:.0%} of parameter elements get (almost) no gradient; global norm {global_norm:.3g}",
+            Where(module=owner(deepest), parameter=deepest),
+            {"share": share, "global_norm": global_norm, "parameters_without_gradient": dead[:20],
+             "threshold_rms": settings.grad_rms_vanishing},
+            Fix(advice="Look for saturated activations (sigmoid/tanh, clamps), a zero-initialized "
+                       "gate or output layer that blocks the path, or very deep stacks without "
+                       "residual connections or normalization."))]

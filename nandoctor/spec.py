@@ -1,0 +1,265 @@
+"""Load a user's training setup from a build SPEC (CONTRACT.md §1).
+
+SPEC is ``path/to/file.py:function`` or ``package.module:function``. Every way it can be
+wrong raises :class:`UsageError` with one line that says what to change.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nandoctor.errors import UsageError
+
+AMP_CHOICES = (None, "fp16", "bf16")
+_SETUP_KEYS = ("model", "data", "loss", "loss_weights", "optimizer", "lr", "grad_clip", "amp",
+               "feature_names", "config", "config_keys", "device")
+
+
+@dataclass
+class Setup:
+    """What the build function returned, validated and with defaults filled in."""
+
+    model: Any
+    data: Iterable
+    loss: Callable | None = None
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    optimizer: Callable | None = None
+    lr: float = 1e-3
+    grad_clip: float | None = None
+    amp: str | None = None
+    feature_names: Any = None
+    config: dict | None = None
+    config_keys: dict[str, str] = field(default_factory=dict)
+    device: Any = None
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: numbers as Python reads them, anything else as a YAML scalar."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["steps=3", "lr=1e-3"]`` -> ``{"steps": 3, "lr": 0.001}``."""
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--set takes key=value with a Python identifier as key, got {pair!r}")
+        kwargs[key] = parse_value(value)
+    return kwargs
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise UsageError(f"bad SPEC {spec!r}: expected path/to/file.py:function or package.module:function")
+    if not all(part.isidentifier() for part in attr.split(".")):
+        raise UsageError(f"bad SPEC {spec!r}: {attr!r} is not a function name")
+    return target, attr
+
+
+def _is_file_target(target: str) -> bool:
+    return target.endswith(".py") or os.sep in target or "/" in target or Path(target).is_file()
+
+
+@contextmanager
+def _on_sys_path(folder: str):
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(folder)
+        except ValueError:
+            pass
+
+
+def _user_frame(exc: BaseException, user_file: str | None) -> str:
+    """``file.py:12`` for the deepest frame in the user's code (or the deepest frame at all)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    chosen = frames[-1]
+    if user_file:
+        mine = [f for f in frames if os.path.abspath(f.filename) == os.path.abspath(user_file)]
+        if mine:
+            chosen = mine[-1]
+    else:
+        outside = [f for f in frames if "nandoctor" not in Path(f.filename).parts]
+        if outside:
+            chosen = outside[-1]
+    return f"{chosen.filename}:{chosen.lineno}"
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def import_target(target: str) -> tuple[Any, str | None]:
+    """Import a file path or a dotted module; returns (module, file path or None)."""
+    if _is_file_target(target):
+        path = Path(target)
+        if not path.is_file():
+            raise UsageError(f"no such file: {target}")
+        path = path.resolve()
+        module_name = f"nandoctor_user_{abs(hash(str(path)))}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise UsageError(f"cannot import {target}: not a Python file")
+        module = importlib.util.module_from_spec(module_spec)
+        with _on_sys_path(str(path.parent)):
+            try:
+                sys.modules[module_name] = module
+                module_spec.loader.exec_module(module)
+            except Exception as exc:  # the user's file raised while importing
+                sys.modules.pop(module_name, None)
+                raise UsageError(f"importing {target} raised {_describe(exc)} "
+                                 f"(at {_user_frame(exc, str(path))})") from exc
+        return module, str(path)
+    with _on_sys_path(os.getcwd()):
+        try:
+            return importlib.import_module(target), None
+        except ModuleNotFoundError as exc:
+            if exc.name and target.startswith(exc.name):
+                raise UsageError(f"no module named {target!r} (and no file of that name)") from exc
+            raise UsageError(f"importing {target} raised {_describe(exc)} "
+                             f"(at {_user_frame(exc, None)})") from exc
+        except Exception as exc:
+            raise UsageError(f"importing {target} raised {_describe(exc)} "
+                             f"(at {_user_frame(exc, None)})") from exc
+
+
+def resolve_function(spec: str) -> tuple[Callable, str | None]:
+    target, attr = split_spec(spec)
+    module, user_file = import_target(target)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+            hint = f" (callables there: {', '.join(public[:8])})" if public else ""
+            raise UsageError(f"{target} has no function {attr!r}{hint}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(f"{spec}: {attr!r} is not callable")
+    return obj, user_file
+
+
+def call_build(function: Callable, kwargs: dict[str, Any], spec: str, user_file: str | None) -> Any:
+    try:
+        inspect.signature(function).bind(**kwargs)
+    except TypeError as exc:
+        raise UsageError(f"{spec} does not accept {sorted(kwargs)}: {exc}") from exc
+    except ValueError:
+        pass  # builtins without a signature: let the call decide
+    target = user_file or os.getcwd()
+    with _on_sys_path(str(Path(target).parent if user_file else target)):
+        try:
+            return function(**kwargs)
+        except Exception as exc:
+            raise UsageError(f"{spec} raised {_describe(exc)} (at {_user_frame(exc, user_file)})") from exc
+
+
+def _as_mapping(result: Any, spec: str) -> dict[str, Any]:
+    if isinstance(result, Mapping):
+        return dict(result)
+    if hasattr(result, "model") and hasattr(result, "data"):
+        return {key: getattr(result, key) for key in _SETUP_KEYS if hasattr(result, key)}
+    raise UsageError(f"{spec} returned {type(result).__name__}; expected a dict (or an object) "
+                     "with at least 'model' and 'data'")
+
+
+def _number(value: Any, key: str, spec: str, allow_none: bool) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UsageError(f"{spec}: '{key}' must be a positive number, got {value!r}")
+    return float(value)
+
+
+def validate(result: Any, spec: str) -> Setup:
+    """Check the build function's result against CONTRACT.md §1 and fill in defaults."""
+    import torch
+
+    mapping = _as_mapping(result, spec)
+    for key in ("model", "data"):
+        if mapping.get(key) is None:
+            raise UsageError(f"{spec} returned no '{key}' (required keys: model, data)")
+    model = mapping["model"]
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{spec}: 'model' must be a torch.nn.Module, got {type(model).__name__}")
+    data = mapping["data"]
+    if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
+        raise UsageError(f"{spec}: 'data' must be an iterable of batches (a DataLoader, a list, "
+                         f"a generator), got {type(data).__name__}")
+    for key in ("loss", "optimizer"):
+        if mapping.get(key) is not None and not callable(mapping[key]):
+            raise UsageError(f"{spec}: '{key}' must be callable, got {type(mapping[key]).__name__}")
+    weights = mapping.get("loss_weights") or {}
+    if not isinstance(weights, Mapping) or not all(isinstance(v, (int, float)) for v in weights.values()):
+        raise UsageError(f"{spec}: 'loss_weights' must map component names to numbers")
+    amp = mapping.get("amp")
+    if amp not in AMP_CHOICES:
+        raise UsageError(f"{spec}: 'amp' must be null, 'fp16' or 'bf16', got {amp!r}")
+    for key in ("config", "config_keys"):
+        if mapping.get(key) is not None and not isinstance(mapping[key], Mapping):
+            raise UsageError(f"{spec}: '{key}' must be a mapping, got {type(mapping[key]).__name__}")
+    lr = mapping.get("lr")
+    return Setup(
+        model=model,
+        data=data,
+        loss=mapping.get("loss"),
+        loss_weights={str(k): float(v) for k, v in weights.items()},
+        optimizer=mapping.get("optimizer"),
+        lr=1e-3 if lr is None else _number(lr, "lr", spec, allow_none=False),
+        grad_clip=_number(mapping.get("grad_clip"), "grad_clip", spec, allow_none=True),
+        amp=amp,
+        feature_names=mapping.get("feature_names"),
+        config=dict(mapping["config"]) if mapping.get("config") is not None else None,
+        config_keys=dict(mapping.get("config_keys") or {}),
+        device=_resolve_device(mapping.get("device"), model, spec),
+    )
+
+
+def _resolve_device(requested: Any, model: Any, spec: str):
+    """The spec's device, else the model's, else cuda when available, else cpu."""
+    import torch
+
+    if requested is not None:
+        try:
+            return torch.device(requested)
+        except (RuntimeError, TypeError) as exc:
+            raise UsageError(f"{spec}: bad 'device' {requested!r}: {exc}") from exc
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.device.type != "meta":
+            return tensor.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_setup(spec: str, overrides: list[str] | None = None) -> Setup:
+    """SPEC + ``--set`` pairs -> a validated :class:`Setup`."""
+    kwargs = parse_overrides(overrides or [])
+    function, user_file = resolve_function(spec)
+    return validate(call_build(function, kwargs, spec, user_file), spec)
