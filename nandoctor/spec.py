@@ -249,9 +249,12 @@ def _resolve_device(requested: Any, model: Any, spec: str):
 
     if requested is not None:
         try:
-            return torch.device(requested)
+            device = torch.device(requested)
         except (RuntimeError, TypeError) as exc:
             raise UsageError(f"{spec}: bad 'device' {requested!r}: {exc}") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"{spec}: 'device' is {requested!r} but CUDA is not available here")
+        return device
     for tensor in list(model.parameters()) + list(model.buffers()):
         if tensor.device.type != "meta":
             return tensor.device

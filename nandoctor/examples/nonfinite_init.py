@@ -10,7 +10,7 @@ class FeatureNormalizer(nn.Module):
     def __init__(self, calibration: torch.Tensor):
         super().__init__()
         self.register_buffer("mean", calibration.mean(0))  # NaN when calibration is empty
-        self.register_buffer("std", calibration.std(0))
+        self.register_buffer("std", calibration.std(0) if len(calibration) > 1 else calibration.mean(0))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.mean) / self.std

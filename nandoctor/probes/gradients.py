@@ -22,7 +22,7 @@ class GradientsProbe:
         for trace in traces:
             for name, value in trace.grad_norms.items():
                 norms[name] = max(norms.get(name, 0.0), value)
-        numel = traces[0].grad_numel
+        numel = {n: p.numel() for n, p in ctx.model.named_parameters() if p.requires_grad}
         global_norm = sum(v * v for v in norms.values()) ** 0.5
         top = sorted(norms.items(), key=lambda kv: -kv[1])[: ctx.settings.top_gradients]
         raw = {"global_norm": global_norm, "top": [{"parameter": n, "grad_norm": v} for n, v in top],
@@ -60,18 +60,21 @@ class GradientsProbe:
     def _vanishing(ctx: Any, norms: dict[str, float], numel: dict[str, int], global_norm: float) -> list[Finding]:
         settings = ctx.settings
         total = sum(numel.values()) or 1
-        dead = [n for n, v in norms.items() if v / max(numel[n], 1) ** 0.5 < settings.grad_rms_vanishing]
+        # a parameter that gets no gradient at all (detached, unused) learns as little as a zero one
+        dead = [n for n in numel if norms.get(n, 0.0) / max(numel[n], 1) ** 0.5 < settings.grad_rms_vanishing]
         share = sum(numel[n] for n in dead) / total
         if share < settings.vanishing_share:
             return []
-        severity = Severity.CRITICAL if len(dead) == len(norms) else Severity.WARNING
+        severity = Severity.CRITICAL if len(dead) == len(numel) else Severity.WARNING
         deepest = dead[0]
         return [Finding(
             "vanishing_gradients", severity,
             f"{share:.0%} of parameter elements get (almost) no gradient; global norm {global_norm:.3g}",
             Where(module=owner(deepest), parameter=deepest),
             {"share": share, "global_norm": global_norm, "parameters_without_gradient": dead[:20],
+             "parameters_with_none_grad": sum(n not in norms for n in dead),
              "threshold_rms": settings.grad_rms_vanishing},
-            Fix(advice="Look for saturated activations (sigmoid/tanh, clamps), a zero-initialized "
+            Fix(advice="Look for a .detach() or torch.no_grad() on the path, saturated activations "
+                       "(sigmoid/tanh, clamps), a zero-initialized "
                        "gate or output layer that blocks the path, or very deep stacks without "
                        "residual connections or normalization."))]

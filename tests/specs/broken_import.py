@@ -1,0 +1,3 @@
+import torch
+
+raise RuntimeError("CUDA_VISIBLE_DEVICES is not set")

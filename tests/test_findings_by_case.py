@@ -1,0 +1,82 @@
+"""Every case: the broken setup's top finding has the right code and place; its twin is healthy."""
+
+import json
+
+import pytest
+
+from nandoctor.codes import CODES
+from nandoctor.render import render_json, render_text
+from tests.fixtures.models import CASES
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_setup_ranks_its_cause_first(case, diagnose):
+    bad, _, code, key, value = CASES[case]
+    report = diagnose(bad())
+    assert report["verdict"] == "unhealthy"
+    top = report["findings"][0]
+    assert top["code"] == code, [f["code"] for f in report["findings"]]
+    if key is not None:
+        assert top["where"][key] == value
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_repaired_twin_is_healthy(case, diagnose):
+    _, good, *_ = CASES[case]
+    report = diagnose(good())
+    assert report["verdict"] == "healthy", report["findings"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_report_is_contract_shaped_plain_data(case, diagnose):
+    bad, *_ = CASES[case]
+    report = diagnose(bad())
+    parsed = json.loads(render_json(report))  # strict JSON: NaN/Inf become strings
+    assert set(parsed) == {"nandoctor_version", "spec", "verdict", "findings", "probes"}
+    for finding in parsed["findings"]:
+        assert finding["code"] in CODES
+        assert finding["severity"] in ("critical", "warning", "info")
+        assert set(finding["where"]) == {"module", "component", "feature", "parameter"}
+        assert set(finding["fix"]) == {"config", "advice"}
+    assert render_text(report).startswith("nandoctor ")
+
+
+def test_nan_activations_do_not_also_report_nan_gradients(diagnose):
+    report = diagnose(CASES["pool_div_zero"][0]())
+    codes = [f["code"] for f in report["findings"]]
+    assert codes == ["forward_nonfinite"]
+    assert report["probes"]["backward"] == {"skipped": "needs forward_ok"}
+
+
+def test_forward_evidence_has_ranges_and_counts(diagnose):
+    finding = diagnose(CASES["pool_div_zero"][0]())["findings"][0]
+    evidence = finding["evidence"]
+    assert evidence["module_type"] == "MaskedMeanPool"
+    assert evidence["nan"] > 0 and evidence["numel"] > 0
+    assert evidence["input_min"] < evidence["input_max"]
+
+
+def test_backward_names_the_op(diagnose):
+    finding = diagnose(CASES["pairwise_sqrt"][0]())["findings"][0]
+    assert finding["evidence"]["op"] == "SqrtBackward0"
+    assert "eps" in finding["fix"]["advice"]
+
+
+def test_embedding_evidence_has_the_id_range(diagnose):
+    evidence = diagnose(CASES["sensor_vocab"][0]())["findings"][0]["evidence"]
+    assert evidence["num_embeddings"] == 5000
+    assert evidence["max_id"] >= 5000
+    assert evidence["out_of_range"] > 0
+
+
+def test_gradient_table_lists_parameters_by_norm(diagnose):
+    report = diagnose(CASES["target_scale"][0]())
+    top = report["probes"]["gradients"]["top"]
+    norms = [row["grad_norm"] for row in top]
+    assert norms == sorted(norms, reverse=True)
+    assert report["probes"]["gradients"]["global_norm"] > 1e3
+
+
+def test_nonfinite_init_ranks_above_the_nan_it_causes(diagnose):
+    codes = [f["code"] for f in diagnose(CASES["temperature_init"][0]())["findings"]]
+    assert codes.index("nonfinite_init") < codes.index("forward_nonfinite")
