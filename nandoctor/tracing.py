@@ -182,8 +182,8 @@ class _Recorder:
     def _grad_hook(self, index: int):
         def record(grad):
             if grad is not None:
-                with self.torch.no_grad():
-                    self.grad_events.append((index, self.torch.isfinite(grad).all()))
+                with self.torch.no_grad():  # a sum is NaN/Inf when any element is: one read, no copy
+                    self.grad_events.append((index, self.torch.isfinite(grad.sum(dtype=self.torch.float32))))
         return record
 
     def _check_ids(self, module: Any, name: str, args: tuple, kwargs: dict) -> None:

@@ -113,3 +113,13 @@ def test_settings_file_mirrors_the_defaults():
 
     path = Path(__file__).parents[1] / "configs" / "probes.yaml"
     assert yaml.safe_load(path.read_text()) == vars(Settings())
+
+
+def test_readme_codes_table_is_generated_from_codes():
+    import importlib.util
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("codes_table", root / "scripts" / "codes_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.codes_table() in (root / "README.md").read_text()
