@@ -92,6 +92,41 @@ def diagnose(
     raise typer.Exit(exit_code(report["findings"], fail_on.value))
 
 
+class EmitNorm(str, Enum):
+    yaml = "yaml"
+    python = "python"
+
+
+@app.command("feature-stats")
+def feature_stats(
+    paths: List[str] = typer.Argument(..., help=".parquet/.csv/.tsv files, folders of them, or globs"),
+    columns: Optional[str] = typer.Option(None, "--columns", help="comma-separated columns to analyse"),
+    limit_rows: Optional[int] = typer.Option(None, "--limit-rows", help="stop after this many rows"),
+    fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
+    emit_norm: Optional[EmitNorm] = typer.Option(None, "--emit-norm", help="print per-feature mean/std as yaml or python"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
+) -> None:
+    """Per-column statistics and flags (not normalized, heavy tail, ids, NaN) for training data."""
+    try:
+        from nandoctor.featurestats import analyse, unusable
+        from nandoctor.render import render_json
+        from nandoctor.render_features import render_features
+
+        if limit_rows is not None and limit_rows < 1:
+            raise UsageError("--limit-rows must be at least 1")
+        wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+        result = analyse(paths, wanted, limit_rows)
+        problem = unusable(result)
+        if problem:
+            raise UsageError(problem)
+    except UsageError as exc:
+        fail(str(exc))
+        return
+    if out is not None:
+        out.write_text(render_json(result) + "\n")
+    typer.echo(render_features(result, fmt.value, emit_norm.value if emit_norm else None))
+
+
 def main() -> None:
     try:
         app()
