@@ -16,7 +16,20 @@ def rank(findings: list[Finding]) -> list[Finding]:
         position, finding = item
         return (finding.severity == Severity.INFO, stage_of(finding.code), -finding.severity.rank, position)
 
-    return [finding for _, finding in sorted(enumerate(findings), key=key)]
+    ordered = [finding for _, finding in sorted(enumerate(findings), key=key)]
+    return _drop_repeats(ordered)
+
+
+def _drop_repeats(findings: list[Finding]) -> list[Finding]:
+    """Two probes that see the same root (ids beyond one embedding) report it once."""
+    seen, kept = set(), []
+    for finding in findings:
+        key = (finding.code, finding.where.module, finding.where.parameter, finding.where.component)
+        if finding.where.module is not None and key in seen:
+            continue
+        seen.add(key)
+        kept.append(finding)
+    return kept
 
 
 def verdict(findings: list[Finding]) -> str:

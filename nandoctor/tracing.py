@@ -71,6 +71,7 @@ class BatchTrace:
     grad_numel: dict[str, int] = field(default_factory=dict)
     no_grad_params: list[str] = field(default_factory=list)
     culprit_counts: dict[str, int] | None = None
+    consumed_paths: list[str] = field(default_factory=list)  # batch tensors that reached a child module
 
     @property
     def forward_finite(self) -> bool:
@@ -137,6 +138,7 @@ class _Recorder:
         self.outputs: list[list[Any]] = []  # held until the pass is analysed (culprit counts)
         self.memo: dict[int, tuple[Any, int, Any]] = {}  # id(tensor) -> (tensor, version, stats)
         self.grad_events: list[tuple[int, Any]] = []
+        self.consumed: set[int] = set()  # ids of tensors some child module received as input
         self.handles = ExitStack()
 
     def install(self, model: Any) -> "_Recorder":
@@ -157,6 +159,8 @@ class _Recorder:
 
     def pre_hook(self, module: Any, args: tuple, kwargs: dict) -> None:
         name = self.names.get(id(module), type(module).__name__)
+        if self.stack:  # the root receives the whole batch; what its children receive is input
+            self.consumed.update(id(t) for _, t in iter_tensors((args, kwargs)))
         if isinstance(module, (self.torch.nn.Embedding, self.torch.nn.EmbeddingBag)):
             self._check_ids(module, name, args, kwargs)
         self.stack.append((name, self._stats(float_tensors((args, kwargs)))))
@@ -207,6 +211,10 @@ def _is_user_frame(filename: str) -> bool:
     if "torch" in Path(filename).parts:
         return False
     return not filename.startswith(_OWN_CODE) or filename.startswith(_EXAMPLES)
+
+
+def _consumed_paths(batch: Any, recorder: _Recorder) -> list[str]:
+    return [path for path, tensor in iter_tensors(batch) if id(tensor) in recorder.consumed]
 
 
 def _user_location(exc: BaseException) -> str:
@@ -263,7 +271,9 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
         except Exception as exc:  # the user's forward crashed: that is a finding, not our crash
             result.crash = _crash(recorder, exc, kinds)
             result.calls = recorder.calls
+            result.consumed_paths = _consumed_paths(batch, recorder)
             return result
+        result.consumed_paths = _consumed_paths(batch, recorder)
         try:
             if loss.total.requires_grad:
                 loss.total.backward()

@@ -1,12 +1,23 @@
-"""The cached batches themselves: NaN/Inf values, named per feature."""
+"""The cached batches themselves: NaN/Inf, features far from unit scale, ids beyond a vocabulary.
+
+Float features get the same statistics and flags as ``nandoctor feature-stats`` (one copy of
+each input tensor to the host). Integer tensors are compared with the embeddings' sizes
+before any forward pass.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from nandoctor.batches import iter_tensors
+from nandoctor.colstats import ColumnSummary, StreamingColumn
 from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.probes.base import ProbeResult
+from nandoctor.tracing import traced
+
+MAX_ROWS = 200_000
+_LABEL_NAME = re.compile(r"^(y|label|labels|target|targets)$", re.IGNORECASE)
 
 
 def feature_names_for(path: str, width: int, feature_names: Any) -> list[str] | None:
@@ -25,43 +36,148 @@ def feature_names_for(path: str, width: int, feature_names: Any) -> list[str] | 
     return None
 
 
-def feature_label(path: str, index: int, names: list[str] | None) -> str:
-    return names[index] if names else f"{path}[{index}]"
+def _gather(batches: list[Any]) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """Tensors by path across batches: floats and integers."""
+    floats: dict[str, list[Any]] = {}
+    ints: dict[str, list[Any]] = {}
+    for batch in batches:
+        for path, tensor in iter_tensors(batch):
+            if tensor.numel() == 0 or tensor.dtype.is_complex:
+                continue
+            target = floats if tensor.is_floating_point() else ints if tensor.dtype != _bool() else None
+            if target is not None:
+                target.setdefault(path, []).append(tensor.detach())
+    return floats, ints
+
+
+def _bool():
+    import torch
+
+    return torch.bool
+
+
+def feature_summaries(path: str, tensors: list[Any], feature_names: Any) -> list[ColumnSummary]:
+    """One summary per feature (last dimension) of a float tensor, over all cached batches."""
+    import torch
+
+    width = tensors[0].shape[-1] if tensors[0].dim() else 1
+    if any((t.shape[-1] if t.dim() else 1) != width for t in tensors):
+        return []
+    rows = torch.cat([t.reshape(-1, width) for t in tensors])[:MAX_ROWS]
+    matrix = rows.float().cpu().numpy()  # one copy to the host per input tensor
+    names = feature_names_for(path, width, feature_names)
+    summaries = []
+    for index in range(width):
+        label = names[index] if names else (f"{path}[{index}]" if tensors[0].dim() else path)
+        column = StreamingColumn(label, "float")
+        column.add(matrix[:, index])
+        summaries.append(column.summary())
+    return summaries
+
+
+def _tokens(name: str) -> set[str]:
+    words = {w.rstrip("s") for w in re.split(r"[^a-zA-Z]+", name.lower()) if w}
+    return words - {"id", "idx", "index", "embedding", "embed", "emb", "input", ""}
 
 
 class InputsProbe:
     name = "inputs"
-    description = "NaN/Inf in the float tensors of the cached batches, per feature"
+    description = "NaN/Inf and scale of every float input feature; integer ids against embedding sizes"
     order = 5
     requires: tuple[str, ...] = ()
 
     def run(self, ctx: Any) -> ProbeResult:
+        floats, ints = _gather(ctx.batches)
+        findings, raw = [], {"features": {}, "integer_tensors": {}}
+        embedding_findings, raw["integer_tensors"] = self._embedding_ranges(ctx, ints)
+        findings += embedding_findings
+        consumed = {p for trace in traced(ctx) for p in trace.consumed_paths}
+        crashed = any(trace.crash for trace in traced(ctx))
+        nonfinite, unnormalized = [], []
+        for path, tensors in floats.items():
+            summaries = feature_summaries(path, tensors, ctx.setup.feature_names)
+            role = "input" if path in consumed or crashed or not consumed else "target"
+            for summary in summaries:
+                raw["features"][summary.name] = dict(summary.to_dict(), role=role)
+                flags = {f["flag"] for f in summary.flags}
+                if "nonfinite" in flags:
+                    nonfinite.append(summary)
+                if flags & {"not_normalized", "integer_ids"}:
+                    unnormalized.append((path, role, summary))
+        if nonfinite:
+            findings.append(self._nonfinite(nonfinite))
+        for path in dict.fromkeys(p for p, _, _ in unnormalized):
+            group = [(role, s) for p, role, s in unnormalized if p == path]
+            findings.append(self._unnormalized(path, group))
+        return ProbeResult(findings, raw)
+
+    @staticmethod
+    def _nonfinite(summaries: list[ColumnSummary]) -> Finding:
+        counts = {s.name: s.missing + s.posinf + s.neginf for s in summaries}
+        worst = max(summaries, key=lambda s: counts[s.name])
+        return Finding(
+            "nonfinite_input", Severity.CRITICAL,
+            f"the batches hold {sum(counts.values())} NaN/Inf value(s); {counts[worst.name]} in feature {worst.name!r}",
+            Where(feature=worst.name),
+            {"feature": worst.name, "nan": worst.missing, "inf": worst.posinf + worst.neginf,
+             "values": worst.count + counts[worst.name], "all_features": counts},
+            Fix(advice=f"Impute or drop the missing values of {worst.name!r} in the data pipeline "
+                       "(and any other listed feature); assert torch.isfinite on batches while loading."))
+
+    @staticmethod
+    def _unnormalized(path: str, group: list[tuple[str, ColumnSummary]]) -> Finding:
+        def scale(s: ColumnSummary) -> float:
+            return max(abs(s.p1), abs(s.p99), s.std or 0.0)
+
+        role, worst = max(group, key=lambda rs: (scale(rs[1]) if scale(rs[1]) >= 1 else 1 / max(scale(rs[1]), 1e-30)))
+        big = scale(worst) >= 1e3
+        features = {s.name: {"mean": s.mean, "std": s.std, "min": s.min, "max": s.max,
+                             "flags": [f["flag"] for f in s.flags]} for _, s in group}
+        what = "target" if role == "target" else "input feature"
+        ids = any(f["flag"] == "integer_ids" for f in worst.flags)
+        advice = (f"Standardize: x = (x - mean) / std per feature, e.g. {worst.name}: mean {worst.mean:.6g}, "
+                  f"std {worst.std:.6g} (all flagged features and their numbers are in the evidence; "
+                  "`nandoctor feature-stats --emit-norm python` prints buffers to paste).")
+        if ids:
+            advice = f"{worst.name!r} holds integer ids: feed them to an nn.Embedding instead of as a float. " + advice
+        if role == "target":
+            advice = "Standardize the regression target and un-scale predictions at inference. " + advice
+        return Finding(
+            "unnormalized_input", Severity.CRITICAL if big else Severity.WARNING,
+            f"{what} {worst.name!r} is far from unit scale: mean {worst.mean:.4g}, std {worst.std:.4g}, "
+            f"range [{worst.min:.4g}, {worst.max:.4g}]" + (f" (+{len(group) - 1} more in {path!r})" if len(group) > 1 else ""),
+            Where(feature=worst.name),
+            {"feature": worst.name, "tensor": path, "role": role, "mean": worst.mean, "std": worst.std,
+             "min": worst.min, "max": worst.max, "p1": worst.p1, "p99": worst.p99,
+             "reason": "; ".join(f["reason"] for f in worst.flags), "features": features},
+            Fix(advice=advice))
+
+    @staticmethod
+    def _embedding_ranges(ctx: Any, ints: dict[str, list[Any]]) -> tuple[list[Finding], dict]:
+        """Ids beyond an embedding's rows, found before any forward pass (a CUDA assert kills the run)."""
         import torch
 
-        counts: dict[str, int] = {}
-        first_batch: dict[str, int] = {}
-        for batch_index, batch in enumerate(ctx.batches):
-            for path, tensor in iter_tensors(batch):
-                if not tensor.is_floating_point() or tensor.numel() == 0:
-                    continue
-                flat = tensor.detach().reshape(-1, tensor.shape[-1]) if tensor.dim() else tensor.reshape(1, 1)
-                per_feature = (~torch.isfinite(flat)).sum(0).tolist()
-                names = feature_names_for(path, flat.shape[-1], ctx.setup.feature_names)
-                for index, count in enumerate(per_feature):
-                    if count:
-                        label = feature_label(path, index, names) if tensor.dim() > 0 else path
-                        counts[label] = counts.get(label, 0) + int(count)
-                        first_batch.setdefault(label, batch_index)
-        raw = {"nonfinite": counts}
-        if not counts:
-            return ProbeResult([], raw)
-        feature = max(counts, key=lambda k: (counts[k], k))
-        finding = Finding(
-            "nonfinite_input", Severity.CRITICAL,
-            f"the batches hold {sum(counts.values())} NaN/Inf value(s); most in feature {feature!r}",
-            Where(feature=feature),
-            {"feature": feature, "count": counts[feature], "first_batch": first_batch[feature],
-             "all_features": counts},
-            Fix(advice=f"Impute or drop the missing values of {feature!r} in the data pipeline "
-                       "(and any other listed feature); assert torch.isfinite on batches while loading."))
-        return ProbeResult([finding], raw)
+        if not ints:
+            return [], {}
+        bounds = torch.stack([torch.stack([t.min() for t in ts]).min().cpu() for ts in ints.values()]
+                             + [torch.stack([t.max() for t in ts]).max().cpu() for ts in ints.values()]).tolist()
+        ranges = {path: (bounds[i], bounds[len(ints) + i]) for i, path in enumerate(ints)}
+        embeddings = [(n, m) for n, m in ctx.model.named_modules()
+                      if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))]
+        findings = []
+        for path, (low, high) in ranges.items():
+            for name, module in embeddings:
+                matched = bool(_tokens(path) & _tokens(name)) or (
+                    len(embeddings) == 1 and not _LABEL_NAME.match(path.rsplit(".", 1)[-1]))
+                size = module.num_embeddings
+                if matched and (low < 0 or high >= size):
+                    bad = sum(int(((t < 0) | (t >= size)).sum()) for t in ints[path])
+                    findings.append(Finding(
+                        "index_out_of_range", Severity.CRITICAL,
+                        f"ids {low}..{high} in {path!r} reach embedding {name!r} with num_embeddings={size}",
+                        Where(module=name, feature=path),
+                        {"num_embeddings": size, "min_id": low, "max_id": high, "out_of_range": bad,
+                         "total": sum(t.numel() for t in ints[path]), "tensor": path},
+                        Fix(advice=f"Make num_embeddings at least {high + 1} (the largest id + 1) or remap the "
+                                   "ids into the vocabulary; on CUDA this is a device-side assert.")))
+        return findings, {p: {"min": lo, "max": hi} for p, (lo, hi) in ranges.items()}
