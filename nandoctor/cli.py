@@ -64,6 +64,7 @@ def diagnose(
     batches: Optional[int] = typer.Option(None, "--batches", help="batches to read from data and reuse"),
     settings_file: Optional[str] = typer.Option(None, "--settings", help="YAML file of probe settings (see configs/probes.yaml)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and the probes (default 0)"),
+    quick: bool = typer.Option(False, "--quick", help="skip the training-dynamics sweep"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Load the spec, run the probes and print a ranked root-cause report."""
@@ -74,7 +75,7 @@ def diagnose(
         from nandoctor.spec import load_setup
 
         settings = load_settings(settings_file, {"batches": batches, "seed": seed})
-        probes = select_probes(probe, skip)
+        probes = select_probes(probe, skip + (["dynamics"] if quick else []))
         import torch
 
         torch.manual_seed(settings.seed)  # the same spec builds the same model: deterministic reports
@@ -90,6 +91,48 @@ def diagnose(
         out.write_text(render_json(report) + "\n")
     typer.echo(render(report, fmt.value))
     raise typer.Exit(exit_code(report["findings"], fail_on.value))
+
+
+@app.command("lr-sweep")
+def lr_sweep(
+    spec: str = typer.Argument(..., help="path/to/file.py:function or package.module:function"),
+    set_: List[str] = typer.Option([], "--set", help="key=value passed to the build function (repeatable)"),
+    lrs: Optional[str] = typer.Option(None, "--lrs", help="comma-separated rates (default: two decades each way of the spec's lr)"),
+    steps: int = typer.Option(30, "--steps", help="training steps per rate"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write loss and gradient-norm curves to this PNG"),
+    fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
+    batches: Optional[int] = typer.Option(None, "--batches", help="batches to read from data and reuse"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and every run (default 0)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+) -> None:
+    """Train a few steps at each learning rate from the same start; table and recommendation."""
+    try:
+        from nandoctor.lrsweep import parse_rates, plot_sweep, render_sweep, sweep_report
+        from nandoctor.render import render_json
+        from nandoctor.settings import load_settings
+        from nandoctor.spec import load_setup
+
+        if steps < 2:
+            raise UsageError("--steps must be at least 2")
+        rates = parse_rates(lrs)
+        settings = load_settings(None, {"batches": batches, "seed": seed})
+        import torch
+
+        torch.manual_seed(settings.seed)
+        typer.echo(f"nandoctor: loading {spec}", err=True)
+        report = sweep_report(spec, load_setup(spec, set_), settings, rates, steps)
+        if plot is not None:
+            plot_sweep(report, str(plot))
+            typer.echo(f"nandoctor: wrote {plot}", err=True)
+    except UsageError as exc:
+        if debug:
+            raise
+        fail(str(exc))
+        return
+    if out is not None:
+        out.write_text(render_json(report) + "\n")
+    typer.echo(render_json(report) if fmt == Format.json else render_sweep(report))
 
 
 class EmitNorm(str, Enum):

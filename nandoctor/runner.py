@@ -46,15 +46,21 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@contextmanager
+def open_context(setup: Setup, settings: Settings) -> Iterator[RunContext]:
+    """The run context: the model on its device and the first batches read once, moved there."""
+    with on_device(setup.model, setup.device):
+        batches = [to_device(b, setup.device) for b in read_batches(setup.data, settings.batches)]
+        yield RunContext(setup=setup, batches=batches, settings=settings)
+
+
 def run_probes(setup: Setup, settings: Settings, probes: list[Any],
                progress: Callable[[str], None] = _say, debug: bool = False) -> dict[str, Any]:
     """Every chosen probe in order, each inside a full state snapshot; returns report parts."""
     import torch
 
     findings, raw = [], {}
-    with on_device(setup.model, setup.device):
-        batches = [to_device(b, setup.device) for b in read_batches(setup.data, settings.batches)]
-        ctx = RunContext(setup=setup, batches=batches, settings=settings)
+    with open_context(setup, settings) as ctx:
         for probe_class in probes:
             probe = probe_class()
             missing = [fact for fact in probe.requires if not ctx.facts.get(fact, False)]

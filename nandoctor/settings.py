@@ -23,6 +23,13 @@ class Settings:
     grad_rms_vanishing: float = 1e-10
     vanishing_share: float = 0.9
     top_gradients: int = 10
+    # training dynamics in diagnose: a short sweep of user_lr * 10**k for k in [-down, up]
+    sweep_steps: int = 20
+    sweep_decades_down: int = 2
+    sweep_decades_up: int = 3
+    # grad_clip_too_aggressive: share of steps clipped and median clip factor
+    clip_share: float = 0.9
+    clip_factor: float = 10.0
 
 
 def load_settings(path: str | None, overrides: dict[str, Any] | None = None) -> Settings:

@@ -12,33 +12,45 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 
+class ModelSnapshot:
+    """Weights, buffers, grads, requires_grad and every module's mode, taken once, restorable often."""
+
+    def __init__(self, model: Any):
+        import torch
+
+        self.params = list(model.parameters())
+        self.buffers = [b for b in model.buffers() if b is not None]
+        with torch.no_grad():
+            self.saved_params = [p.detach().clone() for p in self.params]
+            self.saved_buffers = [b.detach().clone() for b in self.buffers]
+            self.saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
+        self.saved_requires_grad = [p.requires_grad for p in self.params]
+        self.saved_modes = [(module, module.training) for module in model.modules()]
+
+    def restore(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for tensor, saved in zip(self.params + self.buffers, self.saved_params + self.saved_buffers):
+                if tensor.shape != saved.shape or tensor.dtype != saved.dtype:
+                    tensor.data = saved.clone()
+                else:
+                    tensor.copy_(saved)
+            for param, grad, flag in zip(self.params, self.saved_grads, self.saved_requires_grad):
+                param.grad = None if grad is None else grad.clone()
+                param.requires_grad_(flag)
+        for module, mode in self.saved_modes:
+            module.training = mode
+
+
 @contextmanager
 def preserved_model(model: Any) -> Iterator[None]:
     """Restore weights, buffers, grads, requires_grad and every module's train/eval mode."""
-    import torch
-
-    params = list(model.parameters())
-    buffers = [b for b in model.buffers() if b is not None]
-    with torch.no_grad():
-        saved_params = [p.detach().clone() for p in params]
-        saved_buffers = [b.detach().clone() for b in buffers]
-        saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
-    saved_requires_grad = [p.requires_grad for p in params]
-    saved_modes = [(module, module.training) for module in model.modules()]
+    snapshot = ModelSnapshot(model)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for tensor, saved in zip(params + buffers, saved_params + saved_buffers):
-                if tensor.shape != saved.shape or tensor.dtype != saved.dtype:
-                    tensor.data = saved
-                else:
-                    tensor.copy_(saved)
-            for param, grad, flag in zip(params, saved_grads, saved_requires_grad):
-                param.grad = grad
-                param.requires_grad_(flag)
-        for module, mode in saved_modes:
-            module.training = mode
+        snapshot.restore()
 
 
 @contextmanager

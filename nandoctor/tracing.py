@@ -72,6 +72,7 @@ class BatchTrace:
     no_grad_params: list[str] = field(default_factory=list)
     culprit_counts: dict[str, int] | None = None
     consumed_paths: list[str] = field(default_factory=list)  # batch tensors that reached a child module
+    root_width: int | None = None  # last dimension of the root module's first float output (classes)
 
     @property
     def forward_finite(self) -> bool:
@@ -138,6 +139,7 @@ class _Recorder:
         self.outputs: list[list[Any]] = []  # held until the pass is analysed (culprit counts)
         self.memo: dict[int, tuple[Any, int, Any]] = {}  # id(tensor) -> (tensor, version, stats)
         self.grad_events: list[tuple[int, Any]] = []
+        self.root_width: int | None = None
         self.consumed: set[int] = set()  # ids of tensors some child module received as input
         self.handles = ExitStack()
 
@@ -178,6 +180,8 @@ class _Recorder:
         self.out_stats.append(stats)
         self.in_stats.append(in_stats)
         self.numel.append(sum(t.numel() for t in outputs))
+        if not self.stack and outputs and outputs[0].dim():
+            self.root_width = int(outputs[0].shape[-1])
         self.outputs.append([(t, t._version) for t in outputs])
         for tensor in outputs:
             if tensor.requires_grad:
@@ -318,6 +322,7 @@ def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -
     result.grad_norms = dict(zip(names, values))
     result.grad_numel = dict(zip(names, numel))
     result.no_grad_params = missing
+    result.root_width = recorder.root_width
     result.calls = calls
     culprit = next((i for i, c in enumerate(calls) if not c.output_finite), None)
     if culprit is not None:

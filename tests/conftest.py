@@ -16,3 +16,11 @@ def diagnose_setup(result, settings=None, probes=None):
 @pytest.fixture
 def diagnose():
     return diagnose_setup
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Builders draw their init from torch's global RNG: seed it, as the CLI does before building."""
+    import torch
+
+    torch.manual_seed(0)

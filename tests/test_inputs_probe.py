@@ -27,9 +27,11 @@ def test_raw_inputs_rank_above_the_nan_they_cause(diagnose):
     assert codes[0] == "unnormalized_input" and len(codes) >= 2
 
 
-def test_regression_target_is_named_as_target(diagnose):
-    finding = diagnose(CASES["target_scale"][0]())["findings"][0]
+def test_regression_target_is_named_as_target_at_info(diagnose):
+    report = diagnose(CASES["target_scale"][0]())
+    finding = next(f for f in report["findings"] if f["code"] == "unnormalized_input")
     assert finding["evidence"]["role"] == "target" and finding["title"].startswith("target")
+    assert finding["severity"] == "info"
 
 
 def test_embedding_checked_before_forward_names_tensor_and_module(diagnose):

@@ -2,12 +2,14 @@
 
 from nandoctor.probes.activations import ActivationsProbe
 from nandoctor.probes.backward import BackwardProbe
+from nandoctor.probes.dynamics import DynamicsProbe
 from nandoctor.probes.forward import ForwardProbe
 from nandoctor.probes.gradients import GradientsProbe
 from nandoctor.probes.inputs import InputsProbe
 from nandoctor.probes.parameters import ParametersProbe
 
-PROBES = [InputsProbe, ParametersProbe, ForwardProbe, BackwardProbe, ActivationsProbe, GradientsProbe]
+PROBES = [InputsProbe, ParametersProbe, ForwardProbe, BackwardProbe, ActivationsProbe, GradientsProbe,
+          DynamicsProbe]
 
 __all__ = ["PROBES", "probe_names"]
 

@@ -46,13 +46,16 @@ class GradientsProbe:
             return []
         name, value = top[0]
         severity = Severity.CRITICAL if global_norm >= settings.grad_norm_critical else Severity.WARNING
+        clip = ctx.setup.grad_clip
+        if clip is not None:  # the user's clip holds the applied norm at max_norm; the audit judges the clip
+            severity = Severity.INFO
         table = {n: v for n, v in top}
         return [Finding(
             "exploding_gradients", severity,
             f"global gradient norm {global_norm:,.4g} at the first step; largest: {name} {value:,.4g}",
             Where(module=owner(name), parameter=name),
             {"global_norm": global_norm, "largest_parameter": name, "largest_norm": value,
-             "top": table, "threshold": settings.grad_norm_warning},
+             "top": table, "threshold": settings.grad_norm_warning, "grad_clip": clip},
             Fix(advice="Gradients this large come from unnormalized inputs or targets, missing "
                        "normalization layers or a bad init (see findings above); clip only as a guard."))]
 

@@ -142,8 +142,11 @@ class InputsProbe:
             advice = f"{worst.name!r} holds integer ids: feed them to an nn.Embedding instead of as a float. " + advice
         if role == "target":
             advice = "Standardize the regression target and un-scale predictions at inference. " + advice
+        # a target's scale is worth knowing, but it is no input feature: the symptoms it causes
+        # (huge gradients, a clip that always bites) are reported by the probes that see them
+        severity = Severity.INFO if role == "target" else Severity.CRITICAL if big else Severity.WARNING
         return Finding(
-            "unnormalized_input", Severity.CRITICAL if big else Severity.WARNING,
+            "unnormalized_input", severity,
             f"{what} {worst.name!r} is far from unit scale: mean {worst.mean:.4g}, std {worst.std:.4g}, "
             f"range [{worst.min:.4g}, {worst.max:.4g}]" + (f" (+{len(group) - 1} more in {path!r})" if len(group) > 1 else ""),
             Where(feature=worst.name),
