@@ -65,6 +65,7 @@ def diagnose(
     settings_file: Optional[str] = typer.Option(None, "--settings", help="YAML file of probe settings (see configs/probes.yaml)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and the probes (default 0)"),
     quick: bool = typer.Option(False, "--quick", help="skip the training-dynamics sweep"),
+    amp_what_if: Optional[str] = typer.Option(None, "--amp-what-if", help="for a float32 spec: check fp16 or bf16 as a what-if"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Load the spec, run the probes and print a ranked root-cause report."""
@@ -74,7 +75,7 @@ def diagnose(
         from nandoctor.settings import load_settings
         from nandoctor.spec import load_setup
 
-        settings = load_settings(settings_file, {"batches": batches, "seed": seed})
+        settings = load_settings(settings_file, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if})
         probes = select_probes(probe, skip + (["dynamics"] if quick else []))
         import torch
 

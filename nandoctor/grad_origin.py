@@ -46,8 +46,11 @@ def _all_nodes(root: Any) -> list[Any]:
     return order
 
 
-def find_gradient_origin(ctx: Any, batch_index: int) -> dict[str, Any] | None:
-    """Re-run one batch and return ``{"op", "module", "loss_side"}`` for the first bad node."""
+def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = None) -> dict[str, Any] | None:
+    """Re-run one batch and return ``{"op", "module", "loss_side"}`` for the first bad node.
+
+    With ``component``, the search follows that loss component's gradient instead of the total's.
+    """
     import torch
 
     model, batch = ctx.model, ctx.batches[batch_index]
@@ -83,7 +86,8 @@ def find_gradient_origin(ctx: Any, batch_index: int) -> dict[str, Any] | None:
         for module in model.modules():
             hooks.enter_context(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             hooks.enter_context(module.register_forward_hook(post_hook, with_kwargs=True))
-        loss = ctx.loss(batch).total
+        result = ctx.loss(batch)
+    loss = result.components[component] if component is not None else result.total
     if loss.grad_fn is None:
         return None
     _tag_untagged([loss.grad_fn], _LOSS)

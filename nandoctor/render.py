@@ -78,7 +78,8 @@ def render_text(report: dict[str, Any]) -> str:
             lines.append("   config:   " + ", ".join(f"{k}: {_number(v)}" for k, v in finding["fix"]["config"].items()))
         if finding["fix"]["advice"]:
             lines.append(f"   fix:      {finding['fix']['advice']}")
-    skipped = {name: raw["skipped"] for name, raw in report["probes"].items() if isinstance(raw, dict) and "skipped" in raw}
+    skipped = {name: raw["skipped"] for name, raw in report["probes"].items()
+               if isinstance(raw, dict) and str(raw.get("skipped", "")).startswith("needs")}
     failed = {name: raw["error"] for name, raw in report["probes"].items() if isinstance(raw, dict) and "error" in raw}
     lines += _tables(report)
     if skipped:

@@ -30,6 +30,8 @@ class Settings:
     # grad_clip_too_aggressive: share of steps clipped and median clip factor
     clip_share: float = 0.9
     clip_factor: float = 10.0
+    # amp_overflow for a float32 spec: "fp16" or "bf16" checks that precision as a what-if
+    amp_what_if: str = ""
 
 
 def load_settings(path: str | None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -56,6 +58,11 @@ def load_settings(path: str | None, overrides: dict[str, Any] | None = None) -> 
     defaults = Settings()
     for key, value in values.items():
         expected = type(getattr(defaults, key))
+        if expected is str:
+            if value not in ("", "fp16", "bf16", None):
+                raise UsageError(f"setting {key!r} must be fp16 or bf16, got {value!r}")
+            values[key] = value or ""
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"setting {key!r} must be a number, got {value!r}")
         values[key] = expected(value)

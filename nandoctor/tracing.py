@@ -336,6 +336,32 @@ def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -
             }
 
 
+def forward_calls(ctx: Any, batch_index: int, autocast: Any = None) -> tuple[list[ModuleCall], str | None]:
+    """Module calls of one forward pass without gradients (optionally under autocast), or the error."""
+    import torch
+    from contextlib import nullcontext
+
+    model, batch = ctx.model, ctx.batches[batch_index]
+    model.train()
+    recorder = _Recorder(model)
+    with recorder.handles, torch.no_grad(), (autocast or nullcontext()):
+        recorder.install(model)
+        try:
+            ctx.loss(batch)
+        except UsageError:
+            raise
+        except Exception as exc:
+            return recorder.calls, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    stats = [s for s in recorder.out_stats if s is not None]
+    values = torch.stack([s.to(stats[0].device) for s in stats]).tolist() if stats else []
+    rows = iter(values)
+    for call, raw_stats, numel in zip(recorder.calls, recorder.out_stats, recorder.numel):
+        if raw_stats is not None:
+            low, high, norm = next(rows)
+            call.out_min, call.out_max, call.out_rms = low, high, norm / max(numel, 1) ** 0.5
+    return recorder.calls, None
+
+
 def trace_batches(ctx: Any) -> list[BatchTrace]:
     """Trace the cached batches in order, stopping at the first that fails."""
     traces = []

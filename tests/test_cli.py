@@ -25,7 +25,7 @@ def test_healthy_example_exits_0():
 
 
 @pytest.mark.parametrize("example, code", [
-    ("log_softmax_nan", "forward_nonfinite"), ("norm_grad_nan", "backward_nonfinite"),
+    ("log_softmax_nan", "forward_nonfinite"), ("norm_grad_nan", "loss_component_nonfinite"),
     ("small_vocab", "index_out_of_range"), ("nonfinite_init", "nonfinite_init"),
 ])
 def test_broken_examples_exit_1_with_their_code_first(example, code):

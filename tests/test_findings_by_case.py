@@ -5,6 +5,7 @@ import json
 import pytest
 
 from nandoctor.codes import CODES
+from nandoctor.probes import PROBES
 from nandoctor.render import render_json, render_text
 from tests.fixtures.models import CASES
 
@@ -57,9 +58,17 @@ def test_forward_evidence_has_ranges_and_counts(diagnose):
 
 
 def test_backward_names_the_op(diagnose):
-    finding = diagnose(CASES["pairwise_sqrt"][0]())["findings"][0]
+    report = diagnose(CASES["pairwise_sqrt"][0](), probes=[p for p in PROBES if p.name != "components"])
+    finding = report["findings"][0]
+    assert finding["code"] == "backward_nonfinite" and finding["where"]["module"] == ""
     assert finding["evidence"]["op"] == "SqrtBackward0"
     assert "eps" in finding["fix"]["advice"]
+
+
+def test_component_nan_gradient_names_component_and_op_and_folds_backward(diagnose):
+    finding = diagnose(CASES["pairwise_sqrt"][0]())["findings"][0]
+    assert finding["evidence"]["op"] == "SqrtBackward0" and finding["evidence"]["in"] == "gradient"
+    assert [e["code"] for e in finding["evidence"]["explains"]] == ["backward_nonfinite"]
 
 
 def test_embedding_evidence_has_the_id_range(diagnose):
@@ -77,6 +86,7 @@ def test_gradient_table_lists_parameters_by_norm(diagnose):
     assert report["probes"]["gradients"]["global_norm"] > 1e3
 
 
-def test_nonfinite_init_ranks_above_the_nan_it_causes(diagnose):
-    codes = [f["code"] for f in diagnose(CASES["temperature_init"][0]())["findings"]]
-    assert codes.index("nonfinite_init") < codes.index("forward_nonfinite")
+def test_nonfinite_init_explains_the_nan_it_causes(diagnose):
+    findings = diagnose(CASES["temperature_init"][0]())["findings"]
+    assert [f["code"] for f in findings] == ["nonfinite_init"]
+    assert {e["code"] for e in findings[0]["evidence"]["explains"]} <= {"forward_nonfinite", "loss_component_nonfinite"}

@@ -10,7 +10,7 @@ from nandoctor.probes.base import ProbeResult
 from nandoctor.tracing import BatchTrace, traced
 
 # Autograd ops whose gradient is non-finite at a point where their value is finite.
-_OP_ADVICE = {
+OP_ADVICE = {
     "LinalgVectorNormBackward0": "the norm of an all-zero vector has a NaN gradient (0/0): use "
                                  "x.norm(...).clamp_min(eps) or F.normalize(x, eps=1e-6)",
     "NormBackward1": "the norm of an all-zero vector has a NaN gradient (0/0): clamp it with eps",
@@ -70,7 +70,7 @@ class BackwardProbe:
         evidence = {"op": op, "batch": trace.batch_index, "loss": trace.loss,
                     "nonfinite_grad_parameters": len(nonfinite), "examples": nonfinite[:10],
                     "location": "loss function" if origin.get("loss_side") else "module"}
-        advice = _OP_ADVICE.get(op or "", "add eps to the divisions, norms, sqrt and logs on that path")
+        advice = OP_ADVICE.get(op or "", "add eps to the divisions, norms, sqrt and logs on that path")
         raw["origin"] = origin
         return ProbeResult([Finding("backward_nonfinite", Severity.CRITICAL, title,
                                     Where(module=module, parameter=parameter), evidence,

@@ -42,13 +42,14 @@ class ForwardProbe:
                "modules_called": len(last.calls)}
         if last.crash is not None:
             raw["crash"] = vars(last.crash)
-            return ProbeResult([self._crash(last)], raw, facts={"forward_ok": False})
+            return ProbeResult([self._crash(last)], raw, facts={"forward_ok": False, "forward_runs": False})
         if last.forward_finite:
-            return ProbeResult([], raw, facts={"forward_ok": True})
+            return ProbeResult([], raw, facts={"forward_ok": True, "forward_runs": True})
+        nan = {"forward_ok": False, "forward_runs": True}
         if _batch_nonfinite(ctx.batches[last.batch_index]):
             raw["nonfinite_batch"] = last.batch_index  # the input probe names the feature
-            return ProbeResult([], raw, facts={"forward_ok": False})
-        return ProbeResult([self._nonfinite(last)], raw, facts={"forward_ok": False})
+            return ProbeResult([], raw, facts=nan)
+        return ProbeResult([self._nonfinite(last)], raw, facts=nan)
 
     @staticmethod
     def _crash(trace: BatchTrace) -> Finding:

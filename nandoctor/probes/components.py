@@ -1,0 +1,131 @@
+"""Loss components one by one: each one's value and the norm of its own weighted gradient.
+
+One forward pass gives every component; one backward pass per component (retaining the graph)
+gives its gradient alone, so a NaN-producing term or a term that drowns the others is named.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nandoctor.configkeys import fix_config
+from nandoctor.findings import Finding, Fix, Severity, Where
+from nandoctor.grad_origin import find_gradient_origin
+from nandoctor.probes.backward import OP_ADVICE
+from nandoctor.probes.base import ProbeResult
+
+DOMINANCE = 100.0  # "dwarfs": two orders of magnitude over the next largest component
+
+
+def component_gradients(ctx: Any, batch: Any) -> dict[str, dict[str, float]]:
+    """``{component: {"value", "weight", "grad_norm"}}`` with weighted gradient norms, one sync."""
+    import torch
+
+    params = [p for p in ctx.model.parameters() if p.requires_grad]
+    ctx.model.train()
+    result = ctx.loss(batch)
+    names = list(result.components)
+    queued = []
+    for index, name in enumerate(names):
+        weight = ctx.setup.loss_weights.get(name, 1.0)
+        component = result.components[name]
+        if not component.requires_grad or weight == 0:
+            queued.append(torch.zeros((), device=component.device))
+            continue
+        grads = torch.autograd.grad(weight * component, params, retain_graph=index < len(names) - 1,
+                                    allow_unused=True)
+        present = [g for g in grads if g is not None]
+        norms = torch._foreach_norm(present) if present else []
+        queued.append(torch.linalg.vector_norm(torch.stack(norms)) if present else torch.zeros((), device=component.device))
+    device = result.total.device
+    values = torch.stack([result.components[n].detach().float().to(device) for n in names]
+                         + [q.float().to(device) for q in queued]).tolist()
+    return {name: {"value": values[i], "weight": ctx.setup.loss_weights.get(name, 1.0),
+                   "grad_norm": values[len(names) + i]} for i, name in enumerate(names)}
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+class ComponentsProbe:
+    name = "components"
+    description = "each named loss component's value and own gradient norm: NaN terms, dominant terms"
+    order = 35
+    requires = ("forward_runs",)
+
+    def run(self, ctx: Any) -> ProbeResult:
+        if not ctx.loss(ctx.batches[0]).components:
+            return ProbeResult([], {"skipped": "the loss returns a single scalar, not named components"})
+        table: dict[str, dict[str, float]] = {}
+        bad_batch = None
+        for index, batch in enumerate(ctx.batches):
+            try:
+                rows = component_gradients(ctx, batch)
+            except Exception as exc:  # the forward crashed: the forward probe names the module
+                return ProbeResult([], {"error_in_forward": f"{type(exc).__name__}: {exc}"})
+            for name, row in rows.items():
+                kept = table.setdefault(name, dict(row))
+                kept["grad_norm"] = max(kept["grad_norm"], row["grad_norm"]) if _finite(row["grad_norm"]) else row["grad_norm"]
+                if not _finite(row["value"]):
+                    kept["value"] = row["value"]
+            if any(not (_finite(r["value"]) and _finite(r["grad_norm"])) for r in rows.values()):
+                bad_batch = index
+                break
+        total = sum(r["grad_norm"] for r in table.values() if _finite(r["grad_norm"])) or 1.0
+        for row in table.values():
+            row["share"] = row["grad_norm"] / total if _finite(row["grad_norm"]) else None
+        raw = {"components": table}
+        nonfinite = [n for n, r in table.items() if not (_finite(r["value"]) and _finite(r["grad_norm"]))]
+        if nonfinite:
+            return ProbeResult([self._nonfinite(ctx, table, nonfinite[0], bad_batch or 0)], raw)
+        return ProbeResult(self._explosion(ctx, table), raw)
+
+    @staticmethod
+    def _nonfinite(ctx: Any, table: dict, name: str, batch_index: int) -> Finding:
+        row = table[name]
+        in_value = not _finite(row["value"])
+        origin = None if in_value else find_gradient_origin(ctx, batch_index, component=name)
+        evidence = {"component": name, "value": row["value"], "grad_norm": row["grad_norm"],
+                    "weight": row["weight"], "in": "value" if in_value else "gradient", "batch": batch_index,
+                    "others": {n: r["value"] for n, r in table.items() if n != name}}
+        if origin:
+            evidence.update({"op": origin["op"], "module": origin["module"]})
+        where = f" (gradient first non-finite at {origin['op']})" if origin else ""
+        return Finding(
+            "loss_component_nonfinite", Severity.CRITICAL,
+            f"loss component {name!r} is {'NaN/Inf' if in_value else 'finite but its gradient is NaN/Inf'}{where}",
+            Where(module=origin["module"] if origin else None, component=name), evidence,
+            Fix(advice=f"In the code of {name!r}: " + (OP_ADVICE.get(origin["op"], "") + "; " if origin and origin["op"] in OP_ADVICE else "")
+                + "add eps to divisions and norms (F.normalize(x, eps=1e-6) instead of x / x.norm()), "
+                  "clamp before log/sqrt/acos; the other components are finite."))
+
+    @staticmethod
+    def _explosion(ctx: Any, table: dict) -> list[Finding]:
+        ranked = sorted(table.items(), key=lambda kv: -kv[1]["grad_norm"])
+        if len(ranked) < 2:
+            return []
+        (name, top), (second_name, second) = ranked[0], ranked[1]
+        if second["grad_norm"] <= 0 or top["grad_norm"] / second["grad_norm"] < DOMINANCE:
+            return []  # a component with no gradient at all (a constant term) dwarfs nothing
+        # a main loss that dwarfs a lightly weighted regularizer is how regularizers are meant to be;
+        # the harm is a term weighted as secondary (or with an absurd gradient) drowning the rest
+        meant_secondary = top["weight"] < max(r["weight"] for r in table.values())
+        if not meant_secondary and top["grad_norm"] < ctx.settings.grad_norm_warning:
+            return []
+        ratio = top["grad_norm"] / second["grad_norm"]
+        suggested = float(f"{top['weight'] * second['grad_norm'] / top['grad_norm']:.1g}")
+        config, note = fix_config(ctx.setup, f"loss_weights.{name}", suggested)
+        return [Finding(
+            "loss_component_explosion", Severity.CRITICAL if ratio >= DOMINANCE ** 2 else Severity.WARNING,
+            f"loss component {name!r}'s gradient is {ratio:,.3g}x that of {second_name!r}: it drowns the rest",
+            Where(component=name),
+            {"component": name, "grad_norm": top["grad_norm"], "weight": top["weight"], "ratio": ratio,
+             "next_component": second_name, "next_grad_norm": second["grad_norm"],
+             "weighted_below_another": meant_secondary,
+             "table": {n: {"value": r["value"], "weight": r["weight"], "grad_norm": r["grad_norm"],
+                           "share": r["share"]} for n, r in table.items()}},
+            Fix(config, f"Set the weight of {name!r} to about {suggested:g} (from {top['weight']:g}) so its "
+                        f"gradient is in line with {second_name!r}'s, or rescale the term itself (normalize "
+                        f"a matrix power by the dimension).{note}"))]
