@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -23,11 +24,33 @@ class Format(str, Enum):
     json = "json"
 
 
+class ReportFormat(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
+class SmokeFormat(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+    junit = "junit"
+
+
 class FailOn(str, Enum):
     info = "info"
     warning = "warning"
     critical = "critical"
     never = "never"
+
+
+class EmitNorm(str, Enum):
+    yaml = "yaml"
+    python = "python"
+
+
+SPEC_HELP = "path/to/file.py:function or package.module:function"
+SET_HELP = "key=value passed to the build function (repeatable)"
 
 
 def _version(value: bool) -> None:
@@ -52,11 +75,37 @@ def exit_code(findings: list[dict], fail_on: str) -> int:
     return int(any(FAIL_LEVELS[f["severity"]] >= threshold for f in findings))
 
 
+def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_file: Optional[str],
+               probes: list[str], skip: list[str], debug: bool, config: Optional[str] = None,
+               budget_s: Optional[float] = None):
+    """Settings -> seeded build -> probes -> report; returns (report, config document, config text)."""
+    from nandoctor.runner import build_report, run_probes, select_probes
+    from nandoctor.settings import load_settings
+    from nandoctor.spec import load_setup
+
+    settings = load_settings(settings_file, settings_values)
+    chosen = select_probes(probes, skip)
+    document = text = None
+    if config is not None:
+        from nandoctor.configfix import load_config, plain
+
+        document, text = load_config(config)
+    import torch
+
+    torch.manual_seed(settings.seed)  # the same spec builds the same model: deterministic reports
+    typer.echo(f"nandoctor: loading {spec}", err=True)
+    setup = load_setup(spec, overrides)
+    if document is not None:
+        setup.config = plain(document)
+    report = build_report(spec, run_probes(setup, settings, chosen, debug=debug, budget_s=budget_s))
+    return report, setup, document, text
+
+
 @app.command()
 def diagnose(
-    spec: str = typer.Argument(..., help="path/to/file.py:function or package.module:function"),
-    set_: List[str] = typer.Option([], "--set", help="key=value passed to the build function (repeatable)"),
-    fmt: Format = typer.Option(Format.text, "--format", help="text for a terminal, json for scripts"),
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    fmt: ReportFormat = typer.Option(ReportFormat.text, "--format", help="text for a terminal, json for scripts, markdown for PRs"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON report to this file"),
     fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
     probe: List[str] = typer.Option([], "--probe", help="run only these probes (repeatable)"),
@@ -66,38 +115,117 @@ def diagnose(
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and the probes (default 0)"),
     quick: bool = typer.Option(False, "--quick", help="skip the training-dynamics sweep"),
     amp_what_if: Optional[str] = typer.Option(None, "--amp-what-if", help="for a float32 spec: check fp16 or bf16 as a what-if"),
+    config: Optional[str] = typer.Option(None, "--config", help="the training config (YAML) whose keys the fixes name"),
+    write_fixed: Optional[Path] = typer.Option(None, "--write-fixed", help="write the config with the fixes applied here"),
+    in_place: bool = typer.Option(False, "--in-place", help="allow writing the fixes into the --config file itself"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Load the spec, run the probes and print a ranked root-cause report."""
     try:
-        from nandoctor.render import render, render_json
-        from nandoctor.runner import build_report, run_probes, select_probes
-        from nandoctor.settings import load_settings
-        from nandoctor.spec import load_setup
+        if (write_fixed is not None or in_place) and config is None:
+            raise UsageError("--write-fixed and --in-place need --config FILE (the YAML to patch)")
+        report, setup, document, text = _diagnosis(
+            spec, set_, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if}, settings_file,
+            probe, skip + (["dynamics"] if quick else []), debug, config)
+        if document is not None and (write_fixed is not None or in_place):
+            from nandoctor.configfix import apply_fixes, write_fixed as write
 
-        settings = load_settings(settings_file, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if})
-        probes = select_probes(probe, skip + (["dynamics"] if quick else []))
-        import torch
-
-        torch.manual_seed(settings.seed)  # the same spec builds the same model: deterministic reports
-        typer.echo(f"nandoctor: loading {spec}", err=True)
-        setup = load_setup(spec, set_)
-        report = build_report(spec, run_probes(setup, settings, probes, debug=debug))
+            changes, missing = apply_fixes(document, report["findings"])
+            target = str(write_fixed) if write_fixed is not None else config
+            diff = write(document, text, config, target, in_place)
+            typer.echo(diff or f"nandoctor: no fix applies to {config}; {target} is a copy", err=True)
+            for key in missing:
+                typer.echo(f"nandoctor: {config} has no key {key}: add it (see the finding's advice)", err=True)
     except UsageError as exc:
         if debug:
             raise
         fail(str(exc))
         return
+    from nandoctor.render import render, render_json
+
     if out is not None:
         out.write_text(render_json(report) + "\n")
     typer.echo(render(report, fmt.value))
     raise typer.Exit(exit_code(report["findings"], fail_on.value))
 
 
+def parse_budget(text: str) -> float:
+    """``60s``, ``2m``, ``90`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError as exc:
+        raise UsageError(f"--budget takes seconds like 60s or 2m, got {text!r}") from exc
+    if seconds <= 0:
+        raise UsageError(f"--budget must be positive, got {text!r}")
+    return seconds
+
+
+@app.command()
+def smoke(
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    budget: str = typer.Option("60s", "--budget", help="time budget: probes that would start later are skipped"),
+    fmt: SmokeFormat = typer.Option(SmokeFormat.text, "--format", help="text (one line), json, markdown or junit"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the output to this file"),
+    fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
+    dynamics: bool = typer.Option(False, "--dynamics", help="also run the training-dynamics sweep"),
+    batches: Optional[int] = typer.Option(None, "--batches", help="batches to read from data and reuse"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+) -> None:
+    """CI check: the quick probes under a time budget, one summary line, exit code per CONTRACT §3."""
+    start = time.monotonic()
+    try:
+        seconds = parse_budget(budget)
+        report, *_ = _diagnosis(spec, set_, {"batches": batches}, None, [], [] if dynamics else ["dynamics"],
+                                debug, budget_s=seconds)
+    except UsageError as exc:
+        if debug:
+            raise
+        fail(str(exc))
+        return
+    from nandoctor.render import render_json
+    from nandoctor.render_formats import render_junit, render_markdown, summary_line
+
+    took = time.monotonic() - start
+    text = {"text": lambda: summary_line(report, took), "json": lambda: render_json(report),
+            "markdown": lambda: render_markdown(report),
+            "junit": lambda: render_junit(report, fail_on.value, took)}[fmt.value]()
+    if out is not None:
+        out.write_text(text + "\n")
+    typer.echo(text)
+    if fmt != SmokeFormat.text:
+        typer.echo(summary_line(report, took), err=True)
+    raise typer.Exit(exit_code(report["findings"], fail_on.value))
+
+
+@app.command()
+def explain(code: Optional[str] = typer.Argument(None, help="a finding code; omit it to list them all")) -> None:
+    """What a finding code means, why it breaks training, an example, and the fix."""
+    from nandoctor.codes import CODES
+
+    if code is None:
+        width = max(len(c) for c in CODES)
+        for doc in sorted(CODES.values(), key=lambda d: d.stage):
+            typer.echo(f"{doc.code:<{width}}  {doc.meaning}")
+        return
+    doc = CODES.get(code.strip().lower().replace("-", "_"))
+    if doc is None:
+        import difflib
+
+        close = difflib.get_close_matches(code, list(CODES), n=3)
+        fail(f"unknown code {code!r}" + (f" (did you mean {', '.join(close)}?)" if close else
+                                         " (nandoctor explain lists them)"))
+        return
+    typer.echo("\n".join([doc.code, "", f"What it means:  {doc.meaning}", f"Why it breaks:  {doc.why}",
+                          f"Example:        {doc.example}", f"Fix:            {doc.fix}"]))
+
+
 @app.command("lr-sweep")
 def lr_sweep(
-    spec: str = typer.Argument(..., help="path/to/file.py:function or package.module:function"),
-    set_: List[str] = typer.Option([], "--set", help="key=value passed to the build function (repeatable)"),
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     lrs: Optional[str] = typer.Option(None, "--lrs", help="comma-separated rates (default: two decades each way of the spec's lr)"),
     steps: int = typer.Option(30, "--steps", help="training steps per rate"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write loss and gradient-norm curves to this PNG"),
@@ -134,11 +262,6 @@ def lr_sweep(
     if out is not None:
         out.write_text(render_json(report) + "\n")
     typer.echo(render_json(report) if fmt == Format.json else render_sweep(report))
-
-
-class EmitNorm(str, Enum):
-    yaml = "yaml"
-    python = "python"
 
 
 @app.command("feature-stats")

@@ -78,6 +78,8 @@ def render_text(report: dict[str, Any]) -> str:
             lines.append("   config:   " + ", ".join(f"{k}: {_number(v)}" for k, v in finding["fix"]["config"].items()))
         if finding["fix"]["advice"]:
             lines.append(f"   fix:      {finding['fix']['advice']}")
+        for explained in finding["evidence"].get("explains", []):
+            lines.append(f"   explains: {explained['code']}: {explained['title']}")
     skipped = {name: raw["skipped"] for name, raw in report["probes"].items()
                if isinstance(raw, dict) and str(raw.get("skipped", "")).startswith("needs")}
     failed = {name: raw["error"] for name, raw in report["probes"].items() if isinstance(raw, dict) and "error" in raw}
@@ -90,4 +92,8 @@ def render_text(report: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any], fmt: str) -> str:
+    if fmt == "markdown":
+        from nandoctor.render_formats import render_markdown
+
+        return render_markdown(report)
     return render_json(report) if fmt == "json" else render_text(report)

@@ -55,19 +55,30 @@ def open_context(setup: Setup, settings: Settings) -> Iterator[RunContext]:
 
 
 def run_probes(setup: Setup, settings: Settings, probes: list[Any],
-               progress: Callable[[str], None] = _say, debug: bool = False) -> dict[str, Any]:
-    """Every chosen probe in order, each inside a full state snapshot; returns report parts."""
+               progress: Callable[[str], None] = _say, debug: bool = False,
+               budget_s: float | None = None) -> dict[str, Any]:
+    """Every chosen probe in order, each inside a full state snapshot; returns report parts.
+
+    With ``budget_s``, a probe that would start after the budget is spent is skipped.
+    """
+    import time
+
     import torch
 
     findings, raw = [], {}
+    start = time.monotonic()
     with open_context(setup, settings) as ctx:
-        for probe_class in probes:
+        for number, probe_class in enumerate(probes, 1):
             probe = probe_class()
             missing = [fact for fact in probe.requires if not ctx.facts.get(fact, False)]
             if missing:
                 raw[probe.name] = {"skipped": f"needs {', '.join(missing)}"}
                 continue
-            progress(f"nandoctor: probe {probe.name} ...")
+            elapsed = time.monotonic() - start
+            if budget_s is not None and elapsed > budget_s:
+                raw[probe.name] = {"skipped": f"needs time (the {budget_s:g}s budget was spent)"}
+                continue
+            progress(f"nandoctor: [{number}/{len(probes)}] {probe.name} ({elapsed:.1f}s)")
             with preserved_everything(setup.model):
                 torch.manual_seed(settings.seed)
                 try:

@@ -92,9 +92,14 @@ def preserved_torch_globals() -> Iterator[None]:
         yield
     finally:
         torch.set_grad_enabled(grad_enabled)
-        torch.set_anomaly_enabled(anomaly, anomaly_check_nan)
-        torch.set_default_dtype(default_dtype)
-        torch.use_deterministic_algorithms(deterministic, warn_only=deterministic_warn)
+        if (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()) != (anomaly, anomaly_check_nan):
+            torch.set_anomaly_enabled(anomaly, anomaly_check_nan)
+        if torch.get_default_dtype() != default_dtype:
+            torch.set_default_dtype(default_dtype)
+        # only when changed: the setter imports torch._inductor, two seconds on a CPU
+        if (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled()) != (deterministic, deterministic_warn):
+            torch.use_deterministic_algorithms(deterministic, warn_only=deterministic_warn)
 
 
 @contextmanager

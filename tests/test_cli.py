@@ -103,7 +103,7 @@ def test_entry_point_subprocess_missing_file_and_example(tmp_path):
                           "--format", "json"], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 1
     assert json.loads(run.stdout)["findings"][0]["code"] == "index_out_of_range"
-    assert "probe" in run.stderr  # progress goes to stderr
+    assert "[1/" in run.stderr  # progress goes to stderr
 
 
 def test_settings_file_mirrors_the_defaults():
