@@ -33,6 +33,8 @@ def _yaml():
         return representer.represent_scalar("tag:yaml.org,2002:float", text)
 
     yaml.representer.add_representer(float, float_repr)
+    yaml.representer.add_representer(  # ruamel writes None as nothing: keep the user's "null"
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
     return yaml
 
 
