@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -70,6 +72,28 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+@contextmanager
+def usage_errors(debug: bool = False) -> Iterator[None]:
+    """A UsageError anywhere inside becomes one line on stderr and exit 2 (a traceback with --debug)."""
+    try:
+        yield
+    except UsageError as exc:
+        if debug:
+            raise
+        fail(str(exc))
+
+
+def load_seeded(spec: str, overrides: list[str], seed: int):
+    """Seed torch, then call the build function: the same spec builds the same model."""
+    import torch
+
+    from nandoctor.spec import load_setup
+
+    torch.manual_seed(seed)
+    typer.echo(f"nandoctor: loading {spec}", err=True)
+    return load_setup(spec, overrides)
+
+
 def exit_code(findings: list[dict], fail_on: str) -> int:
     threshold = FAIL_LEVELS[fail_on]
     return int(any(FAIL_LEVELS[f["severity"]] >= threshold for f in findings))
@@ -81,7 +105,6 @@ def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_
     """Settings -> seeded build -> probes -> report; returns (report, config document, config text)."""
     from nandoctor.runner import build_report, run_probes, select_probes
     from nandoctor.settings import load_settings
-    from nandoctor.spec import load_setup
 
     settings = load_settings(settings_file, settings_values)
     chosen = select_probes(probes, skip)
@@ -90,11 +113,7 @@ def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_
         from nandoctor.configfix import load_config, plain
 
         document, text = load_config(config)
-    import torch
-
-    torch.manual_seed(settings.seed)  # the same spec builds the same model: deterministic reports
-    typer.echo(f"nandoctor: loading {spec}", err=True)
-    setup = load_setup(spec, overrides)
+    setup = load_seeded(spec, overrides, settings.seed)
     if document is not None:
         setup.config = plain(document)
     report = build_report(spec, run_probes(setup, settings, chosen, debug=debug, budget_s=budget_s))
@@ -121,7 +140,7 @@ def diagnose(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Load the spec, run the probes and print a ranked root-cause report."""
-    try:
+    with usage_errors(debug):
         if (write_fixed is not None or in_place) and config is None:
             raise UsageError("--write-fixed and --in-place need --config FILE (the YAML to patch)")
         report, setup, document, text = _diagnosis(
@@ -130,17 +149,12 @@ def diagnose(
         if document is not None and (write_fixed is not None or in_place):
             from nandoctor.configfix import apply_fixes, write_fixed as write
 
-            changes, missing = apply_fixes(document, report["findings"])
+            _, missing = apply_fixes(document, report["findings"])
             target = str(write_fixed) if write_fixed is not None else config
             diff = write(document, text, config, target, in_place)
             typer.echo(diff or f"nandoctor: no fix applies to {config}; {target} is a copy", err=True)
             for key in missing:
                 typer.echo(f"nandoctor: {config} has no key {key}: add it (see the finding's advice)", err=True)
-    except UsageError as exc:
-        if debug:
-            raise
-        fail(str(exc))
-        return
     from nandoctor.render import render, render_json
 
     if out is not None:
@@ -176,15 +190,10 @@ def smoke(
 ) -> None:
     """CI check: the quick probes under a time budget, one summary line, exit code per CONTRACT §3."""
     start = time.monotonic()
-    try:
+    with usage_errors(debug):
         seconds = parse_budget(budget)
         report, *_ = _diagnosis(spec, set_, {"batches": batches}, None, [], [] if dynamics else ["dynamics"],
                                 debug, budget_s=seconds)
-    except UsageError as exc:
-        if debug:
-            raise
-        fail(str(exc))
-        return
     from nandoctor.render import render_json
     from nandoctor.render_formats import render_junit, render_markdown, summary_line
 
@@ -236,29 +245,19 @@ def lr_sweep(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Train a few steps at each learning rate from the same start; table and recommendation."""
-    try:
+    with usage_errors(debug):
         from nandoctor.lrsweep import parse_rates, plot_sweep, render_sweep, sweep_report
         from nandoctor.render import render_json
         from nandoctor.settings import load_settings
-        from nandoctor.spec import load_setup
 
         if steps < 2:
             raise UsageError("--steps must be at least 2")
         rates = parse_rates(lrs)
         settings = load_settings(None, {"batches": batches, "seed": seed})
-        import torch
-
-        torch.manual_seed(settings.seed)
-        typer.echo(f"nandoctor: loading {spec}", err=True)
-        report = sweep_report(spec, load_setup(spec, set_), settings, rates, steps)
+        report = sweep_report(spec, load_seeded(spec, set_, settings.seed), settings, rates, steps)
         if plot is not None:
             plot_sweep(report, str(plot))
             typer.echo(f"nandoctor: wrote {plot}", err=True)
-    except UsageError as exc:
-        if debug:
-            raise
-        fail(str(exc))
-        return
     if out is not None:
         out.write_text(render_json(report) + "\n")
     typer.echo(render_json(report) if fmt == Format.json else render_sweep(report))
@@ -274,7 +273,7 @@ def feature_stats(
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
 ) -> None:
     """Per-column statistics and flags (not normalized, heavy tail, ids, NaN) for training data."""
-    try:
+    with usage_errors():
         from nandoctor.featurestats import analyse, unusable
         from nandoctor.render import render_json
         from nandoctor.render_features import render_features
@@ -286,9 +285,6 @@ def feature_stats(
         problem = unusable(result)
         if problem:
             raise UsageError(problem)
-    except UsageError as exc:
-        fail(str(exc))
-        return
     if out is not None:
         out.write_text(render_json(result) + "\n")
     typer.echo(render_features(result, fmt.value, emit_norm.value if emit_norm else None))

@@ -257,8 +257,6 @@ def _grad_norms(model: Any) -> tuple[list[str], list[Any], list[int], list[str]]
 
 def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
     """Forward + backward on one cached batch; one synchronisation for all its statistics."""
-    import torch
-
     model, batch = ctx.model, ctx.batches[batch_index]
     result = BatchTrace(batch_index=batch_index)
     kinds = {name: type(m).__name__ for name, m in model.named_modules()}

@@ -10,14 +10,13 @@ between). With K components the expected cost is about (1 forward + K backward) 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from nandoctor.probes.components import component_gradients
+from benchtools import median_time
 from nandoctor.runner import open_context
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
@@ -33,16 +32,6 @@ def build(components: int):
 
     data = [torch.randn(256, 512) for _ in range(2)]
     return {"model": model, "data": data, "loss": loss}
-
-
-def median_time(step, repeats=5):
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

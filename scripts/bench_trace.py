@@ -12,14 +12,13 @@ and the ratios trace/plain and anomaly/plain (target: trace <= 1.5x plain).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from benchtools import median_time
 from nandoctor.context import RunContext
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
@@ -70,16 +69,6 @@ class Transformer(nn.Module):
 def loss_fn(model, batch):
     tokens, labels = batch
     return F.cross_entropy(model(tokens), labels)
-
-
-def median_time(step, repeats: int) -> float:
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
