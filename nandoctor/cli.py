@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -74,9 +74,13 @@ def fail(message: str) -> None:
 
 @contextmanager
 def usage_errors(debug: bool = False) -> Iterator[None]:
-    """A UsageError anywhere inside becomes one line on stderr and exit 2 (a traceback with --debug)."""
+    """A UsageError anywhere inside becomes one line on stderr and exit 2 (a traceback with --debug).
+
+    The user's code runs inside too, with its prints sent to stderr: stdout carries only our output.
+    """
     try:
-        yield
+        with redirect_stdout(sys.stderr):
+            yield
     except UsageError as exc:
         if debug:
             raise

@@ -40,6 +40,8 @@ FOLDS: list[tuple[str, str, Callable[[Finding, Finding], bool]]] = [
     ("saturation", "vanishing_gradients", _always),
     ("saturation", "lr_too_low", _always),  # no gradient through the clamp: no rate moves the loss
     ("saturation", "loss_plateau", _always),
+    ("grad_clip_too_aggressive", "loss_plateau", _always),  # every step shrunk: the loss cannot move
+    ("grad_clip_too_aggressive", "lr_too_low", _always),
     # a layer fed only by dead ReLUs outputs its bias, a constant that looks pinned
     ("dead_units", "saturation", lambda c, s: s.evidence.get("output_min") == s.evidence.get("output_max")),
     ("amp_overflow", "forward_nonfinite", _always),

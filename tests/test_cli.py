@@ -123,3 +123,9 @@ def test_readme_codes_table_is_generated_from_codes():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.codes_table() in (root / "README.md").read_text()
+
+
+def test_user_prints_do_not_break_json_stdout():
+    result = runner.invoke(app, ["diagnose", f"{SPECS}/good_spec.py:build_chatty", "--format", "json", "--quick"])
+    assert json.loads(result.stdout)["verdict"] in ("healthy", "unhealthy")
+    assert "forward!" in result.stderr

@@ -14,6 +14,7 @@ from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.grad_origin import find_gradient_origin
 from nandoctor.probes.backward import OP_ADVICE
 from nandoctor.probes.base import ProbeResult
+from nandoctor.tracing import traced
 
 DOMINANCE = 100.0  # "dwarfs": two orders of magnitude over the next largest component
 
@@ -56,7 +57,7 @@ class ComponentsProbe:
     requires = ("forward_runs",)
 
     def run(self, ctx: Any) -> ProbeResult:
-        if not ctx.loss(ctx.batches[0]).components:
+        if not traced(ctx)[0].components:  # the shared traced pass already evaluated the loss
             return ProbeResult([], {"skipped": "the loss returns a single scalar, not named components"})
         table: dict[str, dict[str, float]] = {}
         bad_batch = None
