@@ -27,6 +27,7 @@ class Settings:
     sweep_steps: int = 20
     sweep_decades_down: int = 2
     sweep_decades_up: int = 3
+    sweep_budget_s: float = 120.0  # rates nearest the user's run first; the rest are dropped past this
     # grad_clip_too_aggressive: share of steps clipped and median clip factor
     clip_share: float = 0.9
     clip_factor: float = 10.0

@@ -24,19 +24,37 @@ def default_grid(user_lr: float, decades_down: int = 2, decades_up: int = 2) -> 
     return sorted(points | {user_lr})
 
 
+def nearest_first(rates: list[float], center: float) -> list[float]:
+    """The centre rate first, then the others by distance in log space (the most telling first)."""
+    return sorted(rates, key=lambda r: (abs(math.log10(r / center)), r))
+
+
 def run_sweep(ctx: Any, rates: list[float], steps: int, clip: float | None,
-              progress: Callable[[str], None] = lambda message: None) -> list[TrainRun]:
-    """One run per rate from one snapshot; the model is restored after each and at the end."""
+              progress: Callable[[str], None] = lambda message: None,
+              budget_s: float | None = None, center: float | None = None) -> list[TrainRun]:
+    """One run per rate from one snapshot; the model is restored after each and at the end.
+
+    With ``budget_s``, rates run nearest ``center`` first, and a rate that would end past the
+    budget (judged by the time per rate so far) is not started. Runs come back sorted by rate.
+    """
+    import time
+
     import torch
 
     snapshot = ModelSnapshot(ctx.model)
     runs = []
+    order = nearest_first(rates, center) if center is not None else sorted(rates)
+    began = time.monotonic()
     with preserved_rng():
         try:
             torch.manual_seed(ctx.settings.seed)
             start = starting_losses(ctx)  # the same weights for every rate: evaluate them once
             snapshot.restore()
-            for rate in sorted(rates):
+            for rate in order:
+                spent = time.monotonic() - began
+                if budget_s is not None and runs and spent + spent / len(runs) > budget_s:
+                    progress(f"nandoctor: sweep budget of {budget_s:g}s spent: {len(order) - len(runs)} rate(s) not run")
+                    break
                 torch.manual_seed(ctx.settings.seed)
                 progress(f"nandoctor: lr {rate:.3g}: {steps} steps")
                 try:
@@ -45,7 +63,7 @@ def run_sweep(ctx: Any, rates: list[float], steps: int, clip: float | None,
                     snapshot.restore()
         finally:
             snapshot.restore()
-    return runs
+    return sorted(runs, key=lambda r: r.lr)
 
 
 def stable_learners(runs: list[TrainRun]) -> list[TrainRun]:

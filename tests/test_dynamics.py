@@ -111,3 +111,13 @@ def test_lr_sweep_on_a_crashing_model_is_one_line(tmp_path):
 def test_quick_skips_the_sweep():
     result = runner.invoke(app, ["diagnose", "nandoctor.examples.healthy:build", "--quick", "--format", "json"])
     assert "dynamics" not in json.loads(result.stdout)["probes"]
+
+
+def test_sweep_budget_keeps_the_nearest_rates():
+    setup = validate(DYNAMICS_CASES["adamw_diverges"][1](), "test")
+    progress = []
+    with open_context(setup, Settings()) as ctx:
+        runs = run_sweep(ctx, [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], 20, None, progress.append,
+                         budget_s=1e-9, center=1e-3)
+    assert [r.lr for r in runs] == [1e-3]  # the user's rate always runs, first
+    assert "budget" in progress[-1]

@@ -51,10 +51,12 @@ class DynamicsProbe:
         settings, setup = ctx.settings, ctx.setup
         rates = sorted({float(f"{setup.lr * 10 ** k:.3g}") for k in
                         range(-settings.sweep_decades_down, settings.sweep_decades_up + 1)} | {setup.lr})
-        runs = run_sweep(ctx, rates, settings.sweep_steps, setup.grad_clip)
+        runs = run_sweep(ctx, rates, settings.sweep_steps, setup.grad_clip,
+                         budget_s=settings.sweep_budget_s, center=setup.lr)
         user = nearest(runs, setup.lr)
         best, why = recommend(runs)
         raw: dict[str, Any] = {"runs": [r.to_dict() for r in runs], "user_lr": setup.lr,
+                               "rates_not_run": sorted(set(rates) - {r.lr for r in runs}),
                                "recommended_lr": best.lr if best else None, "why": why}
         findings = []
         findings += self._lr(ctx, user, best, why, runs)
