@@ -8,7 +8,6 @@ file is reported and skipped; the rest are still analysed.
 from __future__ import annotations
 
 import glob
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -140,10 +139,3 @@ def unusable(result: dict[str, Any]) -> str | None:
     if result["rows"] == 0:
         return "the files hold no rows"
     return None
-
-
-def display_path(path: str) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return path

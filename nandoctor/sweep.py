@@ -66,10 +66,6 @@ def run_sweep(ctx: Any, rates: list[float], steps: int, clip: float | None,
     return sorted(runs, key=lambda r: r.lr)
 
 
-def stable_learners(runs: list[TrainRun]) -> list[TrainRun]:
-    return [r for r in runs if r.verdict == LEARNS]
-
-
 def recommend(runs: list[TrainRun]) -> tuple[TrainRun | None, str]:
     """The largest rate that learns stably, one grid step lower when the next one up is unstable."""
     ordered = sorted(runs, key=lambda r: r.lr)
