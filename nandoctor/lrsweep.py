@@ -27,10 +27,11 @@ def parse_rates(text: str | None) -> list[float] | None:
 
 def sweep_report(spec: str, setup: Setup, settings: Settings, rates: list[float] | None, steps: int) -> dict[str, Any]:
     from nandoctor.runner import open_context
-    from nandoctor.state import preserved_everything
+    from nandoctor.state import preserved_torch_globals
 
     grid = rates or default_grid(setup.lr)
-    with open_context(setup, settings) as ctx, preserved_everything(setup.model):
+    # run_sweep snapshots and restores the model and the RNG itself; guard torch's global flags here
+    with open_context(setup, settings) as ctx, preserved_torch_globals():
         try:
             runs = run_sweep(ctx, grid, steps, setup.grad_clip,
                              progress=lambda m: print(m, file=sys.stderr, flush=True))

@@ -29,6 +29,11 @@ def nearest_first(rates: list[float], center: float) -> list[float]:
     return sorted(rates, key=lambda r: (abs(math.log10(r / center)), r))
 
 
+def decade_grid(user_lr: float, decades_down: int, decades_up: int) -> list[float]:
+    """``user_lr * 10**k`` for k from -down to +up: the short sweep inside ``diagnose``."""
+    return sorted({float(f"{user_lr * 10 ** k:.3g}") for k in range(-decades_down, decades_up + 1)} | {user_lr})
+
+
 def run_sweep(ctx: Any, rates: list[float], steps: int, clip: float | None,
               progress: Callable[[str], None] = lambda message: None,
               budget_s: float | None = None, center: float | None = None) -> list[TrainRun]:

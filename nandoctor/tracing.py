@@ -308,10 +308,8 @@ def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -
     calls = recorder.calls
     out = [values.pop(0) for _ in range(3 * len(calls))]
     inp = [values.pop(0) for _ in range(3 * len(calls))]
+    _set_output_stats(recorder, out)
     for i, call in enumerate(calls):
-        if recorder.out_stats[i] is not None:
-            call.out_min, call.out_max = out[3 * i], out[3 * i + 1]
-            call.out_rms = out[3 * i + 2] / max(recorder.numel[i], 1) ** 0.5
         if recorder.in_stats[i] is not None:
             call.in_min, call.in_max = inp[3 * i], inp[3 * i + 1]
     for index, _ in recorder.grad_events:
@@ -334,6 +332,14 @@ def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -
             }
 
 
+def _set_output_stats(recorder: _Recorder, flat: list[float]) -> None:
+    """Fill each call's output range from ``[min, max, norm] * calls`` read back from the device."""
+    for i, call in enumerate(recorder.calls):
+        if recorder.out_stats[i] is not None:
+            call.out_min, call.out_max = flat[3 * i], flat[3 * i + 1]
+            call.out_rms = flat[3 * i + 2] / max(recorder.numel[i], 1) ** 0.5
+
+
 def forward_calls(ctx: Any, batch_index: int, autocast: Any = None) -> tuple[list[ModuleCall], str | None]:
     """Module calls of one forward pass without gradients (optionally under autocast), or the error."""
     import torch
@@ -351,12 +357,10 @@ def forward_calls(ctx: Any, batch_index: int, autocast: Any = None) -> tuple[lis
         except Exception as exc:
             return recorder.calls, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     stats = [s for s in recorder.out_stats if s is not None]
-    values = torch.stack([s.to(stats[0].device) for s in stats]).tolist() if stats else []
-    rows = iter(values)
-    for call, raw_stats, numel in zip(recorder.calls, recorder.out_stats, recorder.numel):
-        if raw_stats is not None:
-            low, high, norm = next(rows)
-            call.out_min, call.out_max, call.out_rms = low, high, norm / max(numel, 1) ** 0.5
+    if stats:
+        nan3 = torch.full((3,), float("nan"), device=stats[0].device)
+        flat = torch.cat([(s if s is not None else nan3).to(nan3.device) for s in recorder.out_stats]).tolist()
+        _set_output_stats(recorder, flat)
     return recorder.calls, None
 
 

@@ -37,11 +37,8 @@ class DeadUnitsProbe:
             if not isinstance(output, torch.Tensor) or output.dim() < 2:
                 return
             dim = _unit_dim(output)
-            reduce = [d for d in range(output.dim()) if d != dim]
-            with torch.no_grad():
-                fired = (output.detach() > 0).any(dim=reduce[0]) if len(reduce) == 1 else \
-                    (output.detach() > 0).flatten(0, -1).reshape(-1, output.shape[dim]).any(0) if dim == output.dim() - 1 \
-                    else (output.detach() > 0).transpose(0, dim).reshape(output.shape[dim], -1).any(1)
+            with torch.no_grad():  # units to the last dimension; a unit fired if any sample is > 0
+                fired = (output.detach() > 0).movedim(dim, -1).reshape(-1, output.shape[dim]).any(0)
             name = names.get(id(module), type(module).__name__)
             alive[name] = fired if name not in alive or alive[name].shape != fired.shape else alive[name] | fired
             samples[name] = samples.get(name, 0) + output.shape[0]

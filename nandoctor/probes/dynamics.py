@@ -15,7 +15,7 @@ from nandoctor.configkeys import fix_config
 from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.probes.base import ProbeResult
 from nandoctor.state import ModelSnapshot
-from nandoctor.sweep import nearest, recommend, run_sweep
+from nandoctor.sweep import decade_grid, nearest, recommend, run_sweep
 from nandoctor.tracing import traced
 from nandoctor.training import DIVERGED, FLAT, LEARNS, UNSTABLE, TrainRun, train
 
@@ -49,8 +49,7 @@ class DynamicsProbe:
 
     def run(self, ctx: Any) -> ProbeResult:
         settings, setup = ctx.settings, ctx.setup
-        rates = sorted({float(f"{setup.lr * 10 ** k:.3g}") for k in
-                        range(-settings.sweep_decades_down, settings.sweep_decades_up + 1)} | {setup.lr})
+        rates = decade_grid(setup.lr, settings.sweep_decades_down, settings.sweep_decades_up)
         runs = run_sweep(ctx, rates, settings.sweep_steps, setup.grad_clip,
                          budget_s=settings.sweep_budget_s, center=setup.lr)
         user = nearest(runs, setup.lr)
