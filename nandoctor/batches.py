@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from nandoctor.errors import UsageError
+from nandoctor.errors import UsageError, describe
 
 
 def map_tensors(obj: Any, fn: Callable) -> Any:
@@ -51,8 +51,7 @@ def read_batches(data: Iterable, count: int) -> list[Any]:
     try:
         batches = list(itertools.islice(iter(data), count))
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UsageError(f"reading batches from 'data' raised {type(exc).__name__}: {message}") from exc
+        raise UsageError(f"reading batches from 'data' raised {describe(exc)}") from exc
     if not batches:
         raise UsageError("'data' yielded no batches")
     if not any(True for batch in batches for _ in iter_tensors(batch)):

@@ -18,9 +18,6 @@ from nandoctor.errors import UsageError
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Find why a PyTorch training run goes NaN or refuses to learn.")
 
-FAIL_LEVELS = {"info": 0, "warning": 1, "critical": 2, "never": 99}
-
-
 class Format(str, Enum):
     text = "text"
     json = "json"
@@ -67,16 +64,18 @@ def root(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Find why a PyTorch training run goes NaN or refuses to learn."""
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 2) -> None:
     typer.echo(f"nandoctor: error: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 @contextmanager
-def usage_errors(debug: bool = False) -> Iterator[None]:
-    """A UsageError anywhere inside becomes one line on stderr and exit 2 (a traceback with --debug).
+def guarded(debug: bool = False) -> Iterator[None]:
+    """How a command ends when something goes wrong (the contract's exit codes).
 
-    The user's code runs inside too, with its prints sent to stderr: stdout carries only our output.
+    A UsageError is one line and exit 2; Ctrl-C says so and exits 130; any other exception is
+    ours: one line naming where, exit 3 (a traceback with --debug). The user's code runs inside
+    too, with its prints sent to stderr: stdout carries only our output.
     """
     try:
         with redirect_stdout(sys.stderr):
@@ -85,6 +84,47 @@ def usage_errors(debug: bool = False) -> Iterator[None]:
         if debug:
             raise
         fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("nandoctor: interrupted; nothing was changed", err=True)
+        raise typer.Exit(130)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        from nandoctor.errors import describe
+
+        fail(f"internal error in nandoctor ({_where_raised(exc)}): {describe(exc)}; run with --debug for the "
+             "traceback", code=3)
+
+
+def _where_raised(exc: BaseException) -> str:
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "nandoctor" in Path(f.filename).parts]
+    frame = frames[-1] if frames else None
+    return f"{Path(frame.filename).name}:{frame.lineno}" if frame else type(exc).__name__
+
+
+def check_writable(*paths: Optional[Path]) -> None:
+    """Refuse an output path that cannot be written before any probe runs (not after the whole run)."""
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder: give a file name to write to")
+        if not path.parent.exists():
+            raise UsageError(f"cannot write {path}: the folder {path.parent} does not exist")
+
+
+def write_output(path: Optional[Path], text: str) -> None:
+    """Write ``text`` to ``path``; a failure is said on stderr, and the report is printed anyway."""
+    if path is None:
+        return
+    try:
+        path.write_text(text + "\n")
+    except OSError as exc:
+        typer.echo(f"nandoctor: error: could not write {path}: {exc.strerror or exc}", err=True)
 
 
 def load_seeded(spec: str, overrides: list[str], seed: int):
@@ -98,9 +138,13 @@ def load_seeded(spec: str, overrides: list[str], seed: int):
     return load_setup(spec, overrides)
 
 
-def exit_code(findings: list[dict], fail_on: str) -> int:
-    threshold = FAIL_LEVELS[fail_on]
-    return int(any(FAIL_LEVELS[f["severity"]] >= threshold for f in findings))
+def exit_code(report: dict, fail_on: str) -> int:
+    """1 when a finding is at or above ``fail_on``; else 3 when the run is incomplete; else 0."""
+    from nandoctor.findings import at_or_above
+
+    if any(at_or_above(f["severity"], fail_on) for f in report["findings"]):
+        return 1
+    return 3 if report["verdict"] == "incomplete" else 0
 
 
 def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_file: Optional[str],
@@ -114,7 +158,7 @@ def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_
     chosen = select_probes(probes, skip)
     document = text = None
     if config is not None:
-        from nandoctor.configfix import load_config, plain
+        from nandoctor.config import load_config, plain
 
         document, text = load_config(config)
     setup = load_seeded(spec, overrides, settings.seed)
@@ -144,14 +188,17 @@ def diagnose(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Load the spec, run the probes and print a ranked root-cause report."""
-    with usage_errors(debug):
+    with guarded(debug):
         if (write_fixed is not None or in_place) and config is None:
             raise UsageError("--write-fixed and --in-place need --config FILE (the YAML to patch)")
+        check_writable(out, write_fixed)
+        if write_fixed is not None and not in_place and Path(config).resolve() == write_fixed.resolve():
+            raise UsageError(f"--write-fixed would overwrite the input config {config}: pass --in-place to allow it")
         report, setup, document, text = _diagnosis(
             spec, set_, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if}, settings_file,
             probe, skip + (["dynamics"] if quick else []), debug, config)
         if document is not None and (write_fixed is not None or in_place):
-            from nandoctor.configfix import apply_fixes, write_fixed as write
+            from nandoctor.config import apply_fixes, write_fixed as write
 
             _, missing = apply_fixes(document, report["findings"])
             target = str(write_fixed) if write_fixed is not None else config
@@ -159,12 +206,12 @@ def diagnose(
             typer.echo(diff or f"nandoctor: no fix applies to {config}; {target} is a copy", err=True)
             for key in missing:
                 typer.echo(f"nandoctor: {config} has no key {key}: add it (see the finding's advice)", err=True)
-    from nandoctor.render import render, render_json
+    from nandoctor.render import render
+    from nandoctor.render.common import render_json
 
-    if out is not None:
-        out.write_text(render_json(report) + "\n")
     typer.echo(render(report, fmt.value))
-    raise typer.Exit(exit_code(report["findings"], fail_on.value))
+    write_output(out, render_json(report))
+    raise typer.Exit(exit_code(report, fail_on.value))
 
 
 def parse_budget(text: str) -> float:
@@ -192,25 +239,31 @@ def smoke(
     batches: Optional[int] = typer.Option(None, "--batches", help="batches to read from data and reuse"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
-    """CI check: the quick probes under a time budget, one summary line, exit code per CONTRACT §3."""
+    """CI check: the quick probes under a time budget, one summary line.
+
+    Exit 0 healthy, 1 a finding at or above --fail-on, 2 bad input, 3 incomplete (the budget ran
+    out or a probe failed inside nandoctor), 130 interrupted.
+    """
     start = time.monotonic()
-    with usage_errors(debug):
+    with guarded(debug):
+        check_writable(out)
         seconds = parse_budget(budget)
         report, *_ = _diagnosis(spec, set_, {"batches": batches}, None, [], [] if dynamics else ["dynamics"],
                                 debug, budget_s=seconds)
-    from nandoctor.render import render_json
-    from nandoctor.render_formats import render_junit, render_markdown, summary_line
+    from nandoctor.render.common import render_json
+    from nandoctor.render.junit import render_junit
+    from nandoctor.render.markdown import render_markdown
+    from nandoctor.render.text import summary_line
 
     took = time.monotonic() - start
     text = {"text": lambda: summary_line(report, took), "json": lambda: render_json(report),
             "markdown": lambda: render_markdown(report),
             "junit": lambda: render_junit(report, fail_on.value, took)}[fmt.value]()
-    if out is not None:
-        out.write_text(text + "\n")
     typer.echo(text)
+    write_output(out, text)
     if fmt != SmokeFormat.text:
         typer.echo(summary_line(report, took), err=True)
-    raise typer.Exit(exit_code(report["findings"], fail_on.value))
+    raise typer.Exit(exit_code(report, fail_on.value))
 
 
 @app.command()
@@ -249,11 +302,13 @@ def lr_sweep(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Train a few steps at each learning rate from the same start; table and recommendation."""
-    with usage_errors(debug):
-        from nandoctor.lrsweep import parse_rates, plot_sweep, render_sweep, sweep_report
-        from nandoctor.render import render_json
+    with guarded(debug):
+        from nandoctor.render.common import render_json
+        from nandoctor.render.sweep import plot_sweep, render_sweep
         from nandoctor.settings import load_settings
+        from nandoctor.sweep.command import parse_rates, sweep_report
 
+        check_writable(out, plot)
         if steps < 2:
             raise UsageError("--steps must be at least 2")
         rates = parse_rates(lrs)
@@ -262,9 +317,8 @@ def lr_sweep(
         if plot is not None:
             plot_sweep(report, str(plot))
             typer.echo(f"nandoctor: wrote {plot}", err=True)
-    if out is not None:
-        out.write_text(render_json(report) + "\n")
     typer.echo(render_json(report) if fmt == Format.json else render_sweep(report))
+    write_output(out, render_json(report))
 
 
 @app.command("feature-stats")
@@ -277,11 +331,12 @@ def feature_stats(
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
 ) -> None:
     """Per-column statistics and flags (not normalized, heavy tail, ids, NaN) for training data."""
-    with usage_errors():
-        from nandoctor.featurestats import analyse, unusable
-        from nandoctor.render import render_json
-        from nandoctor.render_features import render_features
+    with guarded():
+        from nandoctor.featurestats.files import analyse, unusable
+        from nandoctor.render.common import render_json
+        from nandoctor.render.features import render_features
 
+        check_writable(out)
         if limit_rows is not None and limit_rows < 1:
             raise UsageError("--limit-rows must be at least 1")
         wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
@@ -289,14 +344,13 @@ def feature_stats(
         problem = unusable(result)
         if problem:
             raise UsageError(problem)
-    if out is not None:
-        out.write_text(render_json(result) + "\n")
     typer.echo(render_features(result, fmt.value, emit_norm.value if emit_norm else None))
+    write_output(out, render_json(result))
 
 
 def main() -> None:
     try:
         app()
-    except KeyboardInterrupt:
-        typer.echo("nandoctor: interrupted", err=True)
+    except KeyboardInterrupt:  # outside a command (while parsing): nothing ran yet
+        typer.echo("nandoctor: interrupted; nothing was changed", err=True)
         sys.exit(130)

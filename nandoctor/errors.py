@@ -1,4 +1,6 @@
-"""Errors that end a run with exit code 2 and one clear line (CONTRACT.md §3)."""
+"""Errors that end a run with a clear line, and the one way we quote an exception."""
+
+from __future__ import annotations
 
 
 class UsageError(Exception):
@@ -7,3 +9,19 @@ class UsageError(Exception):
     The CLI prints ``nandoctor: error: <message>`` on stderr and exits 2, without a
     traceback unless ``--debug`` is given.
     """
+
+
+class InternalError(Exception):
+    """nandoctor itself failed (a bug of ours, never the user's): exit 3, the traceback with ``--debug``."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ('' when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def describe(exc: BaseException) -> str:
+    """``ValueError: first line of the message`` (just the type when there is no message)."""
+    message = first_line(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -1,65 +1,36 @@
 """The one place that orders findings: most likely root cause first.
 
 Warnings and critical findings come before info ones; among them, the stage of the causal
-chain (codes.py) decides, so a cause always ranks above the symptoms it produces
-(raw inputs -> exploding activations -> NaN forward -> NaN gradients -> divergence).
+chain (each code's ``stage``) decides, so a cause always ranks above the symptoms it produces
+(raw inputs -> exploding activations -> NaN forward -> NaN gradients -> divergence). A symptom
+that a present cause explains is folded under it by the probes' fold rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 
 from nandoctor.codes import stage_of
 from nandoctor.findings import Finding, Severity
-
-
-def _loss_side(finding: Finding) -> bool:
-    return finding.where.module in (None, "")
-
-
-def _owns(cause: Finding, symptom: Finding) -> bool:
-    tensor = str(cause.evidence.get("tensor", ""))
-    return symptom.where.module == "" or tensor.startswith(f"{symptom.where.module}.")
-
-
-def _always(cause: Finding, symptom: Finding) -> bool:
-    return True
-
-
-# (cause, symptom, when): a symptom explained by a present cause is folded under it.
-FOLDS: list[tuple[str, str, Callable[[Finding, Finding], bool]]] = [
-    ("loss_component_nonfinite", "forward_nonfinite", lambda c, s: _loss_side(s)),
-    ("forward_nonfinite", "loss_component_nonfinite", lambda c, s: not _loss_side(c)),
-    ("loss_component_nonfinite", "backward_nonfinite", _always),
-    ("nonfinite_init", "forward_nonfinite", _owns),
-    ("nonfinite_init", "loss_component_nonfinite", _always),
-    ("nonfinite_init", "backward_nonfinite", _always),
-    ("device_mismatch", "forward_error", _always),
-    ("loss_component_explosion", "exploding_gradients", _always),
-    ("saturation", "vanishing_gradients", _always),
-    ("saturation", "lr_too_low", _always),  # no gradient through the clamp: no rate moves the loss
-    ("saturation", "loss_plateau", _always),
-    ("grad_clip_too_aggressive", "loss_plateau", _always),  # every step shrunk: the loss cannot move
-    ("grad_clip_too_aggressive", "lr_too_low", _always),
-    # a layer fed only by dead ReLUs outputs its bias, a constant that looks pinned
-    ("dead_units", "saturation", lambda c, s: s.evidence.get("output_min") == s.evidence.get("output_max")),
-    ("amp_overflow", "forward_nonfinite", _always),
-]
+from nandoctor.probes import fold_rules
 
 
 def fold(findings: list[Finding]) -> list[Finding]:
-    """Put each symptom under the cause that explains it (``evidence.explains``), not beside it."""
+    """Put each symptom under the cause that explains it (``evidence.explains``), not beside it.
+
+    The cause takes the highest severity of what it explains: folding never lowers the verdict.
+    """
     kept = list(findings)
-    for cause_code, symptom_code, when in FOLDS:
-        causes = [f for f in kept if f.code == cause_code]
-        for symptom in [f for f in kept if f.code == symptom_code]:
-            cause = next((c for c in causes if when(c, symptom)), None)
+    for rule in fold_rules():
+        causes = [f for f in kept if f.code == rule.cause]
+        for symptom in [f for f in kept if f.code == rule.symptom]:
+            cause = next((c for c in causes if rule.when(c, symptom)), None)
             if cause is None or symptom not in kept:
                 continue
             explains = list(cause.evidence.get("explains", [])) + [
                 {"code": symptom.code, "title": symptom.title, "where": vars(symptom.where)}]
-            updated = replace(cause, evidence=dict(cause.evidence, explains=explains))
+            severity = max(cause.severity, symptom.severity, key=lambda s: s.rank)
+            updated = replace(cause, severity=severity, evidence=dict(cause.evidence, explains=explains))
             kept[kept.index(cause)] = updated
             causes[causes.index(cause)] = updated
             kept.remove(symptom)
@@ -87,6 +58,8 @@ def _drop_repeats(findings: list[Finding]) -> list[Finding]:
     return kept
 
 
-def verdict(findings: list[Finding]) -> str:
-    unhealthy = any(f.severity in (Severity.CRITICAL, Severity.WARNING) for f in findings)
-    return "unhealthy" if unhealthy else "healthy"
+def verdict(findings: list[Finding], complete: bool = True) -> str:
+    """unhealthy (a warning or worse), else incomplete (a probe did not run to its end), else healthy."""
+    if any(f.severity in (Severity.CRITICAL, Severity.WARNING) for f in findings):
+        return "unhealthy"
+    return "healthy" if complete else "incomplete"

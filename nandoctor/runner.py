@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -10,21 +11,28 @@ from typing import Any, Iterator
 from nandoctor import __version__
 from nandoctor.batches import read_batches, to_device
 from nandoctor.context import RunContext
-from nandoctor.errors import UsageError
-from nandoctor.probes import PROBES
+from nandoctor.errors import InternalError, UsageError, describe
+from nandoctor.probes import PROBES, with_dependencies
 from nandoctor.ranking import rank, verdict
 from nandoctor.settings import Settings
 from nandoctor.spec import Setup
 from nandoctor.state import preserved_everything
 
 
-def select_probes(only: list[str] | None, skip: list[str] | None) -> list[Any]:
+def select_probes(only: list[str] | None, skip: list[str] | None,
+                  progress: Callable[[str], None] | None = None) -> list[Any]:
+    """The chosen probes plus those that provide what they need (said on ``progress``), in run order."""
     known = {probe.name: probe for probe in PROBES}
     for name in (only or []) + (skip or []):
         if name not in known:
             raise UsageError(f"unknown probe {name!r} (probes: {', '.join(known)})")
     chosen = [p for p in PROBES if (not only or p.name in only) and p.name not in (skip or [])]
-    return sorted(chosen, key=lambda p: p.order)
+    if not only:
+        return sorted(chosen, key=lambda p: p.order)
+    probes, added = with_dependencies(chosen)
+    for name, needed_by in added.items():
+        (progress or _say)(f"nandoctor: also running {name}: {needed_by} needs what it measures")
+    return probes
 
 
 @contextmanager
@@ -46,6 +54,14 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def batches_total(data: Any) -> int | None:
+    """How many batches ``data`` holds, when it knows (a DataLoader or a list), else None."""
+    try:
+        return len(data)
+    except Exception:  # generators, iterable datasets: no length
+        return None
+
+
 @contextmanager
 def open_context(setup: Setup, settings: Settings) -> Iterator[RunContext]:
     """The run context: the model on its device and the first batches read once, moved there."""
@@ -54,56 +70,77 @@ def open_context(setup: Setup, settings: Settings) -> Iterator[RunContext]:
         yield RunContext(setup=setup, batches=batches, settings=settings)
 
 
+def _run_one(probe: Any, ctx: RunContext, debug: bool) -> tuple[Any, str | None]:
+    """(result, None) or (None, why it failed inside nandoctor)."""
+    import torch
+
+    with preserved_everything(ctx.model):
+        torch.manual_seed(ctx.settings.seed)
+        try:
+            return probe.run(ctx), None
+        except (UsageError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # ours, not the user's: the user's crashes are findings inside probes
+            if debug:
+                raise
+            cause = exc.__cause__ if isinstance(exc, InternalError) and exc.__cause__ else exc
+            return None, f"internal error in probe {probe.name}: {describe(cause)} (run with --debug for the traceback)"
+
+
 def run_probes(setup: Setup, settings: Settings, probes: list[Any],
                progress: Callable[[str], None] = _say, debug: bool = False,
                budget_s: float | None = None) -> dict[str, Any]:
     """Every chosen probe in order, each inside a full state snapshot; returns report parts.
 
-    With ``budget_s``, a probe that would start after the budget is spent is skipped.
+    With ``budget_s``, a probe that would start after the budget is spent is skipped, and the
+    run is incomplete; so is a run in which a probe failed inside nandoctor.
     """
-    import time
-
-    import torch
-
-    findings, raw = [], {}
+    findings, raw, ran, not_run = [], {}, [], {}
     start = time.monotonic()
+    facts: dict[Any, Any] = {}
     with open_context(setup, settings) as ctx:
+        ctx.facts = facts
         for number, probe_class in enumerate(probes, 1):
             probe = probe_class()
-            missing = [fact for fact in probe.requires if not ctx.facts.get(fact, False)]
-            if missing:
+            missing = [fact.value for fact in probe.requires if not facts.get(fact, False)]
+            if missing:  # a finding above explains why (the forward is NaN, the backward raised)
                 raw[probe.name] = {"skipped": f"needs {', '.join(missing)}"}
                 continue
             elapsed = time.monotonic() - start
             if budget_s is not None and elapsed > budget_s:
                 raw[probe.name] = {"skipped": f"needs time (the {budget_s:g}s budget was spent)"}
+                not_run[probe.name] = raw[probe.name]["skipped"]
                 continue
             progress(f"nandoctor: [{number}/{len(probes)}] {probe.name} ({elapsed:.1f}s)")
-            with preserved_everything(setup.model):
-                torch.manual_seed(settings.seed)
-                try:
-                    result = probe.run(ctx)
-                except UsageError:
-                    raise
-                except Exception as exc:  # a probe's own failure must not hide the others' findings
-                    if debug:
-                        raise
-                    raw[probe.name] = {"error": f"{type(exc).__name__}: {exc}"}
-                    progress(f"nandoctor: probe {probe.name} failed: {type(exc).__name__}: {exc}")
-                    continue
+            result, failure = _run_one(probe, ctx, debug)
+            if failure is not None:
+                raw[probe.name] = {"error": failure}
+                not_run[probe.name] = failure
+                progress(f"nandoctor: {failure}")
+                continue
             findings.extend(result.findings)
             raw[probe.name] = result.raw
-            ctx.facts.update(result.facts)
-    return {"findings": rank(findings), "probes": raw}
+            facts.update(result.facts)
+            if result.incomplete:
+                not_run[probe.name] = f"did not finish: {result.incomplete}"
+            else:
+                ran.append(probe.name)
+        checked = len(ctx.batches)
+    coverage = {"batches_checked": checked, "batches_total": batches_total(setup.data),
+                "probes_run": ran, "probes_not_run": not_run}
+    return {"findings": rank(findings), "probes": raw, "coverage": coverage}
 
 
 def build_report(spec: str, parts: dict[str, Any]) -> dict[str, Any]:
-    """The JSON report of CONTRACT.md §2."""
+    """The JSON report of the contract (§2)."""
     findings = parts["findings"]
+    coverage = parts.get("coverage") or {"batches_checked": None, "batches_total": None,
+                                         "probes_run": [], "probes_not_run": {}}
     return {
         "nandoctor_version": __version__,
         "spec": spec,
-        "verdict": verdict(findings),
+        "verdict": verdict(findings, complete=not coverage["probes_not_run"]),
         "findings": [f.to_dict() for f in findings],
+        "coverage": coverage,
         "probes": parts["probes"],
     }

@@ -1,38 +1,77 @@
-"""Probe settings: thresholds and budgets. ``configs/probes.yaml`` mirrors these defaults."""
+"""Probe settings: the run's own (seed, batches) plus every threshold the probes declare.
+
+Defaults come from the registry (each probe's ``settings``); ``configs/probes.yaml`` is the
+same table written out (a test keeps them equal); ``--settings FILE`` overrides any of them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from nandoctor.errors import UsageError
+from nandoctor.probes.base import Setting
+
+RUN_SETTINGS = (
+    Setting("seed", 0, "seeds torch before each probe, so the same spec gives the same report"),
+    Setting("batches", 4, "batches read once from `data` and reused by every probe"),
+)
+_CHOICES = {"amp_what_if": ("", "fp16", "bf16")}
 
 
-@dataclass(frozen=True)
+def declared() -> list[Setting]:
+    """Every setting: the run's, then each registered probe's, in registry order."""
+    from nandoctor.probes import PROBES
+
+    seen, table = set(), []
+    for setting in RUN_SETTINGS + tuple(s for probe in PROBES for s in probe.settings):
+        if setting.name not in seen:
+            seen.add(setting.name)
+            table.append(setting)
+    return table
+
+
+def _coerce(setting: Setting, value: Any) -> Any:
+    if isinstance(setting.default, str):
+        value = "" if value is None else value
+        choices = _CHOICES.get(setting.name)
+        if choices is not None and value not in choices:
+            raise UsageError(f"setting {setting.name!r} must be one of {', '.join(c or 'empty' for c in choices)}, "
+                             f"got {value!r}")
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"setting {setting.name!r} must be a number, got {value!r}")
+    return type(setting.default)(value)
+
+
 class Settings:
-    seed: int = 0
-    batches: int = 4
-    # activation_explosion: output RMS grows this many times over the first layer's
-    activation_growth: float = 1e3
-    activation_min_rms: float = 1e2
-    # exploding_gradients: global gradient norm (warning, critical)
-    grad_norm_warning: float = 1e3
-    grad_norm_critical: float = 1e5
-    # vanishing_gradients: a parameter whose gradient RMS is below this counts as "no gradient"
-    grad_rms_vanishing: float = 1e-10
-    vanishing_share: float = 0.9
-    top_gradients: int = 10
-    # training dynamics in diagnose: a short sweep of user_lr * 10**k for k in [-down, up]
-    sweep_steps: int = 20
-    sweep_decades_down: int = 2
-    sweep_decades_up: int = 3
-    sweep_budget_s: float = 120.0  # rates nearest the user's run first; the rest are dropped past this
-    # grad_clip_too_aggressive: share of steps clipped and median clip factor
-    clip_share: float = 0.9
-    clip_factor: float = 10.0
-    # amp_overflow for a float32 spec: "fp16" or "bf16" checks that precision as a what-if
-    amp_what_if: str = ""
+    """Read-only attribute access to every setting: ``settings.sweep_steps``."""
+
+    def __init__(self, **values: Any):
+        table = {s.name: s for s in declared()}
+        unknown = sorted(set(values) - set(table))
+        if unknown:
+            raise UsageError(f"unknown settings: {', '.join(unknown)} (known: {', '.join(table)})")
+        merged = {name: setting.default for name, setting in table.items()}
+        merged.update({k: _coerce(table[k], v) for k, v in values.items()})
+        if merged["batches"] < 1:
+            raise UsageError("setting 'batches' must be at least 1")
+        object.__setattr__(self, "_values", merged)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("settings are read-only: build new ones with replace()")
+
+    def replace(self, **changes: Any) -> "Settings":
+        return Settings(**dict(self._values, **changes))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
 
 
 def load_settings(path: str | None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -52,21 +91,26 @@ def load_settings(path: str | None, overrides: dict[str, Any] | None = None) -> 
             raise UsageError(f"settings file {path} must hold a mapping")
         values.update(loaded)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = {f.name: f.type for f in fields(Settings)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise UsageError(f"unknown settings: {', '.join(unknown)} (known: {', '.join(known)})")
-    defaults = Settings()
-    for key, value in values.items():
-        expected = type(getattr(defaults, key))
-        if expected is str:
-            if value not in ("", "fp16", "bf16", None):
-                raise UsageError(f"setting {key!r} must be fp16 or bf16, got {value!r}")
-            values[key] = value or ""
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"setting {key!r} must be a number, got {value!r}")
-        values[key] = expected(value)
-    if values.get("batches", 1) < 1:
-        raise UsageError("setting 'batches' must be at least 1")
     return Settings(**values)
+
+
+def settings_yaml() -> str:
+    """``configs/probes.yaml``: every setting with its default and meaning."""
+    lines = ["# Default probe settings of nandoctor (written from the probes' declarations by",
+             "# scripts/write_probe_settings.py; a test keeps them equal).",
+             "# Pass a copy with your own values: nandoctor diagnose SPEC --settings my_probes.yaml"]
+    table = declared()
+    width = max(len(f"{s.name}: {_yaml_value(s.default)}") for s in table)
+    for setting in table:
+        entry = f"{setting.name}: {_yaml_value(setting.default)}"
+        lines.append(f"{entry:<{width}}  # {setting.meaning}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, float):
+        text = repr(value)
+        return text if "e" not in text or "." in text.split("e")[0] else text.replace("e", ".0e")
+    return str(value)

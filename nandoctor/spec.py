@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nandoctor.errors import UsageError
+from nandoctor.errors import UsageError, describe
 
 AMP_CHOICES = (None, "fp16", "bf16")
 _SETUP_KEYS = ("model", "data", "loss", "loss_weights", "optimizer", "lr", "grad_clip", "amp",
@@ -113,11 +113,6 @@ def _user_frame(exc: BaseException, user_file: str | None) -> str:
     return f"{chosen.filename}:{chosen.lineno}"
 
 
-def _describe(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
 def import_target(target: str) -> tuple[Any, str | None]:
     """Import a file path or a dotted module; returns (module, file path or None)."""
     if _is_file_target(target):
@@ -136,7 +131,7 @@ def import_target(target: str) -> tuple[Any, str | None]:
                 module_spec.loader.exec_module(module)
             except Exception as exc:  # the user's file raised while importing
                 sys.modules.pop(module_name, None)
-                raise UsageError(f"importing {target} raised {_describe(exc)} "
+                raise UsageError(f"importing {target} raised {describe(exc)} "
                                  f"(at {_user_frame(exc, str(path))})") from exc
         return module, str(path)
     with _on_sys_path(os.getcwd()):
@@ -145,10 +140,10 @@ def import_target(target: str) -> tuple[Any, str | None]:
         except ModuleNotFoundError as exc:
             if exc.name and target.startswith(exc.name):
                 raise UsageError(f"no module named {target!r} (and no file of that name)") from exc
-            raise UsageError(f"importing {target} raised {_describe(exc)} "
+            raise UsageError(f"importing {target} raised {describe(exc)} "
                              f"(at {_user_frame(exc, None)})") from exc
         except Exception as exc:
-            raise UsageError(f"importing {target} raised {_describe(exc)} "
+            raise UsageError(f"importing {target} raised {describe(exc)} "
                              f"(at {_user_frame(exc, None)})") from exc
 
 
@@ -179,7 +174,7 @@ def call_build(function: Callable, kwargs: dict[str, Any], spec: str, user_file:
         try:
             return function(**kwargs)
         except Exception as exc:
-            raise UsageError(f"{spec} raised {_describe(exc)} (at {_user_frame(exc, user_file)})") from exc
+            raise UsageError(f"{spec} raised {describe(exc)} (at {_user_frame(exc, user_file)})") from exc
 
 
 def _as_mapping(result: Any, spec: str) -> dict[str, Any]:

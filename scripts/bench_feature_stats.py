@@ -25,7 +25,7 @@ print(json.dumps({{"seconds": elapsed, "peak_mb": resource.getrusage(resource.RU
 """
 
 PANDAS = "import pandas as pd\nresult = pd.read_parquet(sys.argv[1]).describe()"
-NANDOCTOR = ("from nandoctor.featurestats import analyse\n"
+NANDOCTOR = ("from nandoctor.featurestats.files import analyse\n"
              "result = analyse([sys.argv[1]], progress=lambda message: None)")
 
 

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from nandoctor.runner import open_context
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
-from nandoctor.sweep import run_sweep
+from nandoctor.sweep.grid import run_sweep
 
 
 def build():

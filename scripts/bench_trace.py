@@ -22,7 +22,7 @@ from benchtools import median_time
 from nandoctor.context import RunContext
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
-from nandoctor.tracing import trace_batch
+from nandoctor.measure.trace import trace_batch
 
 
 class Attention(nn.Module):

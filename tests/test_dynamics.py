@@ -11,8 +11,8 @@ from nandoctor.cli import app
 from nandoctor.runner import open_context
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
-from nandoctor.sweep import default_grid, run_sweep
-from nandoctor.training import LEARNS, train
+from nandoctor.sweep.grid import default_grid, run_sweep
+from nandoctor.sweep.training import LEARNS, train
 from tests.fixtures.dynamics import DYNAMICS_CASES
 from tests.test_state import _assert_same, _snapshot
 

@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nandoctor.cli import app
-from nandoctor.colstats import SAMPLE_SIZE, StreamingColumn
+from nandoctor.featurestats.columns import SAMPLE_SIZE, StreamingColumn
 
 runner = CliRunner()
 

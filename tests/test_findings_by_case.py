@@ -6,7 +6,8 @@ import pytest
 
 from nandoctor.codes import CODES
 from nandoctor.probes import PROBES
-from nandoctor.render import render_json, render_text
+from nandoctor.render.common import render_json
+from nandoctor.render.text import render_text
 from tests.fixtures.models import CASES
 
 
@@ -33,11 +34,13 @@ def test_report_is_contract_shaped_plain_data(case, diagnose):
     bad, *_ = CASES[case]
     report = diagnose(bad())
     parsed = json.loads(render_json(report))  # strict JSON: NaN/Inf become strings
-    assert set(parsed) == {"nandoctor_version", "spec", "verdict", "findings", "probes"}
+    assert set(parsed) == {"nandoctor_version", "spec", "verdict", "findings", "coverage", "probes"}
+    assert set(parsed["coverage"]) == {"batches_checked", "batches_total", "probes_run", "probes_not_run"}
     for finding in parsed["findings"]:
         assert finding["code"] in CODES
         assert finding["severity"] in ("critical", "warning", "info")
-        assert set(finding["where"]) == {"module", "component", "feature", "parameter"}
+        assert set(finding["where"]) == {"module", "component", "feature", "parameter",
+                                         "op", "source", "batch", "sample"}
         assert set(finding["fix"]) == {"config", "advice"}
     assert render_text(report).startswith("nandoctor ")
 

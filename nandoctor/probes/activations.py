@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.probes.base import ProbeResult
-from nandoctor.tracing import ModuleCall, traced
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.probes.base import Fact, Setting, Probe, ProbeResult
+from nandoctor.measure.trace import ModuleCall, traced
 
 
 def leaf_profile(calls: list[ModuleCall]) -> list[ModuleCall]:
@@ -14,11 +14,25 @@ def leaf_profile(calls: list[ModuleCall]) -> list[ModuleCall]:
     return [c for c in calls if c.is_leaf and c.out_rms is not None and c.output_finite]
 
 
-class ActivationsProbe:
+class ActivationsProbe(Probe):
     name = "activations"
     description = "activation scale (abs-max, RMS) per module; flags growth by orders of magnitude"
     order = 40
-    requires = ("forward_ok",)
+    requires = (Fact.FORWARD_OK,)
+    codes = (
+        CodeDoc("activation_explosion", 7,
+                "activations stay finite but their scale grows large through the layers",
+                "Large activations saturate nonlinearities, overflow in half precision and "
+                "make gradients explode.",
+                "A deep MLP initialized with N(0, 1) weights and no normalization.",
+                "Add LayerNorm/BatchNorm, use a fan-in scaled init (kaiming/xavier), normalize inputs."),
+    )
+
+    settings = (
+        Setting("activation_growth", 1e3, "activation_explosion: output RMS grows this many times over the first layer's"),
+        Setting("activation_min_rms", 1e2, "... and reaches at least this RMS"),
+        Setting("activation_first_growth", 100.0, "... the finding names the first layer past this many times the first layer's RMS"),
+    )
 
     def run(self, ctx: Any) -> ProbeResult:
         settings = ctx.settings
@@ -33,7 +47,7 @@ class ActivationsProbe:
         raw.update({"reference_rms": reference, "peak_rms": peak.out_rms, "growth": growth})
         if growth < settings.activation_growth or peak.out_rms < settings.activation_min_rms:
             return ProbeResult([], raw)
-        first = next(c for c in profile if c.out_rms >= reference * 100)
+        first = next(c for c in profile if c.out_rms >= reference * settings.activation_first_growth)
         severity = Severity.CRITICAL if growth >= settings.activation_growth ** 2 else Severity.WARNING
         finding = Finding(
             "activation_explosion", severity,

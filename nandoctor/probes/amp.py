@@ -8,20 +8,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.configkeys import fix_config
-from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.probes.base import ProbeResult
-from nandoctor.tracing import forward_calls
+from nandoctor.config import fix_config
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult
+from nandoctor.measure.trace import forward_calls
 
 LIMITS = {"fp16": 65504.0, "bf16": 3.3895e38}
-NEAR = 0.25  # warn when float32 activations reach a quarter of float16's largest value
 
 
-class AmpProbe:
+class AmpProbe(Probe):
     name = "amp"
     description = "forward under the user's autocast precision beside float32: overflow or NaN only in half precision"
     order = 25
-    requires = ("forward_runs",)
+    requires = (Fact.FORWARD_RUNS,)
+    codes = (
+        CodeDoc("amp_overflow", 6,
+                "finite in float32, but overflows or turns NaN under the user's autocast precision",
+                "float16 tops out at 65,504: large logits or attention scores become Inf, then NaN.",
+                "Contrastive logits divided by a temperature of 0.07 under fp16 autocast.",
+                "Use bf16, keep the named module in float32, scale the logits down, or use a GradScaler."),
+    )
+    folds = (
+        Fold("amp_overflow", "forward_nonfinite"),
+    )
+
+    settings = (
+        Setting("amp_what_if", "", "amp_overflow for a float32 spec: fp16 or bf16 checks that precision as a what-if"),
+        Setting("amp_near", 0.25, "warn when float32 activations reach this share of float16's largest value"),
+    )
 
     def run(self, ctx: Any) -> ProbeResult:
         import torch
@@ -51,14 +65,14 @@ class AmpProbe:
                 reference = next(f for f in full if f.name == culprit.name)
                 findings.append(self._overflow(ctx, precision, culprit, reference, index))
                 break
-            near = self._near_limit(full, precision)
+            near = self._near_limit(full, precision, ctx.settings.amp_near)
             if near is not None:
                 raw["near_limit"] = near
         if not findings and raw.get("near_limit"):
             near = raw["near_limit"]
             findings.append(Finding(
                 "amp_overflow", Severity.WARNING,
-                f"module {near['module']!r} reaches {near['absmax']:,.4g} in float32, within {1 / NEAR:g}x of "
+                f"module {near['module']!r} reaches {near['absmax']:,.4g} in float32, within {1 / ctx.settings.amp_near:g}x of "
                 f"float16's limit 65,504",
                 Where(module=near["module"]), dict(near, precision=precision),
                 Fix(*fix_config(ctx.setup, "amp", "bf16")[:1],
@@ -70,11 +84,11 @@ class AmpProbe:
         return ProbeResult(findings, raw)
 
     @staticmethod
-    def _near_limit(calls: list, precision: str) -> dict[str, Any] | None:
+    def _near_limit(calls: list, precision: str, near: float) -> dict[str, Any] | None:
         if precision != "fp16":
             return None
         for call in calls:
-            if call.out_absmax is not None and call.output_finite and call.out_absmax >= NEAR * LIMITS["fp16"]:
+            if call.out_absmax is not None and call.output_finite and call.out_absmax >= near * LIMITS["fp16"]:
                 return {"module": call.name, "module_type": call.kind, "absmax": call.out_absmax,
                         "limit": LIMITS["fp16"]}
         return None

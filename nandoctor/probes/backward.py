@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.grad_origin import find_gradient_origin
-from nandoctor.probes.base import ProbeResult
-from nandoctor.tracing import BatchTrace, traced
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.measure.grad_origin import find_gradient_origin
+from nandoctor.probes.base import Fact, Probe, ProbeResult
+from nandoctor.measure.trace import BatchTrace, traced
 
 # Autograd ops whose gradient is non-finite at a point where their value is finite.
 OP_ADVICE = {
@@ -40,11 +40,24 @@ def _parameter_near(trace: BatchTrace, module: str | None) -> str | None:
     return bad[-1]
 
 
-class BackwardProbe:
+class BackwardProbe(Probe):
     name = "backward"
     description = "where gradients first turn NaN/Inf in the backward pass while the forward is finite"
     order = 30
-    requires = ("forward_ok",)
+    requires = (Fact.FORWARD_OK,)
+    provides = (Fact.BACKWARD_OK,)
+    codes = (
+        CodeDoc("backward_nonfinite", 11,
+                "the forward pass is finite but gradients turn NaN/Inf",
+                "The optimizer step writes NaN into the weights; the next forward is NaN.",
+                "x.norm() of an all-zero vector: finite value, NaN gradient (0/0).",
+                "Add eps inside the op named in the finding (sqrt(x + eps), clamp before acos)."),
+        CodeDoc("backward_error", 11,
+                "loss.backward() raised an exception",
+                "No gradient, no step: usually an in-place op modified a tensor autograd saved.",
+                "x += 1 on the output of a sigmoid that backward needs.",
+                "Replace the in-place op named in the message with its out-of-place form."),
+    )
 
     def run(self, ctx: Any) -> ProbeResult:
         trace = traced(ctx)[-1]
@@ -55,9 +68,9 @@ class BackwardProbe:
                               Where(), {"error": trace.backward_error, "batch": trace.batch_index},
                               Fix(advice="Usually an in-place op on a tensor autograd saved "
                                          "(x += ..., relu_(...)): replace it with the out-of-place form."))
-            return ProbeResult([finding], raw, facts={"backward_ok": False})
+            return ProbeResult([finding], raw, facts={Fact.BACKWARD_OK: False})
         if trace.backward_finite:
-            return ProbeResult([], raw, facts={"backward_ok": True})
+            return ProbeResult([], raw, facts={Fact.BACKWARD_OK: True})
         origin = find_gradient_origin(ctx, trace.batch_index) or {}
         module = origin.get("module")
         if module is None and not origin.get("loss_side") and trace.first_nonfinite_grad_call is not None:
@@ -75,4 +88,4 @@ class BackwardProbe:
         return ProbeResult([Finding("backward_nonfinite", Severity.CRITICAL, title,
                                     Where(module=module, parameter=parameter), evidence,
                                     Fix(advice=f"In {place}: {advice}."))],
-                           raw, facts={"backward_ok": False})
+                           raw, facts={Fact.BACKWARD_OK: False})

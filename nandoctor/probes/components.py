@@ -9,14 +9,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nandoctor.configkeys import fix_config
-from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.grad_origin import find_gradient_origin
+from nandoctor.config import fix_config
+from nandoctor.findings import CodeDoc, is_finite, Finding, Fix, Severity, Where
+from nandoctor.measure.grad_origin import find_gradient_origin
 from nandoctor.probes.backward import OP_ADVICE
-from nandoctor.probes.base import ProbeResult
-from nandoctor.tracing import traced
+from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult, loss_side
+from nandoctor.measure.trace import traced
 
-DOMINANCE = 100.0  # "dwarfs": two orders of magnitude over the next largest component
 
 
 def component_gradients(ctx: Any, batch: Any) -> dict[str, dict[str, float]]:
@@ -46,15 +45,32 @@ def component_gradients(ctx: Any, batch: Any) -> dict[str, dict[str, float]]:
                    "grad_norm": values[len(names) + i]} for i, name in enumerate(names)}
 
 
-def _finite(value: float) -> bool:
-    return math.isfinite(value)
-
-
-class ComponentsProbe:
+class ComponentsProbe(Probe):
     name = "components"
     description = "each named loss component's value and own gradient norm: NaN terms, dominant terms"
     order = 35
-    requires = ("forward_runs",)
+    requires = (Fact.FORWARD_RUNS,)
+    codes = (
+        CodeDoc("loss_component_nonfinite", 10,
+                "one named loss component produces NaN/Inf (value or gradient)",
+                "One bad term poisons the total loss and every gradient.",
+                "A contrastive term dividing embeddings by a norm that is zero for some rows.",
+                "Add eps to the named component's divisions/norms (F.normalize(x, eps=1e-6))."),
+        CodeDoc("loss_component_explosion", 12,
+                "one named loss component's gradient dwarfs the rest",
+                "The other components' signal is lost; clipping scales it away.",
+                "An acyclicity term trace(A³) at weight 0.1 beside a reconstruction loss.",
+                "Lower that component's weight by the ratio in the finding, or rescale the term."),
+    )
+    folds = (
+        Fold("loss_component_nonfinite", "forward_nonfinite", loss_side),
+        Fold("loss_component_nonfinite", "backward_nonfinite"),
+        Fold("loss_component_explosion", "exploding_gradients"),
+    )
+
+    settings = (
+        Setting("component_dominance", 100.0, "loss_component_explosion: a component's gradient this many times the next one's"),
+    )
 
     def run(self, ctx: Any) -> ProbeResult:
         if not traced(ctx)[0].components:  # the shared traced pass already evaluated the loss
@@ -68,17 +84,17 @@ class ComponentsProbe:
                 return ProbeResult([], {"error_in_forward": f"{type(exc).__name__}: {exc}"})
             for name, row in rows.items():
                 kept = table.setdefault(name, dict(row))
-                kept["grad_norm"] = max(kept["grad_norm"], row["grad_norm"]) if _finite(row["grad_norm"]) else row["grad_norm"]
-                if not _finite(row["value"]):
+                kept["grad_norm"] = max(kept["grad_norm"], row["grad_norm"]) if is_finite(row["grad_norm"]) else row["grad_norm"]
+                if not is_finite(row["value"]):
                     kept["value"] = row["value"]
-            if any(not (_finite(r["value"]) and _finite(r["grad_norm"])) for r in rows.values()):
+            if any(not (is_finite(r["value"]) and is_finite(r["grad_norm"])) for r in rows.values()):
                 bad_batch = index
                 break
-        total = sum(r["grad_norm"] for r in table.values() if _finite(r["grad_norm"])) or 1.0
+        total = sum(r["grad_norm"] for r in table.values() if is_finite(r["grad_norm"])) or 1.0
         for row in table.values():
-            row["share"] = row["grad_norm"] / total if _finite(row["grad_norm"]) else None
+            row["share"] = row["grad_norm"] / total if is_finite(row["grad_norm"]) else None
         raw = {"components": table}
-        nonfinite = [n for n, r in table.items() if not (_finite(r["value"]) and _finite(r["grad_norm"]))]
+        nonfinite = [n for n, r in table.items() if not (is_finite(r["value"]) and is_finite(r["grad_norm"]))]
         if nonfinite:
             return ProbeResult([self._nonfinite(ctx, table, nonfinite[0], bad_batch or 0)], raw)
         return ProbeResult(self._explosion(ctx, table), raw)
@@ -86,7 +102,7 @@ class ComponentsProbe:
     @staticmethod
     def _nonfinite(ctx: Any, table: dict, name: str, batch_index: int) -> Finding:
         row = table[name]
-        in_value = not _finite(row["value"])
+        in_value = not is_finite(row["value"])
         origin = None if in_value else find_gradient_origin(ctx, batch_index, component=name)
         evidence = {"component": name, "value": row["value"], "grad_norm": row["grad_norm"],
                     "weight": row["weight"], "in": "value" if in_value else "gradient", "batch": batch_index,
@@ -104,11 +120,12 @@ class ComponentsProbe:
 
     @staticmethod
     def _explosion(ctx: Any, table: dict) -> list[Finding]:
+        dominance = ctx.settings.component_dominance
         ranked = sorted(table.items(), key=lambda kv: -kv[1]["grad_norm"])
         if len(ranked) < 2:
             return []
         (name, top), (second_name, second) = ranked[0], ranked[1]
-        if second["grad_norm"] <= 0 or top["grad_norm"] / second["grad_norm"] < DOMINANCE:
+        if second["grad_norm"] <= 0 or top["grad_norm"] / second["grad_norm"] < dominance:
             return []  # a component with no gradient at all (a constant term) dwarfs nothing
         # a main loss that dwarfs a lightly weighted regularizer is how regularizers are meant to be;
         # the harm is a term weighted as secondary (or with an absurd gradient) drowning the rest
@@ -119,7 +136,7 @@ class ComponentsProbe:
         suggested = float(f"{top['weight'] * second['grad_norm'] / top['grad_norm']:.1g}")
         config, note = fix_config(ctx.setup, f"loss_weights.{name}", suggested)
         return [Finding(
-            "loss_component_explosion", Severity.CRITICAL if ratio >= DOMINANCE ** 2 else Severity.WARNING,
+            "loss_component_explosion", Severity.CRITICAL if ratio >= dominance ** 2 else Severity.WARNING,
             f"loss component {name!r}'s gradient is {ratio:,.3g}x that of {second_name!r}: it drowns the rest",
             Where(component=name),
             {"component": name, "grad_norm": top["grad_norm"], "weight": top["weight"], "ratio": ratio,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from typing import Any
 
-from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.probes.base import ProbeResult
+from nandoctor.measure.hooks import hooked_forward
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult
 
 RELU_FAMILY = ("ReLU", "ReLU6", "Threshold", "Hardshrink")
-DEAD_WARNING, DEAD_CRITICAL = 0.5, 0.9
-MIN_SAMPLES = 16
 
 
 def _unit_dim(y: Any) -> int:
@@ -18,38 +16,45 @@ def _unit_dim(y: Any) -> int:
     return 1 if y.dim() == 4 else y.dim() - 1
 
 
-class DeadUnitsProbe:
+class DeadUnitsProbe(Probe):
     name = "dead_units"
     description = "share of ReLU-family units that never activate on the cached batches, per module"
     order = 46
-    requires = ("forward_runs",)
+    requires = (Fact.FORWARD_RUNS,)
+    codes = (
+        CodeDoc("dead_units", 9,
+                "a large share of ReLU-like units never activate",
+                "A unit that is zero for every input gets no gradient and never recovers.",
+                "Linear layers whose biases start at -5 before a ReLU.",
+                "Re-initialize biases at zero, use LeakyReLU/GELU, lower the learning rate."),
+    )
+    folds = (
+        # a layer fed only by dead ReLUs outputs its bias, a constant that looks pinned
+        Fold("dead_units", "saturation", lambda c, s: s.evidence.get("output_min") == s.evidence.get("output_max")),
+    )
+
+    settings = (
+        Setting("dead_warning", 0.5, "dead_units: share of a module's units that never fire, for a warning"),
+        Setting("dead_critical", 0.9, "... and for a critical finding"),
+        Setting("dead_min_samples", 16, "... judged only over at least this many samples"),
+    )
 
     def run(self, ctx: Any) -> ProbeResult:
         import torch
 
-        names = {}
-        for name, module in ctx.model.named_modules():
-            names.setdefault(id(module), name)
         alive: dict[str, Any] = {}
         samples: dict[str, int] = {}
 
-        def hook(module, args, output):
+        def hook(name: str, module: Any, output: Any) -> None:
             if not isinstance(output, torch.Tensor) or output.dim() < 2:
                 return
             dim = _unit_dim(output)
-            with torch.no_grad():  # units to the last dimension; a unit fired if any sample is > 0
-                fired = (output.detach() > 0).movedim(dim, -1).reshape(-1, output.shape[dim]).any(0)
-            name = names.get(id(module), type(module).__name__)
+            # units to the last dimension; a unit fired if any sample is > 0
+            fired = (output.detach() > 0).movedim(dim, -1).reshape(-1, output.shape[dim]).any(0)
             alive[name] = fired if name not in alive or alive[name].shape != fired.shape else alive[name] | fired
             samples[name] = samples.get(name, 0) + output.shape[0]
 
-        ctx.model.train()
-        with ExitStack() as hooks, torch.no_grad():
-            for module in ctx.model.modules():
-                if type(module).__name__ in RELU_FAMILY:
-                    hooks.enter_context(module.register_forward_hook(hook))
-            for batch in ctx.batches:
-                ctx.loss(batch)
+        hooked_forward(ctx, hook, select=lambda module: type(module).__name__ in RELU_FAMILY)
         if not alive:
             return ProbeResult([], {"skipped": "no ReLU-family modules"})
         order = list(alive)
@@ -58,12 +63,12 @@ class DeadUnitsProbe:
         rows = [{"module": n, "dead": int(d), "units": int(u), "share": d / max(u, 1), "samples": samples[n]}
                 for n, (d, u) in zip(order, counts)]
         raw = {"modules": rows}
-        dead = [r for r in rows if r["share"] >= DEAD_WARNING and r["samples"] >= MIN_SAMPLES]
+        dead = [r for r in rows if r["share"] >= ctx.settings.dead_warning and r["samples"] >= ctx.settings.dead_min_samples]
         if not dead:
             return ProbeResult([], raw)
         first = dead[0]
         return ProbeResult([Finding(
-            "dead_units", Severity.CRITICAL if first["share"] >= DEAD_CRITICAL else Severity.WARNING,
+            "dead_units", Severity.CRITICAL if first["share"] >= ctx.settings.dead_critical else Severity.WARNING,
             f"{first['dead']} of {first['units']} units after {first['module']!r} ({first['share']:.0%}) never "
             f"activate on {first['samples']} samples",
             Where(module=first["module"]),

@@ -11,13 +11,13 @@ import math
 import statistics
 from typing import Any
 
-from nandoctor.configkeys import fix_config
-from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.probes.base import ProbeResult
+from nandoctor.config import fix_config
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult
 from nandoctor.state import ModelSnapshot
-from nandoctor.sweep import decade_grid, nearest, recommend, run_sweep
-from nandoctor.tracing import traced
-from nandoctor.training import DIVERGED, FLAT, LEARNS, UNSTABLE, TrainRun, train
+from nandoctor.sweep.grid import decade_grid, nearest, recommend, run_sweep
+from nandoctor.measure.trace import traced
+from nandoctor.sweep.training import DIVERGED, FLAT, LEARNS, UNSTABLE, TrainRun, train
 
 
 def nice_below(value: float) -> float:
@@ -41,11 +41,54 @@ def random_guess_baseline(ctx: Any, initial: float | None) -> dict[str, Any] | N
     return None
 
 
-class DynamicsProbe:
+class DynamicsProbe(Probe):
     name = "dynamics"
     description = "short LR sweep from the user's settings: LR too high/low, clipping, loss plateau"
     order = 60
-    requires = ("forward_ok", "backward_ok")
+    requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK)
+    codes = (
+        CodeDoc("lr_too_high", 16,
+                "the learning rate sweep shows the user's rate diverges or is unstable where a lower one trains",
+                "Each step overshoots; the loss climbs or goes NaN.",
+                "AdamW at 1e-3 on a transformer whose gradients reach 4e8.",
+                "Use the recommended rate from the sweep."),
+        CodeDoc("lr_too_low", 17,
+                "the loss barely moves at the user's rate where a higher one trains stably",
+                "Training wastes compute or never leaves the initial plateau.",
+                "SGD at 1e-5.",
+                "Use the recommended rate from the sweep."),
+        CodeDoc("grad_clip_too_aggressive", 15,
+                "clipping scales nearly every step's gradient down by a large factor",
+                "Every update is shrunk to max_norm: effectively a much smaller LR.",
+                "clip_grad_norm_(max_norm=1.0) where gradient norms are in the thousands.",
+                "Raise max_norm to about the observed median norm, and fix what makes norms large."),
+        CodeDoc("loss_plateau", 18,
+                "the loss stays at its random-guess baseline and does not decrease",
+                "The model learns nothing: often labels disconnected from inputs, or a dead signal path.",
+                "An angular loss stuck at ~1.5 rad (pi/2, random directions).",
+                "Check that labels match inputs, the LR, and the findings ranked above this one."),
+    )
+    folds = (
+        Fold("grad_clip_too_aggressive", "loss_plateau"),  # every step shrunk: the loss cannot move
+        Fold("grad_clip_too_aggressive", "lr_too_low"),
+    )
+
+    settings = (
+        Setting("sweep_steps", 20, "training dynamics in diagnose: steps per rate of the short LR sweep"),
+        Setting("sweep_decades_down", 2, "... rates user_lr * 10**k for k from -down ..."),
+        Setting("sweep_decades_up", 3, "... to +up (three up: SGD at 1e-5 needs a far higher rate)"),
+        Setting("sweep_budget_s", 120.0, "... nearest rates first; rates that would end past this many seconds are dropped"),
+        Setting("learns_drop", 0.05, "a run learns when its loss falls by at least this share of the start"),
+        Setting("diverged_rise", 0.5, "a run diverged when its loss ends this share above its start"),
+        Setting("spike_rise", 2.0, "a run is unstable when a step's loss rises this many times the start's scale above it"),
+        Setting("grad_growth", 100.0, "... or its gradient norm grows this many times over the first step's"),
+        Setting("blowup_rise", 10.0, "a run stops early once its loss is this many times the start's scale above it"),
+        Setting("lr_low_drop", 0.1, "lr_too_low: a higher rate brings the loss down by at least this share ..."),
+        Setting("lr_low_ratio", 4.0, "... and by this many times the user's drop"),
+        Setting("plateau_heldout_drop", 0.01, "loss_plateau: a held-out loss that falls by this share is no plateau"),
+        Setting("clip_share", 0.9, "grad_clip_too_aggressive: share of steps whose gradient is clipped"),
+        Setting("clip_factor", 10.0, "... by at least this median factor"),
+    )
 
     def run(self, ctx: Any) -> ProbeResult:
         settings, setup = ctx.settings, ctx.setup
@@ -85,7 +128,7 @@ class DynamicsProbe:
                             Fix(config, f"Lower the learning rate to {best.lr:.3g}: {why}.{note}"))]
         generalizes = best.heldout_initial is None or (best.heldout_final is not None
                                                        and best.heldout_final < best.heldout_initial)
-        barely_moves = user.verdict == FLAT and best.drop >= max(0.1, 4 * user.drop)
+        barely_moves = user.verdict == FLAT and best.drop >= max(ctx.settings.lr_low_drop, ctx.settings.lr_low_ratio * user.drop)
         if best.lr > user.lr and barely_moves and generalizes:
             return [Finding("lr_too_low", Severity.WARNING,
                             f"the loss barely moves at lr {user.lr:.3g} (down {user.drop:.1%} in "
@@ -148,7 +191,7 @@ class DynamicsProbe:
         with_heldout = [r for r in stable if r.heldout_initial is not None and r.heldout_final is not None]
         if with_heldout and baseline:
             best_heldout = min(r.heldout_final - r.heldout_initial for r in with_heldout)
-            if best_heldout < -0.01 * abs(with_heldout[0].heldout_initial):
+            if best_heldout < -ctx.settings.plateau_heldout_drop * abs(with_heldout[0].heldout_initial):
                 return []
             learned_train = max(r.drop for r in stable)
             detail = (f"held-out loss never falls below {baseline['value']:.4g} (random guess: "

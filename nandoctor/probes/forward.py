@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.probes.base import ProbeResult
-from nandoctor.tracing import BatchTrace, ModuleCall, traced
+from nandoctor.findings import CodeDoc, is_finite, Finding, Fix, Severity, Where
+from nandoctor.probes.base import Fact, Fold, Probe, ProbeResult, inside_module
+from nandoctor.measure.trace import BatchTrace, ModuleCall, traced
 
 _DEVICE_ERRORS = ("same device", "device type", "Expected all tensors to be on")
 
@@ -29,11 +29,28 @@ def _fmt(value: float | None) -> str:
     return "none" if value is None else f"{value:.4g}"
 
 
-class ForwardProbe:
+class ForwardProbe(Probe):
     name = "forward"
     description = "first module whose forward turns finite numbers into NaN/Inf, or that raises"
     order = 20
-    requires: tuple[str, ...] = ()
+    requires = ()
+    provides = (Fact.FORWARD_RUNS, Fact.FORWARD_OK)
+    codes = (
+        CodeDoc("forward_error", 4,
+                "the model's forward (or the loss function) raised an exception",
+                "Training cannot start; the message and the module that raised say why.",
+                "A shape mismatch between an encoder's output and a head's Linear.",
+                "Fix the module named in the finding; the message is the one torch raised."),
+        CodeDoc("forward_nonfinite", 5,
+                "a module's forward turns finite inputs into NaN/Inf; where.module is the first such module",
+                "Once an activation is NaN the loss and every gradient are NaN.",
+                "torch.log(torch.softmax(x)) where softmax underflows to 0, giving log(0) = -inf.",
+                "Use the numerically stable op (log_softmax, logsumexp), clamp or add eps before "
+                "log/div/sqrt, keep exp arguments bounded."),
+    )
+    folds = (
+        Fold("forward_nonfinite", "loss_component_nonfinite", inside_module),
+    )
 
     def run(self, ctx: Any) -> ProbeResult:
         traces = traced(ctx)
@@ -42,10 +59,10 @@ class ForwardProbe:
                "modules_called": len(last.calls)}
         if last.crash is not None:
             raw["crash"] = vars(last.crash)
-            return ProbeResult([self._crash(last)], raw, facts={"forward_ok": False, "forward_runs": False})
+            return ProbeResult([self._crash(last)], raw, facts={Fact.FORWARD_OK: False, Fact.FORWARD_RUNS: False})
         if last.forward_finite:
-            return ProbeResult([], raw, facts={"forward_ok": True, "forward_runs": True})
-        nan = {"forward_ok": False, "forward_runs": True}
+            return ProbeResult([], raw, facts={Fact.FORWARD_OK: True, Fact.FORWARD_RUNS: True})
+        nan = {Fact.FORWARD_OK: False, Fact.FORWARD_RUNS: True}
         if _batch_nonfinite(ctx.batches[last.batch_index]):
             raw["nonfinite_batch"] = last.batch_index  # the input probe names the feature
             return ProbeResult([], raw, facts=nan)
@@ -88,7 +105,7 @@ class ForwardProbe:
         found = first_nonfinite_call(trace)
         evidence: dict[str, Any] = {"batch": trace.batch_index, "loss": trace.loss}
         if found is None:
-            bad = [k for k, v in trace.components.items() if not _is_finite(v)]
+            bad = [k for k, v in trace.components.items() if not is_finite(v)]
             component = bad[0] if bad else None
             what = f"loss component {component!r}" if component else "the loss"
             evidence.update({"components": trace.components, "location": "loss function"})
@@ -118,15 +135,9 @@ class ForwardProbe:
                                   "negatives."))
 
 
-def _is_finite(value: float | None) -> bool:
-    import math
-
-    return value is not None and math.isfinite(value)
-
-
 def _batch_nonfinite(batch: Any) -> bool:
     import torch
 
-    from nandoctor.tracing import float_tensors
+    from nandoctor.measure.trace import float_tensors
 
     return any(not bool(torch.isfinite(t).all()) for t in float_tensors(batch))

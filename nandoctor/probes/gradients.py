@@ -4,17 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.probes.base import ProbeResult
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.probes.base import Fact, Setting, Probe, ProbeResult
 from nandoctor.probes.parameters import owner
-from nandoctor.tracing import traced
+from nandoctor.measure.trace import traced
 
 
-class GradientsProbe:
+class GradientsProbe(Probe):
     name = "gradients"
     description = "per-parameter gradient norms; flags exploding and vanishing gradients"
     order = 50
-    requires = ("forward_ok", "backward_ok")
+    requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK)
+    codes = (
+        CodeDoc("exploding_gradients", 13,
+                "gradient norms are very large at the user's settings",
+                "Huge updates throw the weights far away; Adam's state fills with extremes.",
+                "qkv_proj.weight with grad_norm=432,542,528 at LR 1e-3.",
+                "Normalize inputs and targets, add normalization layers, lower the LR; clip as a guard."),
+        CodeDoc("vanishing_gradients", 14,
+                "gradients are zero or vanishingly small for all or most parameters",
+                "Parameters without gradient never change: the model cannot learn.",
+                "A 20-layer sigmoid MLP: gradients shrink by 4x per layer.",
+                "Use ReLU-family activations, residual connections, normalization, a proper init."),
+    )
+
+    settings = (
+        Setting("grad_norm_warning", 1e3, "exploding_gradients: global gradient norm for a warning"),
+        Setting("grad_norm_critical", 1e5, "... and for a critical finding"),
+        Setting("grad_rms_vanishing", 1e-10, "vanishing_gradients: gradient RMS below this counts as no gradient"),
+        Setting("vanishing_share", 0.9, "... for at least this share of the parameters (by element count)"),
+        Setting("top_gradients", 10, "rows in the gradient-norm table"),
+    )
 
     def run(self, ctx: Any) -> ProbeResult:
         traces = traced(ctx)

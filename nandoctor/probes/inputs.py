@@ -8,13 +8,14 @@ before any forward pass.
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from typing import Any
 
 from nandoctor.batches import iter_tensors
-from nandoctor.colstats import ColumnSummary, StreamingColumn
-from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.probes.base import ProbeResult
-from nandoctor.tracing import traced
+from nandoctor.featurestats.columns import ColumnSummary, FlagLimits, StreamingColumn
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.probes.base import Probe, ProbeResult, Setting
+from nandoctor.measure.trace import traced
 
 MAX_ROWS = 200_000
 _LABEL_NAME = re.compile(r"^(y|label|labels|target|targets)$", re.IGNORECASE)
@@ -56,7 +57,8 @@ def _bool():
     return torch.bool
 
 
-def feature_summaries(path: str, tensors: list[Any], feature_names: Any) -> list[ColumnSummary]:
+def feature_summaries(path: str, tensors: list[Any], feature_names: Any,
+                      limits: FlagLimits = FlagLimits()) -> list[ColumnSummary]:
     """One summary per feature (last dimension) of a float tensor, over all cached batches."""
     import torch
 
@@ -71,8 +73,26 @@ def feature_summaries(path: str, tensors: list[Any], feature_names: Any) -> list
         label = names[index] if names else (f"{path}[{index}]" if tensors[0].dim() else path)
         column = StreamingColumn(label, "float")
         column.add(matrix[:, index])
-        summaries.append(column.summary())
+        summaries.append(column.summary(limits))
     return summaries
+
+
+FLAG_MEANINGS = (
+    "not_normalized when a feature's std is above this",
+    "... or its |p1| or |p99| is above this",
+    "... or its |mean| is above this many stds (at least 1)",
+    "not_normalized (too small) when the std is below this",
+    "... and |p1|, |p99| are below this",
+    "heavy_tail when the max lies this many p50..p99 spreads beyond the median",
+    "integer_ids needs a range at least this wide",
+    "... and at least this many distinct values",
+    "... covering at least this share of the range",
+)
+
+
+def flag_limits(settings: Any) -> FlagLimits:
+    """The column-flag cut-offs from the run's settings (``input_std_max``, ...)."""
+    return FlagLimits(**{f.name: getattr(settings, f"input_{f.name}") for f in fields(FlagLimits)})
 
 
 def _tokens(name: str) -> set[str]:
@@ -80,11 +100,33 @@ def _tokens(name: str) -> set[str]:
     return words - {"id", "idx", "index", "embedding", "embed", "emb", "input", ""}
 
 
-class InputsProbe:
+class InputsProbe(Probe):
     name = "inputs"
     description = "NaN/Inf and scale of every float input feature; integer ids against embedding sizes"
     order = 5
-    requires: tuple[str, ...] = ()
+    requires = ()
+    codes = (
+        CodeDoc("nonfinite_input", 2,
+                "a batch holds NaN or Inf",
+                "NaN inputs make every downstream activation, loss and gradient NaN.",
+                "A feature column with missing values that were never imputed.",
+                "Impute or drop missing values in the data pipeline; assert torch.isfinite on batches."),
+        CodeDoc("index_out_of_range", 2,
+                "integer ids in a batch fall outside an embedding's num_embeddings (or below 0)",
+                "On the CPU the forward raises IndexError; on CUDA a device-side assert kills the process.",
+                "A tokenizer with 35,000 ids feeding nn.Embedding(32000, d).",
+                "Set num_embeddings to max id + 1 (vocabulary size), or remap the ids."),
+        CodeDoc("unnormalized_input", 3,
+                "an input feature's scale is far from unit (raw times, counts, ids fed as floats)",
+                "Large inputs give large activations and gradients; the first layer's weights "
+                "see one feature and ignore the rest.",
+                "Pulse times of 5,000-78,000 fed raw to a transformer.",
+                "Standardize each feature with its mean and std (or log-transform heavy tails); "
+                "embed integer ids instead of feeding them as floats."),
+    )
+
+    settings = tuple(Setting(f"input_{f.name}", f.default, f"input/column flags: {meaning}")
+                     for f, meaning in zip(fields(FlagLimits), FLAG_MEANINGS))
 
     def run(self, ctx: Any) -> ProbeResult:
         floats, ints = _gather(ctx.batches)
@@ -95,7 +137,7 @@ class InputsProbe:
         crashed = any(trace.crash for trace in traced(ctx))
         nonfinite, unnormalized = [], []
         for path, tensors in floats.items():
-            summaries = feature_summaries(path, tensors, ctx.setup.feature_names)
+            summaries = feature_summaries(path, tensors, ctx.setup.feature_names, flag_limits(ctx.settings))
             role = "input" if path in consumed or crashed or not consumed else "target"
             for summary in summaries:
                 raw["features"][summary.name] = dict(summary.to_dict(), role=role)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.probes.base import ProbeResult
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.probes.base import Fact, Fold, Probe, ProbeResult, owns_tensor
 
 
 def owner(qualified_name: str) -> str:
@@ -19,11 +19,29 @@ def _named_tensors(model: Any) -> list[tuple[str, str, Any]]:
             + [("buffer", n, b) for n, b in model.named_buffers() if b is not None])
 
 
-class ParametersProbe:
+class ParametersProbe(Probe):
     name = "parameters"
     description = "NaN/Inf in parameters or buffers at init; parameters and buffers on different devices"
     order = 10
-    requires: tuple[str, ...] = ()
+    requires = ()
+    codes = (
+        CodeDoc("device_mismatch", 0,
+                "parameters, buffers or batch tensors sit on different devices",
+                "Ops on tensors from two devices raise, or silently copy every step.",
+                "A buffer created in forward() on the CPU while the model lives on the GPU.",
+                "Create tensors with device=x.device; register them as buffers so .to() moves them."),
+        CodeDoc("nonfinite_init", 1,
+                "a parameter or buffer holds NaN/Inf before any step",
+                "Every output that touches it is NaN from the first step.",
+                "Normalization statistics computed from an empty calibration set (mean of nothing = NaN).",
+                "Re-initialize the named tensor; check the statistics it was computed from."),
+    )
+    folds = (
+        Fold("nonfinite_init", "forward_nonfinite", owns_tensor),
+        Fold("nonfinite_init", "loss_component_nonfinite"),
+        Fold("nonfinite_init", "backward_nonfinite"),
+        Fold("device_mismatch", "forward_error"),
+    )
 
     def run(self, ctx: Any) -> ProbeResult:
         import torch
@@ -43,7 +61,7 @@ class ParametersProbe:
         raw = {"tensors": len(tensors), "devices": dict(devices),
                "nonfinite": {n: c for _, n, _, c in bad},
                "parameters": sum(t.numel() for kind, _, t in tensors if kind == "parameter")}
-        return ProbeResult(findings, raw, facts={"nonfinite_tensors": [n for _, n, _, _ in bad]})
+        return ProbeResult(findings, raw)
 
     @staticmethod
     def _nonfinite(bad: list[tuple[str, str, Any, int]]) -> Finding:

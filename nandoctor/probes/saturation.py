@@ -7,52 +7,41 @@ output's own extreme values (zero excluded: that is ReLU's business, see dead_un
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from typing import Any
 
-from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.probes.base import ProbeResult
-from nandoctor.tracing import float_tensors, traced
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult
+from nandoctor.measure.hooks import hooked_forward
+from nandoctor.measure.trace import float_tensors, traced
 
 TAILS = {"Tanh": (-0.99, 0.99), "Sigmoid": (0.01, 0.99), "Hardtanh": None, "Softsign": (-0.99, 0.99)}
-PINNED_WARNING, PINNED_CRITICAL = 0.5, 0.9
 
 
 def _pinned_shares(ctx: Any) -> list[dict[str, Any]]:
     """Per module call: the share of output elements at a bound, measured on the device, one sync."""
     import torch
 
-    names = {}
-    for name, module in ctx.model.named_modules():
-        names.setdefault(id(module), name)
     rows: list[tuple[str, str, Any]] = []
 
-    def hook(module, args, output):
+    def hook(name: str, module: Any, output: Any) -> None:
         outputs = float_tensors(output)
         if not outputs or outputs[0].numel() < 8:
             return
         y = outputs[0].detach()
         kind = type(module).__name__
-        with torch.no_grad():
-            tails = TAILS.get(kind)
-            if tails is not None:
-                share = ((y <= tails[0]) | (y >= tails[1])).float().mean()
-                bound = torch.where(y.mean() >= 0, y.amax(), y.amin())
-            else:
-                high, low = y.amax(), y.amin()
-                at_high = ((y == high) & (high != 0)).float().mean()
-                at_low = ((y == low) & (low != 0) & (low != high)).float().mean()
-                share = at_high + at_low
-                bound = torch.where(at_high >= at_low, high, low)
-            rows.append((names.get(id(module), kind), kind, torch.stack([share, bound.float(), y.amin().float(),
-                                                                          y.amax().float()])))
+        tails = TAILS.get(kind)
+        if tails is not None:
+            share = ((y <= tails[0]) | (y >= tails[1])).float().mean()
+            bound = torch.where(y.mean() >= 0, y.amax(), y.amin())
+        else:
+            high, low = y.amax(), y.amin()
+            at_high = ((y == high) & (high != 0)).float().mean()
+            at_low = ((y == low) & (low != 0) & (low != high)).float().mean()
+            share = at_high + at_low
+            bound = torch.where(at_high >= at_low, high, low)
+        rows.append((name, kind, torch.stack([share, bound.float(), y.amin().float(), y.amax().float()])))
 
-    ctx.model.train()
-    with ExitStack() as hooks, torch.no_grad():
-        for module in ctx.model.modules():
-            hooks.enter_context(module.register_forward_hook(hook))
-        for batch in ctx.batches:
-            ctx.loss(batch)
+    hooked_forward(ctx, hook)
     if not rows:
         return []
     values = torch.stack([r[2].to(rows[0][2].device) for r in rows]).tolist()
@@ -71,22 +60,39 @@ def _grad_norm_under(ctx: Any, module: str) -> float | None:
     return sum(v * v for v in inside) ** 0.5 if inside else None
 
 
-class SaturationProbe:
+class SaturationProbe(Probe):
     name = "saturation"
     description = "outputs pinned at a clamp bound or in the flat tails of tanh/sigmoid, so gradients die"
     order = 45
-    requires = ("forward_runs",)
+    requires = (Fact.FORWARD_RUNS,)
+    codes = (
+        CodeDoc("saturation", 8,
+                "outputs pinned at a clamp bound or saturated nonlinearity, so gradients die",
+                "A clamped or saturated output has zero gradient: the layers behind it stop learning.",
+                "A critic score clamped at ±1000 from the first batch.",
+                "Replace hard clamps with a smooth bound (c * tanh(x / c)); fix the scale feeding it."),
+    )
+    folds = (
+        Fold("saturation", "vanishing_gradients"),
+        Fold("saturation", "lr_too_low"),  # no gradient through the clamp: no rate moves the loss
+        Fold("saturation", "loss_plateau"),
+    )
+
+    settings = (
+        Setting("saturation_warning", 0.5, "saturation: share of a module's outputs at a bound for a warning"),
+        Setting("saturation_critical", 0.9, "... and for a critical finding"),
+    )
 
     def run(self, ctx: Any) -> ProbeResult:
         rows = _pinned_shares(ctx)
         raw = {"modules": rows}
-        pinned = [r for r in rows if r["share"] >= PINNED_WARNING]
+        pinned = [r for r in rows if r["share"] >= ctx.settings.saturation_warning]
         if not pinned:
             return ProbeResult([], raw)
         first = pinned[0]  # hooks fire as calls finish: the innermost module first
         behind = _grad_norm_under(ctx, first["module"])
         tails = TAILS.get(first["type"]) is not None
-        severity = Severity.CRITICAL if first["share"] >= PINNED_CRITICAL else Severity.WARNING
+        severity = Severity.CRITICAL if first["share"] >= ctx.settings.saturation_critical else Severity.WARNING
         what = (f"in the flat tails of {first['type']}" if tails
                 else f"exactly at a bound ({first['bound']:,.6g})")
         return ProbeResult([Finding(

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor.batches import iter_tensors
-from nandoctor.errors import UsageError
+from nandoctor.errors import InternalError, UsageError, describe, first_line
+from nandoctor.findings import is_finite
+from nandoctor.measure.hooks import UserFacing, module_names, ours
 
 
 @dataclass
@@ -34,11 +36,11 @@ class ModuleCall:
 
     @property
     def output_finite(self) -> bool:
-        return self.out_min is None or _finite(self.out_min, self.out_max)
+        return self.out_min is None or is_finite(self.out_min, self.out_max)
 
     @property
     def input_finite(self) -> bool:
-        return self.in_min is None or _finite(self.in_min, self.in_max)
+        return self.in_min is None or is_finite(self.in_min, self.in_max)
 
     @property
     def out_absmax(self) -> float | None:
@@ -76,7 +78,7 @@ class BatchTrace:
 
     @property
     def forward_finite(self) -> bool:
-        return self.crash is None and all(c.output_finite for c in self.calls) and _finite(self.loss)
+        return self.crash is None and all(c.output_finite for c in self.calls) and is_finite(self.loss)
 
     @property
     def backward_finite(self) -> bool:
@@ -85,13 +87,7 @@ class BatchTrace:
         return self.first_nonfinite_grad_call is None and all(math.isfinite(v) for v in self.grad_norms.values())
 
 
-def _finite(*values: float | None) -> bool:
-    import math
-
-    return all(v is not None and math.isfinite(v) for v in values)
-
-
-class EmbeddingIndexError(Exception):
+class EmbeddingIndexError(UserFacing):
     """Raised by our pre-hook before an embedding sees ids it would crash on (CUDA asserts kill the process)."""
 
     def __init__(self, details: dict[str, Any]):
@@ -127,9 +123,7 @@ class _Recorder:
         import torch
 
         self.torch = torch
-        self.names = {}
-        for name, module in model.named_modules():
-            self.names.setdefault(id(module), name)
+        self.names = module_names(model)
         self.leaves = {id(m) for m in model.modules() if next(m.children(), None) is None}
         self.stack: list[tuple[str, Any]] = []  # (name, input stats or None)
         self.calls: list[ModuleCall] = []
@@ -145,8 +139,8 @@ class _Recorder:
 
     def install(self, model: Any) -> "_Recorder":
         for module in model.modules():
-            self.handles.enter_context(module.register_forward_pre_hook(self.pre_hook, with_kwargs=True))
-            self.handles.enter_context(module.register_forward_hook(self.post_hook, with_kwargs=True))
+            self.handles.enter_context(module.register_forward_pre_hook(ours(self.pre_hook), with_kwargs=True))
+            self.handles.enter_context(module.register_forward_hook(ours(self.post_hook), with_kwargs=True))
         return self
 
     def _stats(self, tensors: list[Any]):
@@ -185,7 +179,7 @@ class _Recorder:
         self.outputs.append([(t, t._version) for t in outputs])
         for tensor in outputs:
             if tensor.requires_grad:
-                self.handles.enter_context(tensor.register_hook(self._grad_hook(index)))
+                self.handles.enter_context(tensor.register_hook(ours(self._grad_hook(index))))
 
     def _grad_hook(self, index: int):
         def record(grad):
@@ -231,7 +225,7 @@ def _crash(recorder: _Recorder, exc: BaseException, module_kinds: dict[str, str]
     module = recorder.stack[-1][0] if recorder.stack else None
     if isinstance(exc, EmbeddingIndexError):  # raised by our pre-hook, before the embedding ran
         module = exc.details["module"]
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    message = first_line(exc)
     embedding = exc.details if isinstance(exc, EmbeddingIndexError) else None
     return ForwardCrash(module=module, kind=module_kinds.get(module) if module is not None else None,
                         exc_type="IndexError" if embedding else type(exc).__name__, message=message[:500],
@@ -268,7 +262,7 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
         recorder.install(model)
         try:
             loss = ctx.loss(batch)
-        except UsageError:
+        except (UsageError, InternalError):
             raise
         except Exception as exc:  # the user's forward crashed: that is a finding, not our crash
             result.crash = _crash(recorder, exc, kinds)
@@ -281,8 +275,10 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
                 loss.total.backward()
             else:
                 result.backward_error = "the loss does not require grad: it depends on no trainable parameter"
+        except InternalError:
+            raise
         except Exception as exc:
-            result.backward_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            result.backward_error = describe(exc)
     _read_back(result, recorder, loss, model)
     return result
 
@@ -352,10 +348,10 @@ def forward_calls(ctx: Any, batch_index: int, autocast: Any = None) -> tuple[lis
         recorder.install(model)
         try:
             ctx.loss(batch)
-        except UsageError:
+        except (UsageError, InternalError):
             raise
         except Exception as exc:
-            return recorder.calls, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            return recorder.calls, describe(exc)
     stats = [s for s in recorder.out_stats if s is not None]
     if stats:
         nan3 = torch.full((3,), float("nan"), device=stats[0].device)

@@ -19,6 +19,21 @@ DISTINCT_CAP = 1_000
 _ID_NAME = re.compile(r"(^|[_\W])(id|ids|idx|index|token|code|key)s?($|[_\W])|_id$|id$", re.IGNORECASE)
 
 
+@dataclass(frozen=True)
+class FlagLimits:
+    """The cut-offs of the column flags (the inputs probe reads them from its settings)."""
+
+    std_max: float = 10.0  # not_normalized: std above this ...
+    bound_max: float = 20.0  # ... or |p1| / |p99| above this ...
+    mean_over_std: float = 5.0  # ... or |mean| above this many stds (at least 1)
+    std_tiny: float = 1e-3  # not_normalized the other way: std below this with |p1|, |p99| below bound_tiny
+    bound_tiny: float = 1e-2
+    tail_factor: float = 10.0  # heavy_tail: max beyond p99 by this many times the p50..p99 spread
+    id_min_span: int = 64  # integer_ids: at least this wide a range ...
+    id_min_distinct: int = 64  # ... and this many distinct values ...
+    id_distinct_share: float = 0.5  # ... covering this share of the range
+
+
 @dataclass
 class ColumnSummary:
     name: str
@@ -109,7 +124,7 @@ class StreamingColumn:
             if keep - from_new else np.empty(0)
         self.sample = np.concatenate([old_part, new_part])
 
-    def summary(self) -> ColumnSummary:
+    def summary(self, limits: FlagLimits = FlagLimits()) -> ColumnSummary:
         result = ColumnSummary(name=self.name, dtype=self.dtype, count=self.count, missing=self.missing,
                                posinf=self.posinf, neginf=self.neginf)
         if self.count:
@@ -124,25 +139,25 @@ class StreamingColumn:
                 result.log1p_mean, result.log1p_std = float(logs.mean()), float(logs.std())
         if self.distinct is not None:
             result.distinct, result.distinct_capped = len(self.distinct), self.distinct_capped
-        result.flags = flag_column(result)
+        result.flags = flag_column(result, limits)
         return result
 
 
-def looks_like_ids(summary: ColumnSummary) -> bool:
+def looks_like_ids(summary: ColumnSummary, limits: FlagLimits = FlagLimits()) -> bool:
     """Many distinct integers over a wide range: categories, not a quantity."""
     if not summary.integer_valued or summary.count == 0 or summary.max is None:
         return False
     span = summary.max - summary.min + 1
-    if span < 64:
+    if span < limits.id_min_span:
         return False
     if _ID_NAME.search(summary.name):
         return True
     distinct = summary.distinct
-    return distinct is not None and (summary.distinct_capped or distinct >= 64) and \
-        (summary.distinct_capped or distinct / span >= 0.5)
+    return distinct is not None and (summary.distinct_capped or distinct >= limits.id_min_distinct) and \
+        (summary.distinct_capped or distinct / span >= limits.id_distinct_share)
 
 
-def flag_column(s: ColumnSummary) -> list[dict[str, str]]:
+def flag_column(s: ColumnSummary, limits: FlagLimits = FlagLimits()) -> list[dict[str, str]]:
     """Plain-language flags; each has a stable ``flag`` name and a ``reason``."""
     flags = []
     total = s.count + s.missing + s.posinf + s.neginf
@@ -154,21 +169,21 @@ def flag_column(s: ColumnSummary) -> list[dict[str, str]]:
     if s.std == 0:
         flags.append({"flag": "constant", "reason": f"every value is {s.min:g}: it carries no information"})
         return flags
-    ids = looks_like_ids(s)
+    ids = looks_like_ids(s, limits)
     if ids:
         flags.append({"flag": "integer_ids", "reason": f"{'>' if s.distinct_capped else ''}"
                       f"{s.distinct if s.distinct is not None else 'many'} distinct integers in "
                       f"[{s.min:g}, {s.max:g}]: ids fed as a continuous feature; embed them instead"})
     bound = max(abs(s.p1), abs(s.p99))
-    if s.std > 10 or bound > 20 or abs(s.mean) > 5 * max(s.std, 1.0):
+    if s.std > limits.std_max or bound > limits.bound_max or abs(s.mean) > limits.mean_over_std * max(s.std, 1.0):
         flags.append({"flag": "not_normalized",
                       "reason": f"mean {s.mean:.4g}, std {s.std:.4g}, range [{s.min:.4g}, {s.max:.4g}]: "
                                 "far from zero mean / unit scale; standardize it"})
-    elif s.std < 1e-3 and bound < 1e-2:
+    elif s.std < limits.std_tiny and bound < limits.bound_tiny:
         flags.append({"flag": "not_normalized",
                       "reason": f"std {s.std:.3g}: so small that it is drowned by unit-scale features"})
     spread_hi, spread_lo = s.p99 - s.p50, s.p50 - s.p1
-    if (spread_hi > 0 and s.max - s.p50 > 10 * spread_hi) or (spread_lo > 0 and s.p50 - s.min > 10 * spread_lo):
+    if (spread_hi > 0 and s.max - s.p50 > limits.tail_factor * spread_hi) or (spread_lo > 0 and s.p50 - s.min > limits.tail_factor * spread_lo):
         if not ids:
             flags.append({"flag": "heavy_tail",
                           "reason": f"max {s.max:.4g} (min {s.min:.4g}) far beyond p99 {s.p99:.4g} (p1 "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.render import render_json
+from nandoctor.render.common import render_json
 
 _HEADERS = ["column", "count", "missing", "inf", "min", "p1", "p50", "p99", "max", "mean", "std",
             "zero %", "distinct", "flags"]

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nandoctor.colstats import StreamingColumn, normalization
-from nandoctor.errors import UsageError
+from nandoctor.featurestats.columns import StreamingColumn, normalization
+from nandoctor.errors import UsageError, describe
 
 SUFFIXES = (".parquet", ".pq", ".csv", ".tsv")
 BATCH_ROWS = 262_144
@@ -111,8 +111,7 @@ def analyse(paths: list[str], columns: list[str] | None = None, limit_rows: int 
                     say(f"nandoctor: {path.name} ({number}/{len(files)}): {rows:,} rows")
                     last_report = time.monotonic()
         except Exception as exc:  # a corrupt, truncated or unreadable file: report it, go on
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            errors[str(path)] = f"{type(exc).__name__}: {message}"
+            errors[str(path)] = describe(exc)
             say(f"nandoctor: skipping {path}: {errors[str(path)]}")
             continue
         per_file[str(path)] = file_rows

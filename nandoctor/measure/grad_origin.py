@@ -12,7 +12,8 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any
 
-from nandoctor.tracing import float_tensors
+from nandoctor.measure.hooks import module_names, ours
+from nandoctor.measure.trace import float_tensors
 
 _TAG = "nandoctor_module"
 _LOSS = "<loss function>"
@@ -54,9 +55,7 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
     import torch
 
     model, batch = ctx.model, ctx.batches[batch_index]
-    names = {}
-    for name, module in model.named_modules():
-        names.setdefault(id(module), name)
+    names = module_names(model)
     running: list[str] = []
     records: list[tuple[str, str, Any, Any]] = []
 
@@ -84,8 +83,8 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
         param.grad = None
     with ExitStack() as hooks:
         for module in model.modules():
-            hooks.enter_context(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            hooks.enter_context(module.register_forward_hook(post_hook, with_kwargs=True))
+            hooks.enter_context(module.register_forward_pre_hook(ours(pre_hook), with_kwargs=True))
+            hooks.enter_context(module.register_forward_hook(ours(post_hook), with_kwargs=True))
         result = ctx.loss(batch)
     loss = result.components[component] if component is not None else result.total
     if loss.grad_fn is None:
@@ -94,7 +93,7 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
     with ExitStack() as hooks:
         for node in _all_nodes(loss.grad_fn):
             if node.name() != _ACCUMULATE:
-                hooks.enter_context(node.register_hook(node_hook(node)))
+                hooks.enter_context(node.register_hook(ours(node_hook(node))))
         try:
             loss.backward()
         except Exception:  # the cheap pass already reported backward crashes

@@ -119,35 +119,37 @@ def train(ctx: Any, lr: float, steps: int, clip: float | None,
             scaler.update()
         else:
             optimizer.step()
-        if _blew_up(run):
+        if _blew_up(run, ctx.settings):
             break
     if run.nonfinite_step is None:
         run.final_loss, run.heldout_final = mean_loss(ctx, train_batches), mean_loss(ctx, heldout)
-    classify(run)
+    classify(run, ctx.settings)
     return run
 
 
-def _blew_up(run: TrainRun) -> bool:
+def _blew_up(run: TrainRun, limits: Any) -> bool:
     """Stop a diverging rate early: the loss is far above where it started."""
     start = run.initial_loss
-    return start is not None and math.isfinite(start) and run.losses[-1] > start + 10 * max(abs(start), 1e-3)
+    return (start is not None and math.isfinite(start)
+            and run.losses[-1] > start + limits.blowup_rise * max(abs(start), 1e-3))
 
 
-def classify(run: TrainRun) -> str:
+def classify(run: TrainRun, limits: Any) -> str:
+    """diverged / unstable / learns / flat, by the cut-offs in ``limits`` (the dynamics settings)."""
     start, end = run.initial_loss, run.final_loss
     if run.nonfinite_step is not None or end is None or not math.isfinite(end) or start is None:
         run.verdict = DIVERGED
         return run.verdict
     scale = max(abs(start), 1e-8)
     run.drop = (start - end) / scale
-    spiked = any(l > start + 2 * scale for l in run.losses)
+    spiked = any(l > start + limits.spike_rise * scale for l in run.losses)
     norms = [g for g in run.grad_norms if math.isfinite(g)]
-    grew = len(norms) > 2 and norms[0] > 0 and max(norms[2:]) > 100 * norms[0]
-    if end > start + 0.5 * scale or _blew_up(run):
+    grew = len(norms) > 2 and norms[0] > 0 and max(norms[2:]) > limits.grad_growth * norms[0]
+    if end > start + limits.diverged_rise * scale or _blew_up(run, limits):
         run.verdict = DIVERGED
     elif spiked or grew:
         run.verdict = UNSTABLE
-    elif run.drop >= 0.05:
+    elif run.drop >= limits.learns_drop:
         run.verdict = LEARNS
     else:
         run.verdict = FLAT

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nandoctor.state import ModelSnapshot, preserved_rng
-from nandoctor.training import DIVERGED, LEARNS, UNSTABLE, TrainRun, starting_losses, train
+from nandoctor.sweep.training import DIVERGED, LEARNS, UNSTABLE, TrainRun, starting_losses, train
 
 
 def snap(rate: float) -> float:

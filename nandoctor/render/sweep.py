@@ -1,53 +1,11 @@
-"""``nandoctor lr-sweep``: the sweep as a command, its table and its plot."""
+"""``lr-sweep`` output: the per-rate table and the loss / gradient-norm plot."""
 
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
-from nandoctor import __version__
 from nandoctor.errors import UsageError
-from nandoctor.settings import Settings
-from nandoctor.spec import Setup
-from nandoctor.sweep import default_grid, nearest, recommend, run_sweep
-
-
-def parse_rates(text: str | None) -> list[float] | None:
-    if not text:
-        return None
-    try:
-        rates = sorted({float(part) for part in text.split(",") if part.strip()})
-    except ValueError as exc:
-        raise UsageError(f"--lrs takes comma-separated numbers, got {text!r}") from exc
-    if not rates or any(not (r > 0 and math.isfinite(r)) for r in rates):
-        raise UsageError(f"--lrs takes positive numbers, got {text!r}")
-    return rates
-
-
-def sweep_report(spec: str, setup: Setup, settings: Settings, rates: list[float] | None, steps: int) -> dict[str, Any]:
-    from nandoctor.runner import open_context
-    from nandoctor.state import preserved_torch_globals
-
-    grid = rates or default_grid(setup.lr)
-    # run_sweep snapshots and restores the model and the RNG itself; guard torch's global flags here
-    with open_context(setup, settings) as ctx, preserved_torch_globals():
-        try:
-            runs = run_sweep(ctx, grid, steps, setup.grad_clip,
-                             progress=lambda m: print(m, file=sys.stderr, flush=True))
-        except UsageError:
-            raise
-        except Exception as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise UsageError(f"a training step raised {type(exc).__name__}: {message} "
-                             f"(run `nandoctor diagnose {spec}` to find where)") from exc
-    best, why = recommend(runs)
-    user = nearest(runs, setup.lr)
-    return {"nandoctor_version": __version__, "spec": spec, "user_lr": setup.lr, "optimizer":
-            getattr(setup.optimizer, "__name__", "custom") if setup.optimizer else "AdamW",
-            "grad_clip": setup.grad_clip, "amp": setup.amp, "steps": steps,
-            "user_run_lr": user.lr, "recommended_lr": best.lr if best else None, "why": why,
-            "runs": [r.to_dict() for r in runs]}
 
 
 def _g(value: Any) -> str:
