@@ -20,22 +20,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "dynamics.py"
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("case", sorted(DYNAMICS_CASES))
-def test_dynamics_cause_ranks_first(case, diagnose):
-    bad, _, code, _ = DYNAMICS_CASES[case]
-    report = diagnose(bad())
-    assert report["findings"][0]["code"] == code, [(f["code"], f["severity"]) for f in report["findings"]]
-
-
-@pytest.mark.parametrize("case", sorted(DYNAMICS_CASES))
-def test_dynamics_twin_is_healthy(case, diagnose):
-    report = diagnose(DYNAMICS_CASES[case][1]())
-    assert report["verdict"] == "healthy", [(f["code"], f["title"]) for f in report["findings"]]
-
-
-@pytest.mark.parametrize("case", [c for c, v in DYNAMICS_CASES.items() if v[3]])
+@pytest.mark.parametrize("case", [c for c, v in DYNAMICS_CASES.items() if v.fix])
 def test_fix_names_the_config_key_and_trains(case, diagnose):
-    bad, _, code, (spec_key, config_key) = DYNAMICS_CASES[case]
+    bad = DYNAMICS_CASES[case].build
+    spec_key, config_key = DYNAMICS_CASES[case].fix
     finding = diagnose(bad())["findings"][0]
     assert list(finding["fix"]["config"]) == [config_key]
     value = finding["fix"]["config"][config_key]
@@ -54,7 +42,7 @@ def test_fix_names_the_config_key_and_trains(case, diagnose):
 
 
 def test_sweep_restores_the_model_even_when_interrupted():
-    built = DYNAMICS_CASES["adamw_diverges"][0]()
+    built = DYNAMICS_CASES["adamw_diverges"].build()
     calls = {"n": 0}
     loss = built["loss"]
 
@@ -114,7 +102,7 @@ def test_quick_skips_the_sweep():
 
 
 def test_sweep_budget_keeps_the_nearest_rates():
-    setup = validate(DYNAMICS_CASES["adamw_diverges"][1](), "test")
+    setup = validate(DYNAMICS_CASES["adamw_diverges"].twin(), "test")
     progress = []
     with open_context(setup, Settings()) as ctx:
         runs = run_sweep(ctx, [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], 20, None, progress.append,

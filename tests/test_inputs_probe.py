@@ -15,7 +15,7 @@ def test_feature_names_list_and_mapping():
 
 
 def test_raw_pulses_name_time_and_list_every_flagged_feature(diagnose):
-    finding = diagnose(CASES["raw_pulses"][0]())["findings"][0]
+    finding = diagnose(CASES["raw_pulses"].build())["findings"][0]
     assert finding["code"] == "unnormalized_input" and finding["severity"] == "critical"
     features = finding["evidence"]["features"]
     assert {"time", "sensor_id"} <= set(features) and "auxiliary" not in features
@@ -23,19 +23,19 @@ def test_raw_pulses_name_time_and_list_every_flagged_feature(diagnose):
 
 
 def test_raw_inputs_rank_above_the_nan_they_cause(diagnose):
-    codes = [f["code"] for f in diagnose(CASES["raw_pulses"][0]())["findings"]]
+    codes = [f["code"] for f in diagnose(CASES["raw_pulses"].build())["findings"]]
     assert codes[0] == "unnormalized_input" and len(codes) >= 2
 
 
 def test_regression_target_is_named_as_target_at_info(diagnose):
-    report = diagnose(CASES["target_scale"][0]())
+    report = diagnose(CASES["target_scale"].build())
     finding = next(f for f in report["findings"] if f["code"] == "unnormalized_input")
     assert finding["evidence"]["role"] == "target" and finding["title"].startswith("target")
     assert finding["severity"] == "info"
 
 
 def test_embedding_checked_before_forward_names_tensor_and_module(diagnose):
-    report = diagnose(CASES["sensor_vocab"][0]())
+    report = diagnose(CASES["sensor_vocab"].build())
     found = [f for f in report["findings"] if f["code"] == "index_out_of_range"]
     assert len(found) == 1  # input probe and trace agree: reported once
     where = {k: v for k, v in found[0]["where"].items() if v is not None}

@@ -12,8 +12,8 @@ from nandoctor.settings import Settings
 from nandoctor.spec import validate
 from tests.fixtures.models import CASES
 
-BUILDERS = {f"{case}-{kind}": builder for case, (bad, good, *_) in CASES.items()
-            for kind, builder in (("bad", bad), ("good", good))}
+BUILDERS = {f"{name}-{kind}": builder for name, case in CASES.items()
+            for kind, builder in (("bad", case.build), ("good", case.twin))}
 
 
 @pytest.mark.parametrize("probe", PROBES, ids=lambda p: p.name)

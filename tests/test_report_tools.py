@@ -12,9 +12,8 @@ from typer.testing import CliRunner
 
 from nandoctor.cli import app
 from nandoctor.codes import CODES
+from tests.fixtures import all_cases
 from tests.fixtures.dynamics import DYNAMICS_CASES
-from tests.fixtures.losses import LOSS_CASES
-from tests.fixtures.models import CASES
 
 SPECS = Path(__file__).parent / "specs"
 runner = CliRunner()
@@ -75,7 +74,7 @@ def test_write_fixed_needs_a_config():
 
 
 def test_missing_key_is_named_with_what_to_add(tmp_path, diagnose):
-    built = DYNAMICS_CASES["adamw_diverges"][0]()
+    built = DYNAMICS_CASES["adamw_diverges"].build()
     built["config"] = {"trainer": {"max_epochs": 3}}
     finding = diagnose(built)["findings"][0]
     assert finding["fix"]["config"] == {"lr": finding["fix"]["config"]["lr"]}
@@ -102,13 +101,10 @@ def test_contract_codes_match_the_shared_contract():
     assert set(CONTRACT_CODES) <= set(CODES)
 
 
-ALL_CASES = {**{k: (v[0], v[1], v[2]) for k, v in CASES.items()},
-             **{k: (v[0], v[1], v[2]) for k, v in DYNAMICS_CASES.items()},
-             **{k: (v[0], v[1], v[2]) for k, v in LOSS_CASES.items()}}
 
 
 def test_every_code_has_a_fixture_that_raises_it_and_a_twin():
-    covered = {code for _, _, code in ALL_CASES.values()}
+    covered = {case.code for case in all_cases().values()}
     assert set(CONTRACT_CODES) <= covered, set(CONTRACT_CODES) - covered
     assert set(CODES) <= covered  # also the codes nandoctor added (forward_error, backward_error)
 

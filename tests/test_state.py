@@ -54,7 +54,7 @@ def test_model_weights_buffers_grads_modes_and_rng_are_restored(diagnose):
 
 def test_model_is_restored_after_nan_and_crash_paths(diagnose):
     for case in ("pool_div_zero", "pairwise_sqrt", "sensor_vocab", "shape_error"):
-        built = CASES[case][0]()
+        built = CASES[case].build()
         before = _snapshot(built["model"])
         diagnose(built)
         _assert_same(before, _snapshot(built["model"]))
@@ -63,7 +63,7 @@ def test_model_is_restored_after_nan_and_crash_paths(diagnose):
 def test_global_torch_flags_are_untouched(diagnose):
     torch.set_anomaly_enabled(False)
     dtype = torch.get_default_dtype()
-    diagnose(CASES["pairwise_sqrt"][0]())
+    diagnose(CASES["pairwise_sqrt"].build())
     assert not torch.is_anomaly_enabled()
     assert torch.get_default_dtype() == dtype
     assert torch.is_grad_enabled()
@@ -85,7 +85,7 @@ def test_one_pass_generator_data_is_read_once_and_reused(diagnose):
 
 def test_same_spec_gives_same_report(diagnose):
     torch.manual_seed(0)  # the CLI seeds before calling the build function
-    first = diagnose(CASES["bad_init"][0]())
+    first = diagnose(CASES["bad_init"].build())
     torch.manual_seed(0)
-    second = diagnose(CASES["bad_init"][0]())
+    second = diagnose(CASES["bad_init"].build())
     assert first == second

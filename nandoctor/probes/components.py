@@ -6,7 +6,6 @@ gives its gradient alone, so a NaN-producing term or a term that drowns the othe
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from nandoctor.config import fix_config

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
-from nandoctor.probes.base import Fact, Fold, Probe, ProbeResult, owns_tensor
+from nandoctor.probes.base import Fold, Probe, ProbeResult, owns_tensor
 
 
 def owner(qualified_name: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.render.common import evidence_line, number, tables, where_text
+from nandoctor.render.common import evidence_line, tables, where_text
 
 
 def render_text(report: dict[str, Any]) -> str:

@@ -1,3 +1,2 @@
-import torch
 
 raise RuntimeError("CUDA_VISIBLE_DEVICES is not set")
