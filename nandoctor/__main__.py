@@ -1,3 +1,5 @@
+"""``python -m nandoctor``: the same command line as ``nandoctor``."""
+
 from nandoctor.cli import main
 
 main()

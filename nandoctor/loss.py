@@ -1,4 +1,4 @@
-"""Evaluate the user's loss exactly as CONTRACT.md §1 describes."""
+"""Evaluate the user's loss exactly as docs/reference.md §1 describes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Load a user's training setup from a build SPEC (CONTRACT.md §1).
+"""Load a user's training setup from a build SPEC (docs/reference.md §1).
 
 SPEC is ``path/to/file.py:function`` or ``package.module:function``. Every way it can be
 wrong raises :class:`UsageError` with one line that says what to change.
@@ -195,7 +195,7 @@ def _number(value: Any, key: str, spec: str, allow_none: bool) -> float | None:
 
 
 def validate(result: Any, spec: str) -> Setup:
-    """Check the build function's result against CONTRACT.md §1 and fill in defaults."""
+    """Check the build function's result against docs/reference.md §1 and fill in defaults."""
     import torch
 
     mapping = _as_mapping(result, spec)

@@ -1,0 +1,1 @@
+"""Measurements shared by the probes: the traced pass, the backward origin search, hooks."""

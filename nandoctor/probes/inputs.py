@@ -22,7 +22,7 @@ _LABEL_NAME = re.compile(r"^(y|label|labels|target|targets)$", re.IGNORECASE)
 
 
 def feature_names_for(path: str, width: int, feature_names: Any) -> list[str] | None:
-    """The spec's names for the last dimension of the tensor at ``path`` (CONTRACT.md §1).
+    """The spec's names for the last dimension of the tensor at ``path`` (docs/reference.md §1).
 
     A list names every float input whose last dimension has that many columns; a mapping is
     keyed by the batch key (dict batches) or position (tuple batches).

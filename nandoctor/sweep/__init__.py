@@ -1,0 +1,1 @@
+"""Short training runs: the learning-rate sweep behind ``lr-sweep`` and the dynamics probe."""
