@@ -321,6 +321,34 @@ def lr_sweep(
     write_output(out, render_json(report))
 
 
+@app.command()
+def replay(
+    capture: Path = typer.Argument(..., help="a capture file written by nandoctor.Guard"),
+    spec: Optional[str] = typer.Option(None, "--spec", help=SPEC_HELP + " (default: the one the capture records)"),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    fmt: Format = typer.Option(Format.text, "--format", help="text for a terminal, json for scripts"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON report to this file"),
+    fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and the probes (default 0)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+) -> None:
+    """Re-run a guard's capture to its failing step and diagnose that step."""
+    with guarded(debug):
+        from nandoctor.guard.replay import replay as replay_capture
+        from nandoctor.settings import load_settings
+
+        check_writable(out)
+        settings = load_settings(None, {"seed": seed})
+        report = replay_capture(str(capture), spec, set_, settings, progress=lambda m: typer.echo(m, err=True),
+                                debug=debug)
+    from nandoctor.render.common import render_json
+    from nandoctor.render.replay import render_replay
+
+    typer.echo(render_json(report) if fmt == Format.json else render_replay(report))
+    write_output(out, render_json(report))
+    raise typer.Exit(exit_code(report, fail_on.value))
+
+
 @app.command("feature-stats")
 def feature_stats(
     paths: List[str] = typer.Argument(..., help=".parquet/.csv/.tsv files, folders of them, or globs"),

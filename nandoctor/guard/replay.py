@@ -1,0 +1,187 @@
+"""``nandoctor replay``: rebuild the run from its spec, load a capture, re-run it to the failing step.
+
+The capture holds the state at the start of the failing window and every batch since. The
+replay loads that state into the model the spec builds, re-runs the window's steps with the
+recorded learning rates (the spec's loss, clipping and precision), checks that the failing
+step fails again, then runs the probes on that step's batch and state, and reads the ring
+buffer for what changed before it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+from nandoctor.batches import to_device
+from nandoctor.config import fix_config
+from nandoctor.errors import UsageError, first_line
+from nandoctor.findings import Finding, Fix, Severity, Where
+from nandoctor.guard.capture import load_capture, set_rng_states
+from nandoctor.guard.history import changes, lr_jump
+from nandoctor.loss import compute_loss
+from nandoctor.spec import Setup, call_build, parse_overrides, resolve_function, validate
+from nandoctor.state import preserved_rng
+
+NOT_REPLAYED = ["dynamics", "steps"]  # they train from the start; the replay is about this one step
+
+
+def load_replay_setup(payload: dict[str, Any], spec: str | None, overrides: list[str], seed: int) -> tuple[str, Setup]:
+    """The spec's setup (from ``--spec`` or the capture's record) with the captured weights loaded."""
+    import torch
+
+    spec = spec or payload.get("spec")
+    if not spec:
+        raise UsageError("the capture records no spec: pass --spec path/to/file.py:build (the build function "
+                         "of the run that wrote it)")
+    kwargs = dict(payload.get("spec_args") or {})
+    kwargs.update(parse_overrides(overrides))
+    function, user_file = resolve_function(spec)
+    torch.manual_seed(seed)
+    setup = validate(call_build(function, kwargs, spec, user_file), spec)
+    try:
+        setup.model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise UsageError(f"the model {spec} builds does not match the capture's ({payload.get('model_class')}): "
+                         f"{first_line(exc)[:300]}") from exc
+    return spec, setup
+
+
+def _autocast(setup: Setup):
+    import torch
+
+    if setup.amp is None:
+        return nullcontext()
+    return torch.autocast(device_type=setup.device.type, dtype=torch.float16 if setup.amp == "fp16" else torch.bfloat16)
+
+
+def _optimizer(setup: Setup, payload: dict[str, Any], notes: list[str]):
+    import torch
+
+    params = [p for p in setup.model.parameters() if p.requires_grad]
+    lrs = payload.get("lrs") or [[]]
+    factory = setup.optimizer or (lambda ps, rate: torch.optim.AdamW(ps, lr=rate))
+    optimizer = factory(params, lrs[0][0] if lrs[0] else setup.lr)
+    if payload.get("optimizer") is not None:
+        try:
+            optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            notes.append(f"the optimizer state was not restored ({first_line(exc)[:160]}): replayed with a fresh one")
+    else:
+        notes.append("the capture holds no optimizer state: replayed with a fresh optimizer")
+    return optimizer
+
+
+def _step_values(setup: Setup, batch: Any, scaler: Any) -> tuple[Any, float, float]:
+    """Forward, loss and backward of one step; (loss tensor, loss, gradient norm before clipping)."""
+    import torch
+
+    setup.model.train()
+    setup.model.zero_grad(set_to_none=True)
+    with _autocast(setup):
+        loss = compute_loss(setup, setup.model, batch).total
+    (scaler.scale(loss) if scaler else loss).backward()
+    grads = [p.grad for p in setup.model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else torch.zeros(())
+    if scaler is not None:
+        norm = norm / scaler._scale.float()
+    loss_value, norm_value = torch.stack([loss.detach().float().reshape(()), norm.float().to(loss.device)]).tolist()
+    return loss, loss_value, norm_value
+
+
+def rerun_window(setup: Setup, payload: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
+    """Re-run the captured steps up to the failing one (not its update); each step's loss and gradient norm."""
+    import torch
+
+    batches = [to_device(b, setup.device) for b in payload["batches"]]
+    optimizer = _optimizer(setup, payload, notes)
+    scaler = None
+    if setup.amp == "fp16" and setup.device.type == "cuda":
+        scaler = torch.amp.GradScaler("cuda")
+        if payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+    if payload.get("rng"):
+        set_rng_states(payload["rng"])
+    steps = []
+    first = payload.get("window_start") or 0
+    for offset, (batch, lrs) in enumerate(zip(batches, payload.get("lrs") or [[]] * len(batches))):
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+        _, loss, norm = _step_values(setup, batch, scaler)
+        steps.append({"step": first + offset, "loss": loss, "grad_norm": norm})
+        if offset == len(batches) - 1:
+            break
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if setup.grad_clip:
+            torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+    setup.model.zero_grad(set_to_none=True)
+    return steps
+
+
+def reproduced(payload: dict[str, Any], step: dict[str, Any]) -> bool:
+    """The failing step fails again the same way (for a spike: the same loss within 1%)."""
+    reason = payload.get("reason")
+    if reason == "nonfinite_loss":
+        return not math.isfinite(step["loss"])
+    if reason == "nonfinite_grad":
+        return not math.isfinite(step["grad_norm"])
+    captured = next((r["loss"] for r in reversed(payload.get("ring") or []) if r["step"] == payload["step"]), None)
+    return captured is not None and math.isfinite(step["loss"]) and abs(step["loss"] - captured) <= 0.01 * abs(captured)
+
+
+def _lr_finding(setup: Setup, payload: dict[str, Any]) -> list[Finding]:
+    """A learning rate that jumped before the failure is its trigger: go back to the rate before it."""
+    jump = lr_jump(payload.get("ring") or [])
+    if jump is None or jump["to_step"] > payload["step"]:
+        return []
+    config, note = fix_config(setup, "lr", jump["from"])
+    return [Finding("lr_too_high", Severity.CRITICAL,
+                    f"{jump['text']}, {payload['step'] - jump['to_step']} step(s) before the failure at step {payload['step']}",
+                    Where(), {k: jump[k] for k in ("from", "to", "from_step", "to_step", "ratio")},
+                    Fix(config, f"Keep the learning rate at {jump['from']:.3g} or below: check the schedule "
+                                f"(warmup end, restarts, a scale factor applied twice) that set {jump['to']:.3g}.{note}"))]
+
+
+def replay(path: str, spec: str | None, overrides: list[str], settings: Any,
+           progress: Callable[[str], None], debug: bool = False) -> dict[str, Any]:
+    """Load, re-run, check and diagnose a capture; the report of ``diagnose`` plus a ``replay`` section."""
+    from nandoctor.runner import build_report, on_device, run_probes, select_probes
+
+    payload = load_capture(path)
+    spec, setup = load_replay_setup(payload, spec, overrides, settings.seed)
+    notes: list[str] = []
+    progress(f"nandoctor: replaying steps {payload.get('window_start')}..{payload['step']} of {path}")
+    with preserved_rng(), on_device(setup.model, setup.device):
+        steps = rerun_window(setup, payload, notes)
+    again = reproduced(payload, steps[-1])
+    if not again:
+        notes.append("the failing step did not fail again in the replay: the failure depends on something the "
+                     "capture does not hold (data-loader workers, non-deterministic kernels, a changed spec)")
+    setup.data = [payload["batches"][-1]]
+    parts = run_probes(setup, settings.replace(batches=1), select_probes(None, [n for n in NOT_REPLAYED if _known(n)]),
+                       progress=progress, debug=debug)
+    parts["findings"] = _rank(parts["findings"] + _lr_finding(setup, payload))
+    report = build_report(spec, parts)
+    report["replay"] = {"capture": str(path), "reason": payload.get("reason"), "step": payload["step"],
+                        "window_start": payload.get("window_start"), "reproduced": again, "steps": steps,
+                        "changes": changes(payload.get("ring") or []), "notes": notes}
+    return report
+
+
+def _known(name: str) -> bool:
+    from nandoctor.probes import probe_names
+
+    return name in probe_names()
+
+
+def _rank(findings: list[Finding]) -> list[Finding]:
+    from nandoctor.ranking import rank
+
+    return rank(findings)
