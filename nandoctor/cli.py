@@ -349,6 +349,46 @@ def replay(
     raise typer.Exit(exit_code(report, fail_on.value))
 
 
+@app.command()
+def scan(
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    max_batches: Optional[int] = typer.Option(None, "--max-batches", help="stop after this many batches (default: all of data)"),
+    with_backward: bool = typer.Option(False, "--with-backward", help="also run the backward pass and check the gradients"),
+    extreme_factor: float = typer.Option(1000.0, "--extreme-factor", help="flag a sample whose largest |value| is this many times an input's typical largest value"),
+    fmt: Format = typer.Option(Format.text, "--format", help="text for a terminal, json for scripts"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
+    fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function (default 0)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+) -> None:
+    """Run every batch of data through the model: batches and samples with bad inputs, ids, labels or loss.
+
+    Ctrl-C stops the scan and prints what was found so far (exit 130).
+    """
+    with guarded(debug):
+        from nandoctor.render.scan import ProgressBar
+        from nandoctor.scan import run_scan
+
+        check_writable(out)
+        if max_batches is not None and max_batches < 1:
+            raise UsageError("--max-batches must be at least 1")
+        if not extreme_factor > 1:
+            raise UsageError("--extreme-factor must be above 1")
+        setup = load_seeded(spec, set_, seed or 0)
+        result = {"nandoctor_version": __version__, "spec": spec,
+                  **run_scan(setup, max_batches, with_backward, extreme_factor, ProgressBar(sys.stderr))}
+    from nandoctor.render.common import render_json
+    from nandoctor.render.scan import render_scan
+
+    typer.echo(render_json(result) if fmt == Format.json else render_scan(result))
+    write_output(out, render_json(result))
+    if result["interrupted"]:
+        typer.echo("nandoctor: interrupted; the findings above cover the batches scanned so far", err=True)
+        raise typer.Exit(130)
+    raise typer.Exit(exit_code(dict(result, verdict="unhealthy" if result["findings"] else "healthy"), fail_on.value))
+
+
 @app.command("feature-stats")
 def feature_stats(
     paths: List[str] = typer.Argument(..., help=".parquet/.csv/.tsv files, folders of them, or globs"),

@@ -1,0 +1,67 @@
+"""Throughput of ``nandoctor scan`` against a plain no-grad forward loop over the same loader, in one run.
+
+The 10M-parameter benchmark transformer (scripts/bench_trace.py) over a DataLoader of token
+batches. Runs the two loops interleaved (plain, scan, plain, scan, ...) so machine noise hits
+both alike, and prints batches/s of each and the ratio scan/plain (target: at least 0.8).
+
+    python scripts/bench_scan.py [--batches 12] [--rounds 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from bench_trace import Transformer, loss_fn
+from nandoctor.scan import run_scan
+from nandoctor.spec import validate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = Transformer()
+    n = args.batches * args.batch
+    dataset = TensorDataset(torch.randint(0, 4000, (n, args.length)), torch.randint(0, 10, (n,)))
+    loader = DataLoader(dataset, batch_size=args.batch)
+    setup = validate({"model": model, "data": loader, "loss": loss_fn}, "bench")
+
+    def plain() -> float:
+        start = time.perf_counter()
+        model.train()
+        with torch.no_grad():
+            for batch in loader:
+                loss_fn(model, batch)
+        return args.batches / (time.perf_counter() - start)
+
+    def scan() -> float:
+        start = time.perf_counter()
+        result = run_scan(setup, None, False, 1000.0, lambda *a: None)
+        assert result["batches_scanned"] == args.batches and not result["findings"]
+        return args.batches / (time.perf_counter() - start)
+
+    plain()  # warm-up
+    rates: dict[str, list[float]] = {"plain": [], "scan": []}
+    for _ in range(args.rounds):
+        rates["plain"].append(plain())
+        rates["scan"].append(scan())
+    plain_rate, scan_rate = statistics.median(rates["plain"]), statistics.median(rates["scan"])
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {args.batches} batches of "
+          f"{args.batch}x{args.length}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"plain no-grad forward loop : {plain_rate:7.2f} batches/s   1.00x")
+    print(f"nandoctor scan             : {scan_rate:7.2f} batches/s   {scan_rate / plain_rate:.2f}x  (target >= 0.80x)")
+
+
+if __name__ == "__main__":
+    main()
