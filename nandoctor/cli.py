@@ -180,7 +180,8 @@ def diagnose(
     batches: Optional[int] = typer.Option(None, "--batches", help="batches to read from data and reuse"),
     settings_file: Optional[str] = typer.Option(None, "--settings", help="YAML file of probe settings (see configs/probes.yaml)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and the probes (default 0)"),
-    quick: bool = typer.Option(False, "--quick", help="skip the training-dynamics sweep"),
+    quick: bool = typer.Option(False, "--quick", help="skip the training-dynamics sweep and the training steps"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="train your own configuration this many steps first and trace a step that goes NaN/Inf (default 40)"),
     amp_what_if: Optional[str] = typer.Option(None, "--amp-what-if", help="for a float32 spec: check fp16 or bf16 as a what-if"),
     config: Optional[str] = typer.Option(None, "--config", help="the training config (YAML) whose keys the fixes name"),
     write_fixed: Optional[Path] = typer.Option(None, "--write-fixed", help="write the config with the fixes applied here"),
@@ -195,8 +196,8 @@ def diagnose(
         if write_fixed is not None and not in_place and Path(config).resolve() == write_fixed.resolve():
             raise UsageError(f"--write-fixed would overwrite the input config {config}: pass --in-place to allow it")
         report, setup, document, text = _diagnosis(
-            spec, set_, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if}, settings_file,
-            probe, skip + (["dynamics"] if quick else []), debug, config)
+            spec, set_, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if, "guard_steps": steps}, settings_file,
+            probe, skip + (["dynamics", "steps"] if quick else []), debug, config)
         if document is not None and (write_fixed is not None or in_place):
             from nandoctor.config import apply_fixes, write_fixed as write
 
@@ -248,7 +249,7 @@ def smoke(
     with guarded(debug):
         check_writable(out)
         seconds = parse_budget(budget)
-        report, *_ = _diagnosis(spec, set_, {"batches": batches}, None, [], [] if dynamics else ["dynamics"],
+        report, *_ = _diagnosis(spec, set_, {"batches": batches}, None, [], [] if dynamics else ["dynamics", "steps"],
                                 debug, budget_s=seconds)
     from nandoctor.render.common import render_json
     from nandoctor.render.junit import render_junit

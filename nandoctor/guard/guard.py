@@ -104,7 +104,7 @@ class Guard:
         self._pending.append(self._current)
 
     def gradients(self, grad_norm: Any = None) -> None:
-        """The gradients of the current step are ready (after backward and unscaling)."""
+        """The gradients of the current step are ready: after backward (and ``scaler.unscale_``)."""
         record = self._current
         if record is None:
             return
@@ -117,8 +117,6 @@ class Guard:
                 record.param_norms = per_param if sampled else None
         if grad_norm is not None:
             record.grad_norm = torch.as_tensor(grad_norm).detach().float()
-        if record.grad_norm is not None and self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
-            record.grad_norm = record.grad_norm / self.scaler._scale.to(record.grad_norm.device).float()
         if sampled:
             with torch.no_grad():
                 self._before_update = [p.detach().clone() for p in self.params]

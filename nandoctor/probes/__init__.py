@@ -15,10 +15,12 @@ from nandoctor.probes.gradients import GradientsProbe
 from nandoctor.probes.inputs import InputsProbe
 from nandoctor.probes.parameters import ParametersProbe
 from nandoctor.probes.saturation import SaturationProbe
+from nandoctor.probes.steps import StepsProbe
 
 PROBES: list[type[Probe]] = [
     InputsProbe, ParametersProbe, ForwardProbe, AmpProbe, BackwardProbe, ComponentsProbe,
     ActivationsProbe, SaturationProbe, DeadUnitsProbe, GradientsProbe, DynamicsProbe,
+    StepsProbe,
 ]
 
 __all__ = ["PROBES", "fold_rules", "probe_names", "with_dependencies"]

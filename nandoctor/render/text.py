@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.render.common import evidence_line, tables, where_text
+from nandoctor.render.common import evidence_line, number as format_number, tables, where_text
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -20,7 +20,7 @@ def render_text(report: dict[str, Any]) -> str:
         if evidence:
             lines.append(f"   evidence: {evidence}")
         if finding["fix"]["config"]:
-            lines.append("   config:   " + ", ".join(f"{k}: {number(v)}" for k, v in finding["fix"]["config"].items()))
+            lines.append("   config:   " + ", ".join(f"{k}: {format_number(v)}" for k, v in finding["fix"]["config"].items()))
         if finding["fix"]["advice"]:
             lines.append(f"   fix:      {finding['fix']['advice']}")
         for explained in finding["evidence"].get("explains", []):
@@ -33,6 +33,11 @@ def render_text(report: dict[str, Any]) -> str:
         lines += ["", "skipped: " + "; ".join(f"{n} ({why})" for n, why in skipped.items())]
     if failed:
         lines += ["", "probe errors: " + "; ".join(f"{n}: {why}" for n, why in failed.items())]
+    coverage = report.get("coverage") or {}
+    checked, total = coverage.get("batches_checked"), coverage.get("batches_total")
+    if checked is not None and (total is None or total > checked):
+        lines += ["", f"info: checked {checked} of {total if total is not None else 'an unknown number of'} batches; "
+                      f"nandoctor scan {report['spec']} runs every batch of data through the model"]
     return "\n".join(lines)
 
 
