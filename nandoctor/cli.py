@@ -337,14 +337,11 @@ def replay(
     with guarded(debug):
         from nandoctor.guard.replay import replay as replay_capture
         from nandoctor.settings import load_settings
-
         check_writable(out)
-        settings = load_settings(None, {"seed": seed})
-        report = replay_capture(str(capture), spec, set_, settings, progress=lambda m: typer.echo(m, err=True),
-                                debug=debug)
+        report = replay_capture(str(capture), spec, set_, load_settings(None, {"seed": seed}),
+                                progress=lambda m: typer.echo(m, err=True), debug=debug)
     from nandoctor.render.common import render_json
     from nandoctor.render.replay import render_replay
-
     typer.echo(render_json(report) if fmt == Format.json else render_replay(report))
     write_output(out, render_json(report))
     raise typer.Exit(exit_code(report, fail_on.value))
@@ -363,25 +360,18 @@ def scan(
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function (default 0)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
-    """Run every batch of data through the model: batches and samples with bad inputs, ids, labels or loss.
-
-    Ctrl-C stops the scan and prints what was found so far (exit 130).
-    """
+    """Every batch of data through the model: bad inputs, ids, labels or loss by batch and sample (Ctrl-C keeps them)."""
     with guarded(debug):
         from nandoctor.render.scan import ProgressBar
         from nandoctor.scan import run_scan
-
         check_writable(out)
-        if max_batches is not None and max_batches < 1:
-            raise UsageError("--max-batches must be at least 1")
-        if not extreme_factor > 1:
-            raise UsageError("--extreme-factor must be above 1")
+        if (max_batches is not None and max_batches < 1) or not extreme_factor > 1:
+            raise UsageError("--max-batches must be at least 1 and --extreme-factor above 1")
         setup = load_seeded(spec, set_, seed or 0)
         result = {"nandoctor_version": __version__, "spec": spec,
                   **run_scan(setup, max_batches, with_backward, extreme_factor, ProgressBar(sys.stderr))}
     from nandoctor.render.common import render_json
     from nandoctor.render.scan import render_scan
-
     typer.echo(render_json(result) if fmt == Format.json else render_scan(result))
     write_output(out, render_json(result))
     if result["interrupted"]:
