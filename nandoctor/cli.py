@@ -127,17 +127,6 @@ def write_output(path: Optional[Path], text: str) -> None:
         typer.echo(f"nandoctor: error: could not write {path}: {exc.strerror or exc}", err=True)
 
 
-def load_seeded(spec: str, overrides: list[str], seed: int):
-    """Seed torch, then call the build function: the same spec builds the same model."""
-    import torch
-
-    from nandoctor.spec import load_setup
-
-    torch.manual_seed(seed)
-    typer.echo(f"nandoctor: loading {spec}", err=True)
-    return load_setup(spec, overrides)
-
-
 def exit_code(report: dict, fail_on: str) -> int:
     """1 when a finding is at or above ``fail_on``; else 3 when the run is incomplete; else 0."""
     from nandoctor.findings import at_or_above
@@ -150,22 +139,18 @@ def exit_code(report: dict, fail_on: str) -> int:
 def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_file: Optional[str],
                probes: list[str], skip: list[str], debug: bool, config: Optional[str] = None,
                budget_s: Optional[float] = None):
-    """Settings -> seeded build -> probes -> report; returns (report, config document, config text)."""
-    from nandoctor.runner import build_report, run_probes, select_probes
-    from nandoctor.settings import load_settings
+    """The API's diagnose; returns (report dict, config document, config text)."""
+    from nandoctor import api
 
-    settings = load_settings(settings_file, settings_values)
-    chosen = select_probes(probes, skip)
     document = text = None
     if config is not None:
         from nandoctor.config import load_config, plain
 
         document, text = load_config(config)
-    setup = load_seeded(spec, overrides, settings.seed)
-    if document is not None:
-        setup.config = plain(document)
-    report = build_report(spec, run_probes(setup, settings, chosen, debug=debug, budget_s=budget_s))
-    return report, setup, document, text
+    report = api.diagnose(spec, overrides=overrides, probes=probes, skip=skip, settings=settings_file,
+                          config=None if document is None else plain(document), budget_s=budget_s,
+                          debug=debug, **settings_values)
+    return report.to_dict(), document, text
 
 
 @app.command()
@@ -194,7 +179,7 @@ def diagnose(
         check_writable(out, write_fixed)
         if write_fixed is not None and not in_place and Path(config).resolve() == write_fixed.resolve():
             raise UsageError(f"--write-fixed would overwrite the input config {config}: pass --in-place to allow it")
-        report, setup, document, text = _diagnosis(
+        report, document, text = _diagnosis(
             spec, set_, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if}, settings_file,
             probe, skip + (["dynamics"] if quick else []), debug, config)
         if document is not None and (write_fixed is not None or in_place):
@@ -303,22 +288,15 @@ def lr_sweep(
 ) -> None:
     """Train a few steps at each learning rate from the same start; table and recommendation."""
     with guarded(debug):
-        from nandoctor.render.common import render_json
-        from nandoctor.render.sweep import plot_sweep, render_sweep
-        from nandoctor.settings import load_settings
-        from nandoctor.sweep.command import parse_rates, sweep_report
+        from nandoctor import api
 
         check_writable(out, plot)
-        if steps < 2:
-            raise UsageError("--steps must be at least 2")
-        rates = parse_rates(lrs)
-        settings = load_settings(None, {"batches": batches, "seed": seed})
-        report = sweep_report(spec, load_seeded(spec, set_, settings.seed), settings, rates, steps)
+        result = api.lr_sweep(spec, overrides=set_, lrs=lrs, steps=steps, batches=batches, seed=seed)
         if plot is not None:
-            plot_sweep(report, str(plot))
+            result.plot(plot)
             typer.echo(f"nandoctor: wrote {plot}", err=True)
-    typer.echo(render_json(report) if fmt == Format.json else render_sweep(report))
-    write_output(out, render_json(report))
+    typer.echo(result.to_json() if fmt == Format.json else str(result))
+    write_output(out, result.to_json())
 
 
 @app.command("feature-stats")
@@ -332,20 +310,12 @@ def feature_stats(
 ) -> None:
     """Per-column statistics and flags (not normalized, heavy tail, ids, NaN) for training data."""
     with guarded():
-        from nandoctor.featurestats.files import analyse, unusable
-        from nandoctor.render.common import render_json
-        from nandoctor.render.features import render_features
+        from nandoctor import api
 
         check_writable(out)
-        if limit_rows is not None and limit_rows < 1:
-            raise UsageError("--limit-rows must be at least 1")
-        wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-        result = analyse(paths, wanted, limit_rows)
-        problem = unusable(result)
-        if problem:
-            raise UsageError(problem)
-    typer.echo(render_features(result, fmt.value, emit_norm.value if emit_norm else None))
-    write_output(out, render_json(result))
+        result = api.feature_stats(paths, columns=columns, limit_rows=limit_rows)
+    typer.echo(result.render(fmt.value, emit_norm.value if emit_norm else None))
+    write_output(out, result.to_json())
 
 
 def main() -> None:
