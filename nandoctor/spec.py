@@ -22,7 +22,7 @@ from nandoctor.errors import UsageError, describe
 
 AMP_CHOICES = (None, "fp16", "bf16")
 _SETUP_KEYS = ("model", "data", "loss", "loss_weights", "optimizer", "lr", "grad_clip", "amp",
-               "feature_names", "config", "config_keys", "device")
+               "feature_names", "config", "config_keys", "device", "trainer")
 
 
 @dataclass
@@ -194,11 +194,59 @@ def _number(value: Any, key: str, spec: str, allow_none: bool) -> float | None:
     return float(value)
 
 
+def _users_call(function: Callable, what: str, spec: str) -> Any:
+    """Call the user's code while reading the spec; what it raises is a usage error."""
+    try:
+        return function()
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{spec}: {what} raised {describe(exc)} (at {_user_frame(exc, None)})") from exc
+
+
+def apply_conventions(mapping: dict[str, Any], spec: str) -> dict[str, Any]:
+    """Fill what a LightningModule, a LightningDataModule or a ``trainer`` already say.
+
+    The loss is ``training_step``; the optimizer is rebuilt from ``configure_optimizers()``
+    (its rate is the user's when the spec has no ``lr``); a data module is set up for fitting
+    and its ``train_dataloader()`` read; a trainer's clipping and precision fill ``grad_clip``
+    and ``amp`` where those are absent. What the spec says itself always wins.
+    """
+    from nandoctor import conventions
+
+    model = mapping.get("model")
+    lightning = conventions.is_lightning_module(model)
+    if mapping.get("data") is None and lightning and callable(getattr(model, "train_dataloader", None)):
+        mapping["data"] = _users_call(model.train_dataloader, "the LightningModule's train_dataloader()", spec)
+    if conventions.is_datamodule(mapping.get("data")):
+        data_module = mapping["data"]
+        mapping["data"] = _users_call(lambda: conventions.datamodule_loader(data_module),
+                                      f"setting up the {type(data_module).__name__}", spec)
+    if lightning and mapping.get("loss") is None:
+        mapping["loss"] = conventions.training_step_loss
+    if lightning and mapping.get("optimizer") is None:
+        returned = _users_call(model.configure_optimizers, f"{type(model).__name__}.configure_optimizers()", spec)
+        instance = conventions.first_optimizer(returned)
+        if instance is None:
+            raise UsageError(f"{spec}: configure_optimizers() returned no optimizer "
+                             f"(got {type(returned).__name__}); give the spec an 'optimizer'")
+        mapping["optimizer"] = conventions.optimizer_like(instance)
+        if mapping.get("lr") is None and instance.param_groups:
+            mapping["lr"] = conventions.group_rate(instance.param_groups[0])
+    if mapping.get("trainer") is not None:
+        clip, amp = conventions.trainer_settings(mapping["trainer"])
+        if mapping.get("grad_clip") is None:
+            mapping["grad_clip"] = clip
+        if mapping.get("amp") is None:
+            mapping["amp"] = amp
+    return mapping
+
+
 def validate(result: Any, spec: str) -> Setup:
     """Check the build function's result against docs/reference.md §1 and fill in defaults."""
     import torch
 
-    mapping = _as_mapping(result, spec)
+    mapping = apply_conventions(_as_mapping(result, spec), spec)
     for key in ("model", "data"):
         if mapping.get(key) is None:
             raise UsageError(f"{spec} returned no '{key}' (required keys: model, data)")
