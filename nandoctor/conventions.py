@@ -53,7 +53,7 @@ _MISSING = object()
 
 def loss_entry(output: Any) -> Any:
     """An output's ``loss`` (attribute or key, as ``ModelOutput`` has), ``None``, or ``_MISSING``."""
-    value = getattr(output, "loss", _MISSING) if not isinstance(output, dict) else _MISSING
+    value = getattr(output, "loss", _MISSING)
     if value is _MISSING and isinstance(output, Mapping) and "loss" in output:
         value = output["loss"]
     return value
@@ -121,8 +121,9 @@ def first_optimizer(returned: Any) -> Any:
 
 
 def group_rate(group: Mapping[str, Any]) -> float:
-    """A param group's rate before any scheduler touched it."""
-    return float(group.get("initial_lr", group["lr"]))
+    """A param group's rate as the user set it: a cyclic schedule's peak (``max_lr``), else the
+    rate before a scheduler (warm-up) scaled it (``initial_lr``), else ``lr``."""
+    return float(group.get("max_lr", group.get("initial_lr", group["lr"])))
 
 
 def optimizer_like(instance: Any) -> Callable[[Any, float], Any]:
