@@ -152,3 +152,13 @@ def test_feature_stats_api(tmp_path):
     assert "time" in str(stats) and json.loads(stats.to_json())["rows"] == 500
     with pytest.raises(nandoctor.UsageError, match="no such file"):
         nandoctor.feature_stats(tmp_path / "missing.csv", progress=False)
+
+
+def test_the_core_never_imports_the_frameworks():
+    """Hugging Face and Lightning code is recognised by duck typing: neither is imported by a diagnosis."""
+    code = ("import sys, nandoctor, nandoctor.integrations.hf, nandoctor.integrations.lightning\n"
+            "nandoctor.diagnose('nandoctor.examples.healthy:build', quick=True, progress=False)\n"
+            "sys.stderr.write(' '.join(m for m in ('transformers', 'pytorch_lightning', 'lightning', 'accelerate')"
+            " if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
