@@ -90,11 +90,13 @@ def user_source_of(exc: BaseException) -> str | None:
 
 
 def installed_package_of(exc: BaseException) -> str | None:
-    """The installed package (the folder after site-packages) of the innermost such frame."""
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+    """The installed package (other than torch) the user's code called into before the error."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    users = [i for i, f in enumerate(frames) if is_user_file(f.filename)]
+    for frame in frames[users[-1] + 1 if users else 0:]:
         parts = Path(frame.filename).parts
         marks = [i for i, part in enumerate(parts) if part in _INSTALLED]
-        if marks and marks[-1] + 1 < len(parts):
+        if marks and marks[-1] + 1 < len(parts) and Path(parts[marks[-1] + 1]).stem != "torch":
             return Path(parts[marks[-1] + 1]).stem
     return None
 

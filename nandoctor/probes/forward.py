@@ -143,7 +143,8 @@ class ForwardProbe(Probe):
                                       "them as buffers so model.to() moves them."))
         op = ops.crash.op if ops is not None and ops.crash is not None else None
         evidence["op"] = op
-        place = f"module {crash.module!r} ({crash.kind})" if crash.module is not None else "the loss function"
+        place = ("the loss function" if crash.module is None else f"the model ({crash.kind})" if crash.module == ""
+                 else f"module {crash.module!r} ({crash.kind})")
         return Finding("forward_error", Severity.CRITICAL,
                        f"{place} raised {crash.exc_type}" + (f" in {op}" if op else "") + f": {crash.message}",
                        Where(module=crash.module, op=op, source=crash.source), evidence,
