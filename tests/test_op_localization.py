@@ -224,3 +224,15 @@ def test_missing_half_kernel_on_cpu_is_said_not_blamed(diagnose):
     note = next(f for f in report["findings"] if f["code"] == "forward_error")
     assert "kernel" in note["title"] and note["where"]["op"]
     assert note["evidence"]["device"] == "cpu"
+
+
+def test_what_if_overflow_stays_info_and_folds_nothing(diagnose):
+    """A float32 spec checked as a what-if: the overflow is information, the real symptom stays visible."""
+    from nandoctor.settings import Settings
+
+    spec = dict(ops.clip_loss_fp16(), amp=None)
+    report = diagnose(spec, settings=Settings(amp_what_if="fp16"))
+    overflow = next(f for f in report["findings"] if f["code"] == "amp_overflow")
+    assert overflow["severity"] == "info" and overflow["where"]["op"] == "aten::div"
+    assert "explains" not in overflow["evidence"]
+    assert "exploding_gradients" in codes(report)
