@@ -236,3 +236,10 @@ def test_what_if_overflow_stays_info_and_folds_nothing(diagnose):
     assert overflow["severity"] == "info" and overflow["where"]["op"] == "aten::div"
     assert "explains" not in overflow["evidence"]
     assert "exploding_gradients" in codes(report)
+
+
+def test_a_forward_our_check_stopped_is_not_run_again(diagnose):
+    """Ids beyond an embedding are caught before it runs (on CUDA they would kill the process): no op pass."""
+    report = diagnose(models.bad_sensor_vocab())
+    assert report["findings"][0]["code"] == "index_out_of_range"
+    assert report["probes"]["forward"]["op_pass"].startswith("not run")

@@ -61,6 +61,7 @@ class ForwardCrash:
     embedding: dict[str, Any] | None = None
     source: str | None = None  # the user's line that called into the code that raised
     package: str | None = None  # the installed package it raised inside, if any
+    stopped_by_check: bool = False  # our check stopped it before the op ran (re-running would really crash)
 
 
 @dataclass
@@ -233,7 +234,8 @@ def _crash(recorder: _Recorder, exc: BaseException, module_kinds: dict[str, str]
     return ForwardCrash(module=module, kind=module_kinds.get(module) if module is not None else None,
                         exc_type="IndexError" if embedding else type(exc).__name__, message=message[:500],
                         location=_user_location(exc), executed=[c.name for c in recorder.calls[-5:]],
-                        embedding=embedding, source=user_source_of(exc), package=installed_package_of(exc))
+                        embedding=embedding, source=user_source_of(exc), package=installed_package_of(exc),
+                        stopped_by_check=isinstance(exc, UserFacing))
 
 
 

@@ -99,9 +99,9 @@ class ForwardProbe(Probe):
         if last.crash is not None:
             raw["crash"] = vars(last.crash)
             ops = None
-            if last.crash.embedding is None and not _device_error(last.crash.message):
-                ops = locate_nonfinite_op(ctx, last.batch_index)  # ids beyond a table are not re-run
-            raw["op_pass"] = ops.to_raw() if ops else "not run: the crash is an id or device error"
+            if not last.crash.stopped_by_check and not _device_error(last.crash.message):
+                ops = locate_nonfinite_op(ctx, last.batch_index)  # what our checks stopped is not re-run
+            raw["op_pass"] = ops.to_raw() if ops else "not run: a check stopped the forward, or devices differ"
             return ProbeResult([self._crash(last, ops)], raw,
                                facts={Fact.FORWARD_OK: False, Fact.FORWARD_RUNS: False})
         if last.forward_finite:
