@@ -18,6 +18,7 @@ from nandoctor.batches import iter_tensors
 from nandoctor.errors import InternalError, UsageError, describe, first_line
 from nandoctor.findings import is_finite
 from nandoctor.measure.hooks import UserFacing, module_names, ours
+from nandoctor.measure.ops import installed_package_of, user_source_of
 
 
 @dataclass
@@ -58,6 +59,9 @@ class ForwardCrash:
     location: str
     executed: list[str]
     embedding: dict[str, Any] | None = None
+    source: str | None = None  # the user's line that called into the code that raised
+    package: str | None = None  # the installed package it raised inside, if any
+    stopped_by_check: bool = False  # our check stopped it before the op ran (re-running would really crash)
 
 
 @dataclass
@@ -230,7 +234,8 @@ def _crash(recorder: _Recorder, exc: BaseException, module_kinds: dict[str, str]
     return ForwardCrash(module=module, kind=module_kinds.get(module) if module is not None else None,
                         exc_type="IndexError" if embedding else type(exc).__name__, message=message[:500],
                         location=_user_location(exc), executed=[c.name for c in recorder.calls[-5:]],
-                        embedding=embedding)
+                        embedding=embedding, source=user_source_of(exc), package=installed_package_of(exc),
+                        stopped_by_check=isinstance(exc, UserFacing))
 
 
 
@@ -336,8 +341,18 @@ def _set_output_stats(recorder: _Recorder, flat: list[float]) -> None:
             call.out_rms = flat[3 * i + 2] / max(recorder.numel[i], 1) ** 0.5
 
 
-def forward_calls(ctx: Any, batch_index: int, autocast: Any = None) -> tuple[list[ModuleCall], str | None]:
-    """Module calls of one forward pass without gradients (optionally under autocast), or the error."""
+@dataclass
+class ForwardPass:
+    """One forward without gradients: module calls, the loss and its components (floats), or the error."""
+
+    calls: list[ModuleCall]
+    error: str | None = None
+    loss: float | None = None
+    components: dict[str, float] = field(default_factory=dict)
+
+
+def forward_pass(ctx: Any, batch_index: int, autocast: Any = None) -> ForwardPass:
+    """Module calls and loss values of one forward pass without gradients (optionally under autocast)."""
     import torch
     from contextlib import nullcontext
 
@@ -347,17 +362,26 @@ def forward_calls(ctx: Any, batch_index: int, autocast: Any = None) -> tuple[lis
     with recorder.handles, torch.no_grad(), (autocast or nullcontext()):
         recorder.install(model)
         try:
-            ctx.loss(batch)
+            loss = ctx.loss(batch)
         except (UsageError, InternalError):
             raise
         except Exception as exc:
-            return recorder.calls, describe(exc)
-    stats = [s for s in recorder.out_stats if s is not None]
-    if stats:
-        nan3 = torch.full((3,), float("nan"), device=stats[0].device)
-        flat = torch.cat([(s if s is not None else nan3).to(nan3.device) for s in recorder.out_stats]).tolist()
-        _set_output_stats(recorder, flat)
-    return recorder.calls, None
+            return ForwardPass(recorder.calls, describe(exc))
+    device = loss.total.device
+    nan3 = torch.full((3,), float("nan"), device=device)
+    parts = [loss.total.detach().float().reshape(1)] + [c.detach().float().reshape(1).to(device)
+                                                        for c in loss.components.values()]
+    parts += [(s if s is not None else nan3).to(device) for s in recorder.out_stats]
+    values = torch.cat(parts).tolist()
+    total, components = values[0], dict(zip(loss.components, values[1:1 + len(loss.components)]))
+    _set_output_stats(recorder, values[1 + len(loss.components):])
+    return ForwardPass(recorder.calls, None, total, components)
+
+
+def forward_calls(ctx: Any, batch_index: int, autocast: Any = None) -> tuple[list[ModuleCall], str | None]:
+    """Module calls of one forward pass without gradients (optionally under autocast), or the error."""
+    result = forward_pass(ctx, batch_index, autocast)
+    return result.calls, result.error
 
 
 def trace_batches(ctx: Any) -> list[BatchTrace]:

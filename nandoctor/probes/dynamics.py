@@ -45,7 +45,7 @@ class DynamicsProbe(Probe):
     name = "dynamics"
     description = "short LR sweep from the user's settings: LR too high/low, clipping, loss plateau"
     order = 60
-    requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK)
+    requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK, Fact.AUTOCAST_RUNS)
     codes = (
         CodeDoc("lr_too_high", 16,
                 "the learning rate sweep shows the user's rate diverges or is unstable where a lower one trains",
