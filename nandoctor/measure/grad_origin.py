@@ -78,7 +78,6 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
                                 torch.stack(outgoing).all() if outgoing else None))
         return record
 
-    model.train()
     for param in model.parameters():
         param.grad = None
     with ExitStack() as hooks:

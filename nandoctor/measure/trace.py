@@ -9,6 +9,7 @@ module's output is finite. Every hook lives in an ExitStack and is removed on th
 from __future__ import annotations
 
 import traceback
+import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,19 +101,37 @@ def float_tensors(obj: Any) -> list[Any]:
     return [t for _, t in iter_tensors(obj) if t.is_floating_point() and t.numel() > 0]
 
 
+def _sparse_values(tensor: Any) -> Any:
+    """A sparse tensor's stored values, plus one implicit zero when some entries are not stored."""
+    import torch
+
+    values = tensor.coalesce().values() if tensor.layout == torch.sparse_coo else tensor.values()
+    if values.numel() < tensor.numel():
+        values = torch.cat([values.reshape(-1), values.new_zeros(1)])
+    return values
+
+
 def range_stats(tensors: list[Any]):
-    """``[min, max, l2 norm]`` over the tensors, as one float32 tensor on their device (no sync)."""
+    """``[min, max, l2 norm]`` over the tensors, as one tensor on their device (no sync).
+
+    float32, or float64 when a tensor is float64 (a double model's range must not overflow).
+    """
     import torch
 
     with torch.no_grad():
         rows = []
         for tensor in tensors:
-            low, high = torch.aminmax(tensor.detach())
-            norm = torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32)
-            rows.append(torch.stack([low.float(), high.float(), norm]))
+            tensor = tensor.detach()
+            if tensor.layout != torch.strided:
+                tensor = _sparse_values(tensor)
+            dtype = torch.promote_types(tensor.dtype, torch.float32)
+            low, high = torch.aminmax(tensor)
+            norm = torch.linalg.vector_norm(tensor, dtype=dtype)
+            rows.append(torch.stack([low.to(dtype), high.to(dtype), norm]))
         if len(rows) == 1:
             return rows[0]
-        stacked = torch.stack([r.to(rows[0].device) for r in rows])
+        dtype = torch.float64 if any(r.dtype == torch.float64 for r in rows) else torch.float32
+        stacked = torch.stack([r.to(rows[0].device, dtype) for r in rows])
         return torch.stack([stacked[:, 0].min(), stacked[:, 1].max(), stacked[:, 2].norm()])
 
 
@@ -130,8 +149,9 @@ class _Recorder:
         self.out_stats: list[Any] = []  # per call: stats tensor or None
         self.in_stats: list[Any] = []
         self.numel: list[int] = []
-        self.outputs: list[list[Any]] = []  # held until the pass is analysed (culprit counts)
-        self.memo: dict[int, tuple[Any, int, Any]] = {}  # id(tensor) -> (tensor, version, stats)
+        # id(output) -> (weak reference, version, stats): outputs are not held (memory), only
+        # their statistics, reused when the same tensor is the next module's input
+        self.memo: dict[int, tuple[Any, int, Any]] = {}
         self.grad_events: list[tuple[int, Any]] = []
         self.root_width: int | None = None
         self.consumed: set[int] = set()  # ids of tensors some child module received as input
@@ -149,7 +169,7 @@ class _Recorder:
             return None
         if len(tensors) == 1:
             cached = self.memo.get(id(tensors[0]))
-            if cached is not None and cached[0] is tensors[0] and cached[1] == tensors[0]._version:
+            if cached is not None and cached[0]() is tensors[0] and cached[1] == tensors[0]._version:
                 return cached[2]
         return range_stats(tensors)
 
@@ -166,7 +186,7 @@ class _Recorder:
         outputs = float_tensors(output)
         stats = range_stats(outputs) if outputs else None
         if len(outputs) == 1:
-            self.memo[id(outputs[0])] = (outputs[0], outputs[0]._version, stats)
+            self.memo[id(outputs[0])] = (weakref.ref(outputs[0]), outputs[0]._version, stats)
         index = len(self.calls)
         self.calls.append(ModuleCall(name=name, kind=type(module).__name__,
                                      parent=self.stack[-1][0] if self.stack else None,
@@ -176,7 +196,6 @@ class _Recorder:
         self.numel.append(sum(t.numel() for t in outputs))
         if not self.stack and outputs and outputs[0].dim():
             self.root_width = int(outputs[0].shape[-1])
-        self.outputs.append([(t, t._version) for t in outputs])
         for tensor in outputs:
             if tensor.requires_grad:
                 self.handles.enter_context(tensor.register_hook(ours(self._grad_hook(index))))
@@ -254,9 +273,9 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
     model, batch = ctx.model, ctx.batches[batch_index]
     result = BatchTrace(batch_index=batch_index)
     kinds = {name: type(m).__name__ for name, m in model.named_modules()}
-    model.train()
     for param in model.parameters():
         param.grad = None
+    rng = _rng_state(batch)
     recorder = _Recorder(model)
     with recorder.handles:
         recorder.install(model)
@@ -280,7 +299,58 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
         except Exception as exc:
             result.backward_error = describe(exc)
     _read_back(result, recorder, loss, model)
+    culprit = next((i for i, c in enumerate(result.calls) if not c.output_finite), None)
+    if culprit is not None:
+        del loss, recorder  # free this pass's graph before the recount
+        result.culprit_counts = _count_nonfinite(ctx, batch_index, culprit, rng)
     return result
+
+
+def _rng_state(batch: Any) -> tuple[Any, Any]:
+    """The CPU and the batch's CUDA generator states: a re-run draws the same dropout masks."""
+    import torch
+
+    devices = {t.device for _, t in iter_tensors(batch) if t.device.type == "cuda"}
+    cuda = {d: torch.cuda.get_rng_state(d) for d in devices}
+    return torch.random.get_rng_state(), cuda
+
+
+def _count_nonfinite(ctx: Any, batch_index: int, call_index: int, rng: tuple[Any, Any]) -> dict[str, int] | None:
+    """NaN/+Inf/-Inf counts of one call's outputs, by re-running the forward without gradients.
+
+    Only a failing pass pays for this; holding every output until read-back would raise the
+    traced pass's peak memory on every healthy model.
+    """
+    import torch
+
+    calls: list[int] = []
+    counts: list[Any] = []
+
+    @ours
+    def count(module: Any, args: Any, output: Any) -> None:
+        if len(calls) == call_index:
+            outputs = [t.detach() for t in float_tensors(output)]
+            outputs = [_sparse_values(t) if t.layout != torch.strided else t for t in outputs]
+            counts.extend(torch.stack([torch.isnan(t).sum(), torch.isposinf(t).sum(), torch.isneginf(t).sum(),
+                                       torch.tensor(t.numel(), device=t.device)]) for t in outputs)
+        calls.append(1)
+
+    torch.random.set_rng_state(rng[0])
+    for device, state in rng[1].items():
+        torch.cuda.set_rng_state(state, device)
+    with ExitStack() as handles, torch.no_grad():
+        for module in ctx.model.modules():
+            handles.enter_context(module.register_forward_hook(count))
+        try:
+            ctx.loss(ctx.batches[batch_index])
+        except (UsageError, InternalError):
+            raise
+        except Exception:  # not reproducible: the counts are left out
+            return None
+    if not counts:
+        return None
+    nan, posinf, neginf, numel = (int(v) for v in torch.stack([c.to(counts[0].device) for c in counts]).sum(0).tolist())
+    return {"nan": nan, "posinf": posinf, "neginf": neginf, "numel": numel} if nan + posinf + neginf else None
 
 
 def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -> None:
@@ -316,16 +386,6 @@ def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -
     result.no_grad_params = missing
     result.root_width = recorder.root_width
     result.calls = calls
-    culprit = next((i for i, c in enumerate(calls) if not c.output_finite), None)
-    if culprit is not None:
-        held = [t for t, version in recorder.outputs[culprit] if t._version == version]
-        if held:
-            result.culprit_counts = {
-                "nan": int(sum(int(torch.isnan(t).sum()) for t in held)),
-                "posinf": int(sum(int(torch.isposinf(t).sum()) for t in held)),
-                "neginf": int(sum(int(torch.isneginf(t).sum()) for t in held)),
-                "numel": int(sum(t.numel() for t in held)),
-            }
 
 
 def _set_output_stats(recorder: _Recorder, flat: list[float]) -> None:
@@ -342,7 +402,6 @@ def forward_calls(ctx: Any, batch_index: int, autocast: Any = None) -> tuple[lis
     from contextlib import nullcontext
 
     model, batch = ctx.model, ctx.batches[batch_index]
-    model.train()
     recorder = _Recorder(model)
     with recorder.handles, torch.no_grad(), (autocast or nullcontext()):
         recorder.install(model)
