@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from nandoctor import __version__
-from nandoctor.batches import read_batches, to_device
+from nandoctor.batches import check_feature_names, read_batches, to_device
 from nandoctor.context import RunContext
 from nandoctor.errors import InternalError, UsageError, describe
 from nandoctor.probes import PROBES, with_dependencies
@@ -106,6 +106,7 @@ def open_context(setup: Setup, settings: Settings,
     _refuse_meta(setup.model)
     with on_device(setup.model, setup.device):
         batches = [to_device(b, setup.device) for b in read_batches(setup.data, settings.batches)]
+        check_feature_names(setup.feature_names, batches[0])
         ctx = RunContext(setup=setup, batches=batches, settings=settings)
         _initialize_lazy(ctx, progress)
         yield ctx
