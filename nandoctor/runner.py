@@ -16,7 +16,7 @@ from nandoctor.probes import PROBES, with_dependencies
 from nandoctor.ranking import rank, verdict
 from nandoctor.settings import Settings
 from nandoctor.spec import Setup
-from nandoctor.state import ModelSnapshot, preserved_model, preserved_rng, preserved_torch_globals
+from nandoctor.state import ModelSnapshot, preserved_model, preserved_rng, preserved_torch_globals, run_snapshot
 
 
 def select_probes(only: list[str] | None, skip: list[str] | None,
@@ -146,7 +146,7 @@ def run_probes(setup: Setup, settings: Settings, probes: list[Any],
     facts: dict[Any, Any] = {}
     with open_context(setup, settings, progress) as ctx:
         ctx.facts = facts
-        snapshot = ModelSnapshot(ctx.model)
+        snapshot = run_snapshot(ctx)
         for number, probe_class in enumerate(probes, 1):
             probe = probe_class()
             missing = [fact.value for fact in probe.requires if not facts.get(fact, False)]

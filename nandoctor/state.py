@@ -63,6 +63,12 @@ class ModelSnapshot:
             module.training = mode
 
 
+def run_snapshot(ctx: Any) -> ModelSnapshot:
+    """The run's one snapshot of the model, taken on first use: probes that train (the sweep)
+    restore from it instead of copying the weights again."""
+    return ctx.recording("snapshot", lambda run: ModelSnapshot(run.model))
+
+
 @contextmanager
 def preserved_model(model: Any) -> Iterator[None]:
     """Restore weights, buffers, grads, requires_grad and every module's train/eval mode."""
