@@ -110,7 +110,8 @@ def read_batches(data: Iterable, count: int) -> list[Any]:
         for batch in itertools.islice(iter(data), count):
             batches.append(batch)
     except Exception as exc:
-        raise UsageError(f"reading batch {len(batches)} from 'data' raised {loader_error(exc)}") from exc
+        raise UsageError(f"reading batches from 'data' raised {loader_error(exc)} "
+                         f"(after {len(batches)} good batch(es))") from exc
     if not batches:
         raise UsageError("'data' yielded no batches")
     if not any(True for batch in batches for _ in iter_tensors(batch)):

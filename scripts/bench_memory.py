@@ -3,6 +3,7 @@
 The ~10M-parameter transformer of ``bench_trace.py`` on the CPU. Each measurement runs in a
 fresh subprocess (peak RSS from ``ru_maxrss``), so one cannot inherit the other's high-water mark:
   plain:    one AdamW training step (forward, backward, optimizer step: its state exists)
+  training: three AdamW steps (from the second on, the optimizer state lives through the step)
   diagnose: every probe over the same model and batches (the sweep cut to a few steps at two
             rates: its memory does not grow with the steps)
 Prints both peaks, their ratio, and the target: the plain step's peak plus one copy of the
@@ -48,11 +49,12 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     model = built["model"]
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     before = _rss_mib()
-    if mode == "plain":
+    if mode in ("plain", "training"):  # one step, or three (the optimizer state then stays)
         optimizer = torch.optim.AdamW(model.parameters(), lr=built["lr"])
-        optimizer.zero_grad(set_to_none=True)
-        built["loss"](model, built["data"][0]).backward()
-        optimizer.step()
+        for step in range(1 if mode == "plain" else 3):
+            optimizer.zero_grad(set_to_none=True)
+            built["loss"](model, built["data"][step]).backward()
+            optimizer.step()
     else:
         from nandoctor.probes import PROBES
         from nandoctor.runner import run_probes
@@ -71,13 +73,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--no-dynamics", dest="dynamics", action="store_false", help="leave the sweep out")
-    parser.add_argument("--child", choices=["plain", "diagnose"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["plain", "training", "diagnose"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
     results = {}
-    for mode in ("plain", "diagnose"):
+    for mode in ("plain", "training", "diagnose"):
         command = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--threads", str(args.threads),
                    "--batch", str(args.batch), "--length", str(args.length)]
         if not args.dynamics:
@@ -91,6 +93,8 @@ def main() -> None:
           f"{args.batch}x{args.length}, {args.threads} threads, sweep {'on' if args.dynamics else 'off'}")
     print(f"after building model and batches: {plain['built_mib']:7.0f} MiB")
     print(f"plain AdamW step peak           : {plain['peak_mib']:7.0f} MiB   1.00x")
+    print(f"three AdamW steps peak          : {results['training']['peak_mib']:7.0f} MiB   "
+          f"{results['training']['peak_mib'] / plain['peak_mib']:.2f}x  (the optimizer state now lives through a step)")
     print(f"nandoctor diagnose peak         : {diagnose['peak_mib']:7.0f} MiB   "
           f"{diagnose['peak_mib'] / plain['peak_mib']:.2f}x")
     print(f"target (plain + weights + AdamW state): {target:7.0f} MiB   "

@@ -36,7 +36,7 @@ def test_a_dataloader_worker_error_shows_the_workers_own_message():
     message = str(raised.value)
     assert "record 37 of train.csv: label 'cat' is not a number" in message
     assert "DataLoader worker process" in message and "test_batches_and_spec_checks.py" in message
-    assert message.startswith("reading batch 4 from 'data' raised ValueError")
+    assert message.startswith("reading batches from 'data' raised ValueError") and "after 4 good" in message
 
 
 @dataclass
