@@ -74,15 +74,15 @@ def guarded(debug: bool = False) -> Iterator[None]:
     """How a command ends when something goes wrong (the contract's exit codes).
 
     A UsageError is one line and exit 2; Ctrl-C says so and exits 130; any other exception is
-    ours: one line naming where, exit 3 (a traceback with --debug). The user's code runs inside
-    too, with its prints sent to stderr: stdout carries only our output.
+    ours: one line naming where, exit 3; --debug adds the traceback, never changes the code. The
+    user's code runs inside too, with its prints sent to stderr: stdout carries only our output.
     """
     try:
         with redirect_stdout(sys.stderr):
             yield
     except UsageError as exc:
         if debug:
-            raise
+            _print_traceback()
         fail(str(exc))
     except KeyboardInterrupt:
         typer.echo("nandoctor: interrupted; nothing was changed", err=True)
@@ -90,12 +90,18 @@ def guarded(debug: bool = False) -> Iterator[None]:
     except typer.Exit:
         raise
     except Exception as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, and still exit 3: a traceback never exits 1 ("unhealthy")
+            _print_traceback()
         from nandoctor.errors import describe
 
         fail(f"internal error in nandoctor ({_where_raised(exc)}): {describe(exc)}; run with --debug for the "
              "traceback", code=3)
+
+
+def _print_traceback() -> None:
+    import traceback
+
+    traceback.print_exc(file=sys.stderr)
 
 
 def _where_raised(exc: BaseException) -> str:
@@ -307,15 +313,24 @@ def feature_stats(
     fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
     emit_norm: Optional[EmitNorm] = typer.Option(None, "--emit-norm", help="print per-feature mean/std as yaml or python"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
+    fail_on: FailOn = typer.Option(FailOn.never, "--fail-on",
+                                   help="exit 1 when a column has a flag at least this severe (NaN, mixed "
+                                        "types: critical; not normalized, ids: warning; heavy tail, constant: info)"),
 ) -> None:
     """Per-column statistics and flags (not normalized, heavy tail, ids, NaN) for training data."""
     with guarded():
         from nandoctor import api
+        from nandoctor.featurestats.files import flagged_at_or_above
 
         check_writable(out)
         result = api.feature_stats(paths, columns=columns, limit_rows=limit_rows)
     typer.echo(result.render(fmt.value, emit_norm.value if emit_norm else None))
     write_output(out, result.to_json())
+    flagged = flagged_at_or_above(result.to_dict(), fail_on.value)
+    if flagged:
+        typer.echo(f"nandoctor: {len(flagged)} column(s) flagged at or above {fail_on.value}: "
+                   f"{', '.join(flagged[:10])}", err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

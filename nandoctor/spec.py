@@ -186,6 +186,51 @@ def _as_mapping(result: Any, spec: str) -> dict[str, Any]:
                      "with at least 'model' and 'data'")
 
 
+# keys of the contract (§1), and names people use for them: a misspelt key is ignored, so say so
+_KNOWN_KEYS = _SETUP_KEYS
+_KEY_ALIASES = {
+    "learning_rate": "lr", "lr_rate": "lr", "max_norm": "grad_clip", "clip": "grad_clip",
+    "gradient_clip_val": "grad_clip", "clip_grad_norm": "grad_clip", "precision": "amp",
+    "mixed_precision": "amp", "dataloader": "data", "loader": "data", "train_loader": "data",
+    "train_dataloader": "data", "dataset": "data", "criterion": "loss", "loss_fn": "loss",
+    "optim": "optimizer", "opt": "optimizer", "net": "model", "network": "model",
+    "features": "feature_names", "columns": "feature_names", "weights": "loss_weights",
+}
+
+
+def warn_unknown_keys(mapping: Mapping, spec: str) -> None:
+    """A key nandoctor does not read is ignored: warn on stderr, naming the nearest known key."""
+    import difflib
+
+    candidates = list(_KNOWN_KEYS) + list(_KEY_ALIASES)
+    for key in mapping:
+        if not isinstance(key, str) or key in _KNOWN_KEYS:
+            continue
+        close = difflib.get_close_matches(key.lower(), candidates, n=1, cutoff=0.75)
+        hint = f" (did you mean {_KEY_ALIASES.get(close[0], close[0])!r}?)" if close else ""
+        print(f"nandoctor: warning: {spec} returned the key {key!r}, which nandoctor does not read; "
+              f"it is ignored{hint}", file=sys.stderr, flush=True)
+
+
+def _feature_names(value: Any, spec: str) -> Any:
+    """``feature_names`` as a list of str, or a mapping of batch key / position to one (§1)."""
+    import torch
+
+    def names(entry: Any, what: str) -> list[str]:
+        if isinstance(entry, (str, bytes, Mapping, torch.Tensor)) or not isinstance(entry, Iterable):
+            raise UsageError(f"{spec}: {what} must be a list of names, got {type(entry).__name__}")
+        listed = list(entry)  # a tuple, a pandas Index, a numpy array of strings
+        if not listed or not all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in listed):
+            raise UsageError(f"{spec}: {what} must be a non-empty list of names (strings), got {listed[:5]!r}")
+        return [str(n) for n in listed]
+
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {key: names(entry, f"'feature_names'[{key!r}]") for key, entry in value.items()}
+    return names(value, "'feature_names'")
+
+
 def _number(value: Any, key: str, spec: str, allow_none: bool) -> float | None:
     if value is None and allow_none:
         return None
@@ -246,7 +291,9 @@ def validate(result: Any, spec: str) -> Setup:
     """Check the build function's result against docs/reference.md §1 and fill in defaults."""
     import torch
 
-    mapping = apply_conventions(_as_mapping(result, spec), spec)
+    mapping = _as_mapping(result, spec)
+    warn_unknown_keys(mapping, spec)
+    mapping = apply_conventions(mapping, spec)
     for key in ("model", "data"):
         if mapping.get(key) is None:
             raise UsageError(f"{spec} returned no '{key}' (required keys: model, data)")
@@ -279,7 +326,7 @@ def validate(result: Any, spec: str) -> Setup:
         lr=1e-3 if lr is None else _number(lr, "lr", spec, allow_none=False),
         grad_clip=_number(mapping.get("grad_clip"), "grad_clip", spec, allow_none=True),
         amp=amp,
-        feature_names=mapping.get("feature_names"),
+        feature_names=_feature_names(mapping.get("feature_names"), spec),
         config=dict(mapping["config"]) if mapping.get("config") is not None else None,
         config_keys=dict(mapping.get("config_keys") or {}),
         device=_resolve_device(mapping.get("device"), model, spec),

@@ -80,7 +80,6 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
                                 node.metadata.get(SOURCE_KEY)))
         return record
 
-    model.train()
     for param in model.parameters():
         param.grad = None
     with ExitStack() as hooks:

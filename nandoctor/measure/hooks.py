@@ -66,7 +66,6 @@ def hooked_forward(ctx: Any, hook: Callable, select: Callable[[Any], bool] | Non
     """Run the loss without gradients over the cached batches with ``hook`` on every selected module."""
     import torch
 
-    ctx.model.train()
     indices = range(len(ctx.batches)) if batches is None else batches
     with forward_hooks(ctx.model, hook, select), torch.no_grad(), (autocast or nullcontext()):
         for index in indices:

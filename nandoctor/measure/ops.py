@@ -23,7 +23,6 @@ import math
 import os
 import sys
 import sysconfig
-import time
 import traceback
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -124,7 +123,6 @@ class OpPass:
     site: OpSite | None = None  # where the non-finite values were made
     crash: OpSite | None = None  # the op that raised, when one did
     error: str | None = None
-    seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def to_raw(self) -> dict[str, Any]:
@@ -279,7 +277,6 @@ def locate_nonfinite_op(ctx: Any, batch_index: int, autocast: Any = None, precis
     model, batch = ctx.model, ctx.batches[batch_index]
     result = OpPass(batch=batch_index, autocast=precision)
     watch = _Watch(model)
-    began = time.perf_counter()
     model.train()
     torch.manual_seed(ctx.settings.seed)
     loss = None
@@ -309,7 +306,6 @@ def locate_nonfinite_op(ctx: Any, batch_index: int, autocast: Any = None, precis
             result.site = OpSite(op.name, op.module, op.source, op.dtype, found[1])
         else:
             result.notes.append("every op's output was finite in this pass")
-    result.seconds = round(time.perf_counter() - began, 4)
     return result
 
 

@@ -23,7 +23,6 @@ def component_gradients(ctx: Any, batch: Any) -> dict[str, dict[str, float]]:
     import torch
 
     params = [p for p in ctx.model.parameters() if p.requires_grad]
-    ctx.model.train()
     result = ctx.loss(batch)
     names = list(result.components)
     queued = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.render.common import evidence_line, tables, where_text
+from nandoctor.render.common import batches_line, evidence_line, not_run, skipped_for_facts, tables, where_text
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -25,14 +25,14 @@ def render_text(report: dict[str, Any]) -> str:
             lines.append(f"   fix:      {finding['fix']['advice']}")
         for explained in finding["evidence"].get("explains", []):
             lines.append(f"   explains: {explained['code']}: {explained['title']}")
-    skipped = {name: raw["skipped"] for name, raw in report["probes"].items()
-               if isinstance(raw, dict) and str(raw.get("skipped", "")).startswith("needs")}
-    failed = {name: raw["error"] for name, raw in report["probes"].items() if isinstance(raw, dict) and "error" in raw}
     lines += tables(report)
+    skipped, missed, checked = skipped_for_facts(report), not_run(report), batches_line(report)
     if skipped:
         lines += ["", "skipped: " + "; ".join(f"{n} ({why})" for n, why in skipped.items())]
-    if failed:
-        lines += ["", "probe errors: " + "; ".join(f"{n}: {why}" for n, why in failed.items())]
+    if missed:
+        lines += ["", "NOT RUN (the report is incomplete):"] + [f"  {n}: {why}" for n, why in missed.items()]
+    if checked:
+        lines += ["", checked]
     return "\n".join(lines)
 
 
@@ -41,4 +41,6 @@ def summary_line(report: dict[str, Any], seconds: float | None = None) -> str:
     counts = ", ".join(f"{sum(f['severity'] == s for f in findings)} {s}" for s in ("critical", "warning", "info"))
     top = f"; top: {findings[0]['code']} ({where_text(findings[0]['where'])})" if findings else ""
     took = f" in {seconds:.1f}s" if seconds is not None else ""
-    return f"nandoctor: {report['verdict']}: {counts}{top}{took}"
+    missed = not_run(report)
+    missing = f"; not run: {', '.join(missed)}" if missed else ""
+    return f"nandoctor: {report['verdict']}: {counts}{top}{missing}{took}"
