@@ -12,28 +12,16 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any
 
-from nandoctor.measure.hooks import module_names, ours
+from nandoctor.measure.hooks import ACCUMULATE, module_names, ours, tag_graph
 from nandoctor.measure.ops import SOURCE_KEY, node_sources
 from nandoctor.measure.trace import float_tensors
 
 _TAG = "nandoctor_module"
 _LOSS = "<loss function>"
-_ACCUMULATE = "torch::autograd::AccumulateGrad"
 
 
 def _grad_fns(tensors: list[Any]) -> list[Any]:
     return [t.grad_fn for t in tensors if t.grad_fn is not None]
-
-
-def _tag_untagged(roots: list[Any], tag: str) -> None:
-    """Tag every untagged node reachable from ``roots``; tagged nodes have tagged ancestors."""
-    todo = list(roots)
-    while todo:
-        node = todo.pop()
-        if node is None or node.name() == _ACCUMULATE or _TAG in node.metadata:
-            continue
-        node.metadata[_TAG] = tag
-        todo.extend(next_node for next_node, _ in node.next_functions)
 
 
 def _all_nodes(root: Any) -> list[Any]:
@@ -61,11 +49,11 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
     records: list[tuple[str, str, Any, Any, str | None]] = []
 
     def pre_hook(module, args, kwargs):
-        _tag_untagged(_grad_fns(float_tensors((args, kwargs))), running[-1] if running else _LOSS)
+        tag_graph(_grad_fns(float_tensors((args, kwargs))), _TAG, running[-1] if running else _LOSS)
         running.append(names.get(id(module), type(module).__name__))
 
     def post_hook(module, args, kwargs, output):
-        _tag_untagged(_grad_fns(float_tensors(output)), running.pop())
+        tag_graph(_grad_fns(float_tensors(output)), _TAG, running.pop())
 
     def node_hook(node):
         tag = node.metadata.get(_TAG, _LOSS)
@@ -91,10 +79,10 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
     loss = result.components[component] if component is not None else result.total
     if loss.grad_fn is None:
         return None
-    _tag_untagged([loss.grad_fn], _LOSS)
+    tag_graph([loss.grad_fn], _TAG, _LOSS)
     with ExitStack() as hooks:
         for node in _all_nodes(loss.grad_fn):
-            if node.name() != _ACCUMULATE:
+            if node.name() != ACCUMULATE:
                 hooks.enter_context(node.register_hook(ours(node_hook(node))))
         try:
             loss.backward()

@@ -32,13 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor.errors import InternalError, UsageError, describe
-from nandoctor.measure.hooks import module_names, ours
+from nandoctor.measure.hooks import module_names, ours, tag_graph
 
 _OWN_CODE = str(Path(__file__).parents[1])
 _EXAMPLES = str(Path(__file__).parents[1] / "examples")
 _INSTALLED = ("site-packages", "dist-packages")
 SOURCE_KEY = "nandoctor_source"  # autograd node metadata: the user's line that created the node
-_ACCUMULATE = "torch::autograd::AccumulateGrad"
 
 
 # --- whose code a frame is --------------------------------------------------------------------
@@ -311,17 +310,6 @@ def locate_nonfinite_op(ctx: Any, batch_index: int, autocast: Any = None, precis
 
 # --- autograd nodes: the user's line that created each --------------------------------------
 
-def _tag(roots: list[Any], source: str | None) -> None:
-    todo = list(roots)
-    while todo:
-        node = todo.pop()
-        if node is None or node.name() == _ACCUMULATE or SOURCE_KEY in node.metadata:
-            continue
-        node.metadata[SOURCE_KEY] = source
-        todo.extend(next_node for next_node, _ in node.next_functions)
-
-
-@lru_cache(maxsize=1)
 def _function_mode_class() -> type:
     import torch
     from torch.overrides import TorchFunctionMode
@@ -334,7 +322,7 @@ def _function_mode_class() -> type:
             items = out if isinstance(out, (tuple, list)) else (out,)
             roots = [t.grad_fn for t in items if isinstance(t, torch.Tensor) and t.grad_fn is not None]
             if roots and SOURCE_KEY not in roots[0].metadata:
-                ours(_tag)(roots, user_source())
+                ours(tag_graph)(roots, SOURCE_KEY, user_source())
             return out
 
     return NodeSources
