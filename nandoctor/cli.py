@@ -293,7 +293,7 @@ def lr_sweep(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     lrs: Optional[str] = typer.Option(None, "--lrs", help="comma-separated rates (default: two decades each way of the spec's lr)"),
-    steps: int = typer.Option(30, "--steps", help="training steps per rate"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="training steps per rate that reaches the end (default: the sweep_steps setting)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write loss and gradient-norm curves to this PNG"),
     fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
@@ -309,7 +309,7 @@ def lr_sweep(
         from nandoctor.sweep.command import parse_rates, sweep_report
 
         check_writable(out, plot)
-        if steps < 2:
+        if steps is not None and steps < 2:
             raise UsageError("--steps must be at least 2")
         rates = parse_rates(lrs)
         settings = load_settings(None, {"batches": batches, "seed": seed})
@@ -319,6 +319,8 @@ def lr_sweep(
             typer.echo(f"nandoctor: wrote {plot}", err=True)
     typer.echo(render_json(report) if fmt == Format.json else render_sweep(report))
     write_output(out, render_json(report))
+    if report["user_diverged"]:  # the user's own rate diverges: unhealthy, like a critical finding
+        raise typer.Exit(1)
 
 
 @app.command("feature-stats")
