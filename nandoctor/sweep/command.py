@@ -39,7 +39,7 @@ def sweep_report(spec: str, setup: Setup, settings: Settings, rates: list[float]
     # run_sweep snapshots and restores the model and the RNG itself; guard torch's global flags here
     with open_context(setup, settings) as ctx, preserved_torch_globals():
         try:
-            sweep = run_sweep(ctx, grid, steps, setup.grad_clip, center=setup.lr,
+            sweep = run_sweep(ctx, grid, steps, setup.grad_clip, center=setup.lr, extend=not rates,
                               progress=lambda m: print(m, file=sys.stderr, flush=True))
         except UsageError:
             raise

@@ -71,11 +71,12 @@ class Sweep:
 def run_sweep(ctx: Any, rates: list[float], steps: int, clip: float | None,
               progress: Callable[[str], None] = lambda message: None,
               budget_s: float | None = None, center: float | None = None,
-              stream: BatchStream | None = None) -> Sweep:
+              stream: BatchStream | None = None, extend: bool = True) -> Sweep:
     """The whole sweep from one snapshot; the model and RNG are restored after each run and at the end.
 
     With ``budget_s``, a run that would end past the budget (judged by the time per step so far)
-    is not started; the user's rate (``center``) always runs first.
+    is not started; the user's rate (``center``) always runs first. ``extend=False`` keeps
+    exactly the rates given.
     """
     import torch
 
@@ -113,7 +114,8 @@ def run_sweep(ctx: Any, rates: list[float], steps: int, clip: float | None,
                     result.dropped.append(rate)
                     continue
                 runs[rate] = run(rate, checkpoints[:1])
-            _extend(runs, center, settings, result, lambda rate: run(rate, checkpoints[:1]), affordable)
+            if extend:
+                _extend(runs, center, settings, result, lambda rate: run(rate, checkpoints[:1]), affordable)
             if len(checkpoints) > 1:
                 for rate in _better_half(runs, center, checkpoints[0]):
                     if not affordable(checkpoints[-1]):

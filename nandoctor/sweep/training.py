@@ -28,6 +28,7 @@ class TrainRun:
     grad_norms: list[float] = field(default_factory=list)  # before clipping
     skipped_steps: int = 0  # fp16 GradScaler steps skipped while the scale calibrates
     nonfinite_step: int | None = None
+    blowup_step: int | None = None  # stopped here: the loss rose far above its start
     initial_loss: float | None = None  # first training batch, before any step
     heldout_initial: float | None = None
     spread_initial: float | None = None  # output spread across held-out samples, before any step
@@ -48,7 +49,8 @@ class TrainRun:
 
     def score_at(self, steps: int) -> float | None:
         """Held-out loss after ``steps`` (else the mean training loss of the last quarter before it)."""
-        if self.nonfinite_step is not None and self.nonfinite_step < steps:
+        stopped = min((s for s in (self.nonfinite_step, self.blowup_step) if s is not None), default=None)
+        if stopped is not None and stopped < steps:
             return math.inf
         if self.heldout_initial is not None:
             return self.heldout.get(steps)
@@ -62,7 +64,7 @@ class TrainRun:
 
     @property
     def score(self) -> float | None:
-        return self.score_at(self.reached) if self.nonfinite_step is None else math.inf
+        return math.inf if self.nonfinite_step is not None or self.blowup_step is not None else self.score_at(self.reached)
 
     @property
     def train_tail(self) -> float | None:
@@ -196,6 +198,7 @@ def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float 
         else:
             optimizer.step()
         if blew_up(run, ctx.settings):
+            run.blowup_step = step
             run.cut = f"stopped at step {step + 1}: the loss rose far above its start"
             break
         if step + 1 in checkpoints and stream.heldout:
@@ -214,8 +217,8 @@ def blew_up(run: TrainRun, limits: Any) -> bool:
 def classify(run: TrainRun, limits: Any) -> str:
     """diverged / unstable / collapsed / learns / flat, by the cut-offs in ``limits`` (dynamics settings)."""
     start, end = run.start_score, run.score
-    if run.nonfinite_step is not None or end is None or not math.isfinite(end) or start is None \
-            or not math.isfinite(start) or run.cut and "far above" in run.cut:
+    if run.nonfinite_step is not None or run.blowup_step is not None or end is None or not math.isfinite(end) \
+            or start is None or not math.isfinite(start):
         run.verdict = DIVERGED
         return run.verdict
     scale = max(abs(start), 1e-8)
