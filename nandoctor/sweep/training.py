@@ -2,7 +2,7 @@
 
 A run takes one step per batch of a :class:`~nandoctor.sweep.stream.BatchStream` (the same
 sequence for every rate) and records, per step, the loss and the gradient norm before clipping;
-at each checkpoint it scores the weights on the held-out batches in eval mode (loss, and how much
+at each checkpoint it scores the weights on the held-out batches (loss, and how much
 the outputs still differ across samples: a collapsed model predicts the same for every input).
 Each run starts from the same weights and seed; the caller's snapshot restores them. A run
 stops at once when it diverges.
@@ -34,6 +34,8 @@ class TrainRun:
     spread_initial: float | None = None  # output spread across held-out samples, before any step
     heldout: dict[int, float] = field(default_factory=dict)  # held-out loss after N steps
     spread: dict[int, float] = field(default_factory=dict)
+    unseen_steps: int = 0  # steps before this one trained on a batch the run had not trained on before
+    heldout_batches: int = 0
     verdict: str = FLAT
     drop: float = 0.0  # fall of the score from the start, as a share of the start
     cut: str | None = None  # why it was not continued to the last checkpoint
@@ -48,14 +50,21 @@ class TrainRun:
         return self.heldout_initial if self.heldout_initial is not None else self.initial_loss
 
     def score_at(self, steps: int) -> float | None:
-        """Held-out loss after ``steps`` (else the mean training loss of the last quarter before it)."""
+        """Loss on data not trained on after ``steps``, smoothed: the held-out batches together with the
+        last quarter's training losses when those batches were new to the run (else the held-out alone).
+        Without held-out batches: the mean training loss of the last quarter."""
         stopped = min((s for s in (self.nonfinite_step, self.blowup_step) if s is not None), default=None)
         if stopped is not None and stopped < steps:
             return math.inf
-        if self.heldout_initial is not None:
-            return self.heldout.get(steps)
-        tail = self.losses[max(0, steps - max(1, steps // 4)):steps]
-        return sum(tail) / len(tail) if len(tail) == max(1, steps // 4) else None
+        quarter = max(1, steps // 4)
+        tail = self.losses[steps - quarter:steps] if steps <= len(self.losses) else []
+        if self.heldout_initial is None:
+            return sum(tail) / len(tail) if tail and len(tail) == quarter else None
+        held = self.heldout.get(steps)
+        if held is None:
+            return None
+        unseen = tail if steps <= self.unseen_steps and len(tail) == quarter else []
+        return (held * self.heldout_batches + sum(unseen)) / (self.heldout_batches + len(unseen))
 
     @property
     def reached(self) -> int:
@@ -108,7 +117,7 @@ def make_optimizer(ctx: Any, lr: float):
 
 
 def evaluate(ctx: Any, batches: list[Any]) -> tuple[float | None, float | None]:
-    """Mean loss on ``batches`` in eval mode, and the spread of the model's outputs across samples.
+    """Mean loss on ``batches`` (no gradient, buffers restored), and the spread of the outputs across samples.
 
     The spread is the mean over output features of their standard deviation across the batch,
     over the outputs' RMS: ~0 when the model predicts the same thing for every input.
@@ -132,16 +141,19 @@ def evaluate(ctx: Any, batches: list[Any]) -> tuple[float | None, float | None]:
                     spreads.append(flat.std(dim=0).mean() / scale)
                     return
 
-    modes = [(m, m.training) for m in ctx.model.modules()]
+    # the modes the model trains in (batch statistics, as during training: running statistics lag far
+    # behind in a short run), with every buffer put back so that scoring never changes the run
+    buffers = [b for b in ctx.model.buffers() if b is not None]
+    saved = [b.detach().clone() for b in buffers]
     losses: list[Any] = []
-    ctx.model.eval()
     try:
         with torch.no_grad(), autocast(ctx), ctx.model.register_forward_hook(record):
             for batch in batches:
                 losses.append(ctx.loss(batch).total.detach().float().reshape(()))
     finally:
-        for module, mode in modes:
-            module.training = mode
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
     values = torch.stack(losses + spreads).tolist()  # one read-back
     loss = sum(values[:len(losses)]) / len(losses)
     spread = sum(values[len(losses):]) / len(spreads) if spreads else None
@@ -162,6 +174,7 @@ def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float 
     if start is None:
         start = dict(zip(("loss", "spread"), evaluate(ctx, stream.heldout)))
     run.heldout_initial, run.spread_initial = start["loss"], start["spread"]
+    run.heldout_batches = len(stream.heldout)
     optimizer = make_optimizer(ctx, lr)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     use_scaler = ctx.setup.amp == "fp16" and ctx.setup.device.type == "cuda"
@@ -203,6 +216,7 @@ def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float 
             break
         if step + 1 in checkpoints and stream.heldout:
             run.heldout[step + 1], run.spread[step + 1] = evaluate(ctx, stream.heldout)
+    run.unseen_steps = min(stream.distinct, len(run.losses))
     classify(run, ctx.settings)
     return run
 
@@ -216,7 +230,9 @@ def blew_up(run: TrainRun, limits: Any) -> bool:
 
 def classify(run: TrainRun, limits: Any) -> str:
     """diverged / unstable / collapsed / learns / flat, by the cut-offs in ``limits`` (dynamics settings)."""
-    start, end = run.start_score, run.score
+    start = run.start_score  # the drop compares like with like: held-out batches before and after
+    end = run.score if run.score is None or not math.isfinite(run.score) or run.heldout_initial is None \
+        else run.heldout.get(run.reached)
     if run.nonfinite_step is not None or run.blowup_step is not None or end is None or not math.isfinite(end) \
             or start is None or not math.isfinite(start):
         run.verdict = DIVERGED
