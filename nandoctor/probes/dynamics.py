@@ -38,6 +38,14 @@ def tail_mean(run: TrainRun, steps: int) -> float | None:
     return sum(tail) / len(tail) if tail else None
 
 
+def runs_away(run: TrainRun, settings: Any) -> bool:
+    """The loss fell by more than ``blowup_rise`` times its starting scale: it has no floor (a likelihood
+    with a learnable variance, a norm driven to zero), so how far it falls says nothing about the rate."""
+    start, end = run.start_score, run.score
+    return start is not None and end is not None and math.isfinite(end) \
+        and start - end > settings.blowup_rise * max(abs(start), 1e-3)
+
+
 def _table(sweep: Sweep) -> dict[str, Any]:
     """The per-rate table a finding's evidence carries."""
     return {f"{r.lr:.3g}": {"verdict": r.verdict, "steps_run": len(r.losses), "heldout_final": r.heldout.get(r.reached),
@@ -106,11 +114,12 @@ class DynamicsProbe(Probe):
                           budget_s=settings.sweep_budget_s, center=setup.lr, stream=stream)
         best, why = recommend(sweep, settings)
         raw: dict[str, Any] = {"user_lr": setup.lr, **sweep_summary(sweep, best, why)}
-        findings = self._lr(ctx, sweep, best, why)
-        clip_findings, raw["clip"] = self._clip(ctx, sweep, stream)
-        findings += clip_findings
         plateau, raw["control"] = self._plateau(ctx, sweep, best, stream)
-        findings += plateau
+        no_signal = raw["control"].get("signal") is False  # which rate "wins" on noise says nothing
+        findings = [f for f in self._lr(ctx, sweep, best, why)
+                    if not (no_signal and f.severity != Severity.CRITICAL and "is too" in f.title)]
+        clip_findings, raw["clip"] = self._clip(ctx, sweep, stream)
+        findings += clip_findings + plateau
         dropped = sweep.dropped + sweep.not_continued
         incomplete = None
         if dropped:
@@ -133,6 +142,8 @@ class DynamicsProbe(Probe):
         mine, theirs, start = user.score_at(steps), best.score_at(steps), user.start_score
         if mine is None or theirs is None or start is None:
             return []
+        if runs_away(best, settings):
+            return []
         fall = max(start - theirs, 1e-12)
         missed = (mine - theirs) / fall
         worse = mine - theirs >= settings.lr_worse_loss * (abs(theirs) + 0.01 * abs(start))
@@ -146,6 +157,8 @@ class DynamicsProbe(Probe):
         if best.lr < user.lr:
             return [Finding("lr_too_high", Severity.WARNING, f"lr {user.lr:.3g} is too high: {numbers}", Where(),
                             evidence, Fix(config, f"Lower the learning rate to {best.lr:.3g}: {why}.{note}"))]
+        if user.drop >= settings.learns_drop:  # it trains, only slower in a short run: that favours high rates
+            return []
         return [Finding("lr_too_low", Severity.WARNING, f"lr {user.lr:.3g} is too low: {numbers}", Where(),
                         evidence, Fix(config, f"Raise the learning rate to {best.lr:.3g}: {why}.{note}"))]
 
@@ -225,7 +238,10 @@ class DynamicsProbe(Probe):
         import torch
 
         stable = [r for r in sweep.runs if r.verdict not in BAD]
-        reference = best or min(stable, key=lambda r: (-r.reached, r.score), default=None)
+        # without a recommendation: the rate that fits its training batches best (the control asks
+        # whether real targets fit better than shuffled ones)
+        reference = best or max((r for r in stable if r.initial_loss is not None and r.train_tail is not None),
+                                key=lambda r: (r.reached, r.initial_loss - r.train_tail), default=None)
         if reference is None or not any((r.max_grad_norm or 0) > 0 for r in stable):
             return [], {}
         paths = target_paths(ctx.batches[0], traced(ctx)[0].consumed_paths)
@@ -247,9 +263,19 @@ class DynamicsProbe(Probe):
         margin = ctx.settings.plateau_margin * abs(reference.start_score or reference.initial_loss or 1.0)
         raw = {"lr": reference.lr, "steps": steps, "permuted_paths": sorted(paths), "real": real, "permuted": permuted,
                "margin": margin, "control_verdict": control.verdict}
+        if control.losses == reference.losses[:len(control.losses)] or runs_away(reference, ctx.settings):
+            # the shuffled tensors change nothing (not what the loss compares against), or the loss
+            # has no floor: the control cannot tell
+            return [], dict(raw, inconclusive=True)
         signal = any(real[k] is not None and permuted[k] is not None and permuted[k] - real[k] > margin
                      for k in ("heldout", "train"))
-        if signal or control.nonfinite_step is not None:
+        fits = max(((r.initial_loss - r.train_tail) / max(abs(r.initial_loss), 1e-8) for r in stable
+                    if r.initial_loss is not None and r.train_tail is not None), default=0.0)
+        raw.update(signal=signal, heldout_drop=reference.drop, train_fall=fits)
+        # the signature of targets disconnected from their inputs: the training batches can be fitted,
+        # held-out data does not improve, and shuffled targets do as well; anything else is not a plateau
+        if signal or control.nonfinite_step is not None or reference.drop >= ctx.settings.learns_drop \
+                or fits < ctx.settings.learns_drop:
             return [], raw
         detail = (f"at lr {reference.lr:.3g}, {steps} steps on the real targets end at held-out loss "
                   f"{_g(real['heldout'])} (training {_g(real['train'])}); the same steps with "

@@ -107,3 +107,7 @@ class PermutedStream:
         if index not in self._cache:  # the same shuffled batch each time it comes round
             self._cache[index] = permute_targets(batch, self.paths, self._generator)
         return self._cache[index]
+
+    @property
+    def distinct(self) -> int:
+        return self.stream.distinct
