@@ -163,9 +163,9 @@ def _extend(runs: dict[float, TrainRun], center: float, settings: Any, result: S
 
 
 def tie_margin(best: float, start: float | None, settings: Any) -> float:
-    """Scores this close to the best tie: a share of the best rate's fall from the start (and a hair more)."""
+    """Scores this close to the best tie: a share of the best rate's fall from the start, plus 0.1% of the start."""
     fall = max((start if start is not None else best) - best, 0.0)
-    return settings.tie_tolerance * fall + 1e-6 * abs(best)
+    return settings.tie_tolerance * fall + 1e-3 * abs(start if start is not None else best)
 
 
 def _clearly_best(runs: dict[float, TrainRun], ordered: list[float], edge: int, steps: int, settings: Any) -> bool:

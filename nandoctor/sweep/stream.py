@@ -1,7 +1,8 @@
 """The batches a sweep trains and judges on: fresh ones from ``data``, and held-out ones never trained on.
 
 The last cached batch is held out (when two or more are cached). Training reads the other
-cached batches and then fresh ones from a new iterator over ``data``, so a run does not
+cached batches and then fresh ones from a new iterator over ``data`` (when ``data`` can be
+iterated again: a one-pass generator is never read past the cached batches), so a run does not
 "learn" by memorising three batches. What is read is cached (up to a bound), so every rate
 sees the same sequence; past the end, the sequence repeats.
 """
@@ -35,10 +36,11 @@ class BatchStream:
         try:
             if not hasattr(self, "_iterator"):
                 iterator = iter(self._fresh)
-                # a re-iterable (list, DataLoader) starts again from the top: skip what is cached already;
-                # a one-pass iterator continues where reading the cached batches left it
-                self._iterator = itertools.islice(iterator, self._skip, None) if iterator is not self._fresh \
-                    else iterator
+                if iterator is self._fresh:  # a one-pass iterator: reading on would consume the user's data
+                    self._fresh = None
+                    return
+                # a re-iterable (list, DataLoader) starts again from the top: skip what is cached already
+                self._iterator = itertools.islice(iterator, self._skip, None)
             batches = list(itertools.islice(self._iterator, count))
         except Exception:  # a loader that cannot be read again: train on the cached batches
             batches = []

@@ -142,15 +142,21 @@ def evaluate(ctx: Any, batches: list[Any]) -> tuple[float | None, float | None]:
                     return
 
     # the modes the model trains in (batch statistics, as during training: running statistics lag far
-    # behind in a short run), with every buffer put back so that scoring never changes the run
+    # behind in a short run), with every buffer put back so that scoring never changes the run;
+    # dropout off: its noise on one small batch would swamp the differences between rates
     buffers = [b for b in ctx.model.buffers() if b is not None]
     saved = [b.detach().clone() for b in buffers]
+    dropouts = [m for m in ctx.model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training]
     losses: list[Any] = []
     try:
+        for module in dropouts:
+            module.training = False
         with torch.no_grad(), autocast(ctx), ctx.model.register_forward_hook(record):
             for batch in batches:
                 losses.append(ctx.loss(batch).total.detach().float().reshape(()))
     finally:
+        for module in dropouts:
+            module.training = True
         with torch.no_grad():
             for buffer, value in zip(buffers, saved):
                 buffer.copy_(value)
@@ -223,9 +229,16 @@ def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float 
 
 def blew_up(run: TrainRun, limits: Any) -> bool:
     """Stop a diverging rate early: the loss is far above where it started."""
-    start = run.initial_loss
+    start = starting_level(run)
     return (start is not None and math.isfinite(start)
             and run.losses[-1] > start + limits.blowup_rise * max(abs(start), 1e-3))
+
+
+def starting_level(run: TrainRun) -> float | None:
+    """The higher of the first batch's loss and the held-out loss before any step: one small batch's
+    loss alone is too noisy a yardstick for "far above the start"."""
+    known = [v for v in (run.initial_loss, run.heldout_initial) if v is not None and math.isfinite(v)]
+    return max(known) if known else run.initial_loss
 
 
 def classify(run: TrainRun, limits: Any) -> str:
@@ -239,7 +252,7 @@ def classify(run: TrainRun, limits: Any) -> str:
         return run.verdict
     scale = max(abs(start), 1e-8)
     run.drop = (start - end) / scale
-    first = run.initial_loss if run.initial_loss is not None else start
+    first = starting_level(run) if starting_level(run) is not None else start
     spiked = any(l > first + limits.spike_rise * max(abs(first), 1e-8) for l in run.losses)
     norms = [g for g in run.grad_norms if math.isfinite(g)]
     grew = len(norms) > 2 and norms[0] > 0 and max(norms[2:]) > limits.grad_growth * norms[0]
