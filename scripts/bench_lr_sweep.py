@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -65,7 +66,8 @@ def main() -> None:
     params = sum(p.numel() for p in setup.model.parameters())
     with open_context(setup, settings) as ctx:
         start = time.perf_counter()
-        sweep = run_sweep(ctx, sweep_rates(setup, settings), args.steps, None, center=setup.lr)
+        sweep = run_sweep(ctx, sweep_rates(setup, settings), args.steps, None, center=setup.lr,
+                          progress=lambda m: print(f"{time.perf_counter() - start:6.1f}s {m}", file=sys.stderr, flush=True))
         sweep_s = time.perf_counter() - start
         best, why = recommend(sweep, settings)
     snapshot = {k: v.clone() for k, v in setup.model.state_dict().items()}
