@@ -207,14 +207,15 @@ def _rates(lrs: Sequence[float] | str | None) -> list[float] | None:
 
 
 def lr_sweep(spec: SpecLike, *, overrides: Overrides = None, lrs: Sequence[float] | str | None = None,
-             steps: int = 30, batches: int | None = None, seed: int | None = None,
+             steps: int | None = None, batches: int | None = None, seed: int | None = None,
              progress: Progress = True, name: str | None = None) -> SweepReport:
-    """Train ``steps`` steps at each rate (default: two decades each way of the spec's ``lr``)
-    from the same start, as the user trains (optimizer, clipping, precision)."""
+    """Train ``steps`` steps (default: the ``sweep_steps`` setting) at each rate (default: two
+    decades each way of the spec's ``lr``, extended where the loss says) from the same start, as
+    the user trains (optimizer, clipping, precision)."""
     from nandoctor.settings import load_settings
     from nandoctor.sweep.command import sweep_report
 
-    if steps < 2:
+    if steps is not None and steps < 2:
         raise UsageError("--steps must be at least 2")
     say = progress_printer(progress)
     with caller_state_kept(spec):

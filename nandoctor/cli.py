@@ -284,7 +284,7 @@ def lr_sweep(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     lrs: Optional[str] = typer.Option(None, "--lrs", help="comma-separated rates (default: two decades each way of the spec's lr)"),
-    steps: int = typer.Option(30, "--steps", help="training steps per rate"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="training steps per rate that reaches the end (default: the sweep_steps setting)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write loss and gradient-norm curves to this PNG"),
     fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
@@ -303,6 +303,8 @@ def lr_sweep(
             typer.echo(f"nandoctor: wrote {plot}", err=True)
     typer.echo(result.to_json() if fmt == Format.json else str(result))
     write_output(out, result.to_json())
+    if result.user_diverges:  # the user's own rate diverges: unhealthy, like a critical finding
+        raise typer.Exit(1)
 
 
 @app.command("feature-stats")

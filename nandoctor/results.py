@@ -101,6 +101,8 @@ class SweepReport:
     @property
     def user_diverges(self) -> bool:
         """The run at (nearest to) the user's rate diverged."""
+        if "user_diverged" in self._data:
+            return bool(self._data["user_diverged"])
         user = next((r for r in self.runs if r["lr"] == self._data.get("user_run_lr")), None)
         return user is not None and user["verdict"] == "diverged"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 import traceback
@@ -231,11 +232,16 @@ def _feature_names(value: Any, spec: str) -> Any:
     return names(value, "'feature_names'")
 
 
+RATE_RANGE = (1e-20, 1e10)  # a learning rate outside it is a typo, and the sweep's grid around it would overflow
+
+
 def _number(value: Any, key: str, spec: str, allow_none: bool) -> float | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise UsageError(f"{spec}: '{key}' must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise UsageError(f"{spec}: '{key}' must be a finite positive number, got {value!r}")
+    if key == "lr" and not RATE_RANGE[0] <= value <= RATE_RANGE[1]:
+        raise UsageError(f"{spec}: 'lr' must be between {RATE_RANGE[0]:g} and {RATE_RANGE[1]:g}, got {value!r}")
     return float(value)
 
 
