@@ -69,7 +69,8 @@ def test_diagnose_a_mapping_leaves_model_hooks_modes_and_rng_as_found():
     model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 3))
     model[1].eval()  # a frozen norm layer: it must stay in eval mode
     hook = model[0].register_forward_hook(lambda m, i, o: None)
-    batches = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(3)]
+    inputs = [torch.randn(8, 6) for _ in range(3)]
+    batches = [(x, x[:, :3].argmax(1)) for x in inputs]  # labels that follow from the inputs
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     spec = {"model": model, "data": batches, "loss": lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])}
     for call in range(2):  # the second call must leave even sys.modules as it was
