@@ -74,15 +74,15 @@ def guarded(debug: bool = False) -> Iterator[None]:
     """How a command ends when something goes wrong (the contract's exit codes).
 
     A UsageError is one line and exit 2; Ctrl-C says so and exits 130; any other exception is
-    ours: one line naming where, exit 3 (a traceback with --debug). The user's code runs inside
-    too, with its prints sent to stderr: stdout carries only our output.
+    ours: one line naming where, exit 3; --debug adds the traceback, never changes the code. The
+    user's code runs inside too, with its prints sent to stderr: stdout carries only our output.
     """
     try:
         with redirect_stdout(sys.stderr):
             yield
     except UsageError as exc:
         if debug:
-            raise
+            _print_traceback()
         fail(str(exc))
     except KeyboardInterrupt:
         typer.echo("nandoctor: interrupted; nothing was changed", err=True)
@@ -90,12 +90,18 @@ def guarded(debug: bool = False) -> Iterator[None]:
     except typer.Exit:
         raise
     except Exception as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, and still exit 3: a traceback never exits 1 ("unhealthy")
+            _print_traceback()
         from nandoctor.errors import describe
 
         fail(f"internal error in nandoctor ({_where_raised(exc)}): {describe(exc)}; run with --debug for the "
              "traceback", code=3)
+
+
+def _print_traceback() -> None:
+    import traceback
+
+    traceback.print_exc(file=sys.stderr)
 
 
 def _where_raised(exc: BaseException) -> str:
@@ -127,17 +133,6 @@ def write_output(path: Optional[Path], text: str) -> None:
         typer.echo(f"nandoctor: error: could not write {path}: {exc.strerror or exc}", err=True)
 
 
-def load_seeded(spec: str, overrides: list[str], seed: int):
-    """Seed torch, then call the build function: the same spec builds the same model."""
-    import torch
-
-    from nandoctor.spec import load_setup
-
-    torch.manual_seed(seed)
-    typer.echo(f"nandoctor: loading {spec}", err=True)
-    return load_setup(spec, overrides)
-
-
 def exit_code(report: dict, fail_on: str) -> int:
     """1 when a finding is at or above ``fail_on``; else 3 when the run is incomplete; else 0."""
     from nandoctor.findings import at_or_above
@@ -150,22 +145,18 @@ def exit_code(report: dict, fail_on: str) -> int:
 def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_file: Optional[str],
                probes: list[str], skip: list[str], debug: bool, config: Optional[str] = None,
                budget_s: Optional[float] = None):
-    """Settings -> seeded build -> probes -> report; returns (report, config document, config text)."""
-    from nandoctor.runner import build_report, run_probes, select_probes
-    from nandoctor.settings import load_settings
+    """The API's diagnose; returns (report dict, config document, config text)."""
+    from nandoctor import api
 
-    settings = load_settings(settings_file, settings_values)
-    chosen = select_probes(probes, skip)
     document = text = None
     if config is not None:
         from nandoctor.config import load_config, plain
 
         document, text = load_config(config)
-    setup = load_seeded(spec, overrides, settings.seed)
-    if document is not None:
-        setup.config = plain(document)
-    report = build_report(spec, run_probes(setup, settings, chosen, debug=debug, budget_s=budget_s))
-    return report, setup, document, text
+    report = api.diagnose(spec, overrides=overrides, probes=probes, skip=skip, settings=settings_file,
+                          config=None if document is None else plain(document), budget_s=budget_s,
+                          debug=debug, **settings_values)
+    return report.to_dict(), document, text
 
 
 @app.command()
@@ -195,8 +186,8 @@ def diagnose(
         check_writable(out, write_fixed)
         if write_fixed is not None and not in_place and Path(config).resolve() == write_fixed.resolve():
             raise UsageError(f"--write-fixed would overwrite the input config {config}: pass --in-place to allow it")
-        report, setup, document, text = _diagnosis(
-            spec, set_, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if, "guard_steps": steps}, settings_file,
+        report, document, text = _diagnosis(
+            spec, set_, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if, "steps": steps}, settings_file,
             probe, skip + (["dynamics", "steps"] if quick else []), debug, config)
         if document is not None and (write_fixed is not None or in_place):
             from nandoctor.config import apply_fixes, write_fixed as write
@@ -294,7 +285,7 @@ def lr_sweep(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     lrs: Optional[str] = typer.Option(None, "--lrs", help="comma-separated rates (default: two decades each way of the spec's lr)"),
-    steps: int = typer.Option(30, "--steps", help="training steps per rate"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="training steps per rate that reaches the end (default: the sweep_steps setting)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write loss and gradient-norm curves to this PNG"),
     fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
@@ -304,22 +295,17 @@ def lr_sweep(
 ) -> None:
     """Train a few steps at each learning rate from the same start; table and recommendation."""
     with guarded(debug):
-        from nandoctor.render.common import render_json
-        from nandoctor.render.sweep import plot_sweep, render_sweep
-        from nandoctor.settings import load_settings
-        from nandoctor.sweep.command import parse_rates, sweep_report
+        from nandoctor import api
 
         check_writable(out, plot)
-        if steps < 2:
-            raise UsageError("--steps must be at least 2")
-        rates = parse_rates(lrs)
-        settings = load_settings(None, {"batches": batches, "seed": seed})
-        report = sweep_report(spec, load_seeded(spec, set_, settings.seed), settings, rates, steps)
+        result = api.lr_sweep(spec, overrides=set_, lrs=lrs, steps=steps, batches=batches, seed=seed)
         if plot is not None:
-            plot_sweep(report, str(plot))
+            result.plot(plot)
             typer.echo(f"nandoctor: wrote {plot}", err=True)
-    typer.echo(render_json(report) if fmt == Format.json else render_sweep(report))
-    write_output(out, render_json(report))
+    typer.echo(result.to_json() if fmt == Format.json else str(result))
+    write_output(out, result.to_json())
+    if result.user_diverges:  # the user's own rate diverges: unhealthy, like a critical finding
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -367,7 +353,8 @@ def scan(
         check_writable(out)
         if (max_batches is not None and max_batches < 1) or not extreme_factor > 1:
             raise UsageError("--max-batches must be at least 1 and --extreme-factor above 1")
-        setup = load_seeded(spec, set_, seed or 0)
+        from nandoctor.api import load
+        setup = load(spec, set_, seed or 0)
         result = {"nandoctor_version": __version__, "spec": spec,
                   **run_scan(setup, max_batches, with_backward, extreme_factor, ProgressBar(sys.stderr))}
     from nandoctor.render.common import render_json
@@ -388,23 +375,24 @@ def feature_stats(
     fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
     emit_norm: Optional[EmitNorm] = typer.Option(None, "--emit-norm", help="print per-feature mean/std as yaml or python"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
+    fail_on: FailOn = typer.Option(FailOn.never, "--fail-on",
+                                   help="exit 1 when a column has a flag at least this severe (NaN, mixed "
+                                        "types: critical; not normalized, ids: warning; heavy tail, constant: info)"),
 ) -> None:
     """Per-column statistics and flags (not normalized, heavy tail, ids, NaN) for training data."""
     with guarded():
-        from nandoctor.featurestats.files import analyse, unusable
-        from nandoctor.render.common import render_json
-        from nandoctor.render.features import render_features
+        from nandoctor import api
+        from nandoctor.featurestats.files import flagged_at_or_above
 
         check_writable(out)
-        if limit_rows is not None and limit_rows < 1:
-            raise UsageError("--limit-rows must be at least 1")
-        wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-        result = analyse(paths, wanted, limit_rows)
-        problem = unusable(result)
-        if problem:
-            raise UsageError(problem)
-    typer.echo(render_features(result, fmt.value, emit_norm.value if emit_norm else None))
-    write_output(out, render_json(result))
+        result = api.feature_stats(paths, columns=columns, limit_rows=limit_rows)
+    typer.echo(result.render(fmt.value, emit_norm.value if emit_norm else None))
+    write_output(out, result.to_json())
+    flagged = flagged_at_or_above(result.to_dict(), fail_on.value)
+    if flagged:
+        typer.echo(f"nandoctor: {len(flagged)} column(s) flagged at or above {fail_on.value}: "
+                   f"{', '.join(flagged[:10])}", err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

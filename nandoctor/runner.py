@@ -9,14 +9,14 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from nandoctor import __version__
-from nandoctor.batches import read_batches, to_device
+from nandoctor.batches import check_feature_names, read_batches, to_device
 from nandoctor.context import RunContext
 from nandoctor.errors import InternalError, UsageError, describe
 from nandoctor.probes import PROBES, with_dependencies
 from nandoctor.ranking import rank, verdict
 from nandoctor.settings import Settings
 from nandoctor.spec import Setup
-from nandoctor.state import preserved_everything
+from nandoctor.state import ModelSnapshot, preserved_model, preserved_rng, preserved_torch_globals, run_snapshot
 
 
 def select_probes(only: list[str] | None, skip: list[str] | None,
@@ -62,19 +62,61 @@ def batches_total(data: Any) -> int | None:
         return None
 
 
+def _refuse_meta(model: Any) -> None:
+    """A model wholly on the meta device has shapes but no values: nothing of it can run.
+
+    (Part of a model left on meta is a ``device_mismatch`` finding of the parameters probe.)
+    """
+    tensors = list(model.parameters()) + list(model.buffers())
+    if tensors and all(tensor.is_meta for tensor in tensors):
+        raise UsageError("the model is on the meta device and holds no values: materialize it "
+                         "(model.to_empty(device=...), then load or initialize the weights) before returning it")
+
+
+def _initialize_lazy(ctx: RunContext, progress: Callable[[str], None]) -> None:
+    """Give lazy modules (``LazyLinear``) their weights with the first batch, as a first step would.
+
+    Nothing else of the model changes: the forward runs inside a snapshot and with the run's seed.
+    If the forward raises, the forward probe reports it.
+    """
+    import torch
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    lazy = [name for name, module in ctx.model.named_modules()
+            if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()]
+    if not lazy:
+        return
+    with preserved_torch_globals(), preserved_rng(), preserved_model(ctx.model), torch.no_grad():
+        torch.manual_seed(ctx.settings.seed)
+        try:
+            ctx.loss(ctx.batches[0])
+        except (UsageError, KeyboardInterrupt):
+            raise
+        except Exception:  # the user's forward raised: the forward probe says where
+            return
+    progress(f"nandoctor: initialized the lazy modules {', '.join(repr(n) for n in lazy[:3])}"
+             f"{' ...' if len(lazy) > 3 else ''} with the first batch (seed {ctx.settings.seed}); "
+             "they keep those weights")
+
+
 @contextmanager
-def open_context(setup: Setup, settings: Settings) -> Iterator[RunContext]:
+def open_context(setup: Setup, settings: Settings,
+                 progress: Callable[[str], None] = _say) -> Iterator[RunContext]:
     """The run context: the model on its device and the first batches read once, moved there."""
+    _refuse_meta(setup.model)
     with on_device(setup.model, setup.device):
         batches = [to_device(b, setup.device) for b in read_batches(setup.data, settings.batches)]
-        yield RunContext(setup=setup, batches=batches, settings=settings)
+        check_feature_names(setup.feature_names, batches[0])
+        ctx = RunContext(setup=setup, batches=batches, settings=settings)
+        _initialize_lazy(ctx, progress)
+        yield ctx
 
 
-def _run_one(probe: Any, ctx: RunContext, debug: bool) -> tuple[Any, str | None]:
-    """(result, None) or (None, why it failed inside nandoctor)."""
+def _run_one(probe: Any, ctx: RunContext, snapshot: ModelSnapshot, debug: bool) -> tuple[Any, str | None]:
+    """(result, None) or (None, why it failed inside nandoctor); the model is restored after."""
     import torch
 
-    with preserved_everything(ctx.model):
+    with preserved_torch_globals(), preserved_rng():
         torch.manual_seed(ctx.settings.seed)
         try:
             return probe.run(ctx), None
@@ -85,12 +127,16 @@ def _run_one(probe: Any, ctx: RunContext, debug: bool) -> tuple[Any, str | None]
                 raise
             cause = exc.__cause__ if isinstance(exc, InternalError) and exc.__cause__ else exc
             return None, f"internal error in probe {probe.name}: {describe(cause)} (run with --debug for the traceback)"
+        finally:
+            snapshot.restore()
 
 
 def run_probes(setup: Setup, settings: Settings, probes: list[Any],
                progress: Callable[[str], None] = _say, debug: bool = False,
                budget_s: float | None = None) -> dict[str, Any]:
-    """Every chosen probe in order, each inside a full state snapshot; returns report parts.
+    """Every chosen probe in order, the model restored after each; returns report parts.
+
+    One snapshot serves the run (restoring copies in place): a probe adds no copy of the weights.
 
     With ``budget_s``, a probe that would start after the budget is spent is skipped, and the
     run is incomplete; so is a run in which a probe failed inside nandoctor.
@@ -98,8 +144,9 @@ def run_probes(setup: Setup, settings: Settings, probes: list[Any],
     findings, raw, ran, not_run = [], {}, [], {}
     start = time.monotonic()
     facts: dict[Any, Any] = {}
-    with open_context(setup, settings) as ctx:
+    with open_context(setup, settings, progress) as ctx:
         ctx.facts = facts
+        snapshot = run_snapshot(ctx)
         for number, probe_class in enumerate(probes, 1):
             probe = probe_class()
             missing = [fact.value for fact in probe.requires if not facts.get(fact, False)]
@@ -112,7 +159,7 @@ def run_probes(setup: Setup, settings: Settings, probes: list[Any],
                 not_run[probe.name] = raw[probe.name]["skipped"]
                 continue
             progress(f"nandoctor: [{number}/{len(probes)}] {probe.name} ({elapsed:.1f}s)")
-            result, failure = _run_one(probe, ctx, debug)
+            result, failure = _run_one(probe, ctx, snapshot, debug)
             if failure is not None:
                 raw[probe.name] = {"error": failure}
                 not_run[probe.name] = failure

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 import traceback
@@ -22,7 +23,7 @@ from nandoctor.errors import UsageError, describe
 
 AMP_CHOICES = (None, "fp16", "bf16")
 _SETUP_KEYS = ("model", "data", "loss", "loss_weights", "optimizer", "lr", "grad_clip", "amp",
-               "feature_names", "config", "config_keys", "device")
+               "feature_names", "config", "config_keys", "device", "trainer")
 
 
 @dataclass
@@ -186,12 +187,110 @@ def _as_mapping(result: Any, spec: str) -> dict[str, Any]:
                      "with at least 'model' and 'data'")
 
 
+# keys of the contract (§1), and names people use for them: a misspelt key is ignored, so say so
+_KNOWN_KEYS = _SETUP_KEYS
+_KEY_ALIASES = {
+    "learning_rate": "lr", "lr_rate": "lr", "max_norm": "grad_clip", "clip": "grad_clip",
+    "gradient_clip_val": "grad_clip", "clip_grad_norm": "grad_clip", "precision": "amp",
+    "mixed_precision": "amp", "dataloader": "data", "loader": "data", "train_loader": "data",
+    "train_dataloader": "data", "dataset": "data", "criterion": "loss", "loss_fn": "loss",
+    "optim": "optimizer", "opt": "optimizer", "net": "model", "network": "model",
+    "features": "feature_names", "columns": "feature_names", "weights": "loss_weights",
+}
+
+
+def warn_unknown_keys(mapping: Mapping, spec: str) -> None:
+    """A key nandoctor does not read is ignored: warn on stderr, naming the nearest known key."""
+    import difflib
+
+    candidates = list(_KNOWN_KEYS) + list(_KEY_ALIASES)
+    for key in mapping:
+        if not isinstance(key, str) or key in _KNOWN_KEYS:
+            continue
+        close = difflib.get_close_matches(key.lower(), candidates, n=1, cutoff=0.75)
+        hint = f" (did you mean {_KEY_ALIASES.get(close[0], close[0])!r}?)" if close else ""
+        print(f"nandoctor: warning: {spec} returned the key {key!r}, which nandoctor does not read; "
+              f"it is ignored{hint}", file=sys.stderr, flush=True)
+
+
+def _feature_names(value: Any, spec: str) -> Any:
+    """``feature_names`` as a list of str, or a mapping of batch key / position to one (§1)."""
+    import torch
+
+    def names(entry: Any, what: str) -> list[str]:
+        if isinstance(entry, (str, bytes, Mapping, torch.Tensor)) or not isinstance(entry, Iterable):
+            raise UsageError(f"{spec}: {what} must be a list of names, got {type(entry).__name__}")
+        listed = list(entry)  # a tuple, a pandas Index, a numpy array of strings
+        if not listed or not all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in listed):
+            raise UsageError(f"{spec}: {what} must be a non-empty list of names (strings), got {listed[:5]!r}")
+        return [str(n) for n in listed]
+
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {key: names(entry, f"'feature_names'[{key!r}]") for key, entry in value.items()}
+    return names(value, "'feature_names'")
+
+
+RATE_RANGE = (1e-20, 1e10)  # a learning rate outside it is a typo, and the sweep's grid around it would overflow
+
+
 def _number(value: Any, key: str, spec: str, allow_none: bool) -> float | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise UsageError(f"{spec}: '{key}' must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise UsageError(f"{spec}: '{key}' must be a finite positive number, got {value!r}")
+    if key == "lr" and not RATE_RANGE[0] <= value <= RATE_RANGE[1]:
+        raise UsageError(f"{spec}: 'lr' must be between {RATE_RANGE[0]:g} and {RATE_RANGE[1]:g}, got {value!r}")
     return float(value)
+
+
+def _users_call(function: Callable, what: str, spec: str) -> Any:
+    """Call the user's code while reading the spec; what it raises is a usage error."""
+    try:
+        return function()
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{spec}: {what} raised {describe(exc)} (at {_user_frame(exc, None)})") from exc
+
+
+def apply_conventions(mapping: dict[str, Any], spec: str) -> dict[str, Any]:
+    """Fill what a LightningModule, a LightningDataModule or a ``trainer`` already say.
+
+    The loss is ``training_step``; the optimizer is rebuilt from ``configure_optimizers()``
+    (its rate is the user's when the spec has no ``lr``); a data module is set up for fitting
+    and its ``train_dataloader()`` read; a trainer's clipping and precision fill ``grad_clip``
+    and ``amp`` where those are absent. What the spec says itself always wins.
+    """
+    from nandoctor import conventions
+
+    model = mapping.get("model")
+    lightning = conventions.is_lightning_module(model)
+    if mapping.get("data") is None and lightning and callable(getattr(model, "train_dataloader", None)):
+        mapping["data"] = _users_call(model.train_dataloader, "the LightningModule's train_dataloader()", spec)
+    if conventions.is_datamodule(mapping.get("data")):
+        data_module = mapping["data"]
+        mapping["data"] = _users_call(lambda: conventions.datamodule_loader(data_module),
+                                      f"setting up the {type(data_module).__name__}", spec)
+    if lightning and mapping.get("loss") is None:
+        mapping["loss"] = conventions.training_step_loss
+    if lightning and mapping.get("optimizer") is None:
+        returned = _users_call(model.configure_optimizers, f"{type(model).__name__}.configure_optimizers()", spec)
+        instance = conventions.first_optimizer(returned)
+        if instance is None:
+            raise UsageError(f"{spec}: configure_optimizers() returned no optimizer "
+                             f"(got {type(returned).__name__}); give the spec an 'optimizer'")
+        mapping["optimizer"] = conventions.optimizer_like(instance)
+        if mapping.get("lr") is None and instance.param_groups:
+            mapping["lr"] = conventions.group_rate(instance.param_groups[0])
+    if mapping.get("trainer") is not None:
+        clip, amp = conventions.trainer_settings(mapping["trainer"])
+        if mapping.get("grad_clip") is None:
+            mapping["grad_clip"] = clip
+        if mapping.get("amp") is None:
+            mapping["amp"] = amp
+    return mapping
 
 
 def validate(result: Any, spec: str) -> Setup:
@@ -199,6 +298,8 @@ def validate(result: Any, spec: str) -> Setup:
     import torch
 
     mapping = _as_mapping(result, spec)
+    warn_unknown_keys(mapping, spec)
+    mapping = apply_conventions(mapping, spec)
     for key in ("model", "data"):
         if mapping.get(key) is None:
             raise UsageError(f"{spec} returned no '{key}' (required keys: model, data)")
@@ -231,7 +332,7 @@ def validate(result: Any, spec: str) -> Setup:
         lr=1e-3 if lr is None else _number(lr, "lr", spec, allow_none=False),
         grad_clip=_number(mapping.get("grad_clip"), "grad_clip", spec, allow_none=True),
         amp=amp,
-        feature_names=mapping.get("feature_names"),
+        feature_names=_feature_names(mapping.get("feature_names"), spec),
         config=dict(mapping["config"]) if mapping.get("config") is not None else None,
         config_keys=dict(mapping.get("config_keys") or {}),
         device=_resolve_device(mapping.get("device"), model, spec),

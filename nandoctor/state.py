@@ -13,34 +13,60 @@ from typing import Any, Iterator
 
 
 class ModelSnapshot:
-    """Weights, buffers, grads, requires_grad and every module's mode, taken once, restorable often."""
+    """Every module's parameter and buffer slots, their values, grads, requires_grad and modes.
+
+    Slots, not just tensors: a forward that reassigns a buffer (``self.calls = self.calls + 1``,
+    an EMA) puts a new tensor in the module's slot, so restoring means putting the original
+    tensor object back in its slot and its saved values back into it. Values are copied in
+    place on restore, so restoring allocates nothing; taken once, restorable often.
+    Uninitialized (lazy) parameters hold no values and are left as they are.
+    """
 
     def __init__(self, model: Any):
         import torch
+        from torch.nn.parameter import is_lazy
 
-        self.params = list(model.parameters())
-        self.buffers = [b for b in model.buffers() if b is not None]
+        self.slots = [(module, kind, dict(getattr(module, kind)))
+                      for module in model.modules() for kind in ("_parameters", "_buffers", "_modules")]
+        unique = {id(t): t for _, kind, slot in self.slots if kind != "_modules" for t in slot.values()
+                  if t is not None and not is_lazy(t)}
+        self.tensors = list(unique.values())
         with torch.no_grad():
-            self.saved_params = [p.detach().clone() for p in self.params]
-            self.saved_buffers = [b.detach().clone() for b in self.buffers]
-            self.saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
-        self.saved_requires_grad = [p.requires_grad for p in self.params]
+            self.saved = [t.detach().clone() for t in self.tensors]
+            self.grads = [t.grad if t.is_leaf else None for t in self.tensors]
+            self.saved_grads = [None if g is None else g.detach().clone() for g in self.grads]
+        self.saved_requires_grad = [t.requires_grad for t in self.tensors]
         self.saved_modes = [(module, module.training) for module in model.modules()]
 
     def restore(self) -> None:
         import torch
 
+        for module, kind, slot in self.slots:
+            current = getattr(module, kind)
+            for name in [n for n in current if n not in slot]:  # registered during the run
+                del current[name]
+            current.update(slot)
         with torch.no_grad():
-            for tensor, saved in zip(self.params + self.buffers, self.saved_params + self.saved_buffers):
-                if tensor.shape != saved.shape or tensor.dtype != saved.dtype:
+            for tensor, saved in zip(self.tensors, self.saved):
+                if tensor.shape != saved.shape or tensor.dtype != saved.dtype or tensor.device != saved.device:
                     tensor.data = saved.clone()
                 else:
                     tensor.copy_(saved)
-            for param, grad, flag in zip(self.params, self.saved_grads, self.saved_requires_grad):
-                param.grad = None if grad is None else grad.clone()
-                param.requires_grad_(flag)
+            for grad, saved in zip(self.grads, self.saved_grads):
+                if grad is not None:  # backward accumulates into an existing grad in place
+                    grad.copy_(saved)
+        for tensor, grad, flag in zip(self.tensors, self.grads, self.saved_requires_grad):
+            if tensor.is_leaf:
+                tensor.grad = grad
+                tensor.requires_grad_(flag)
         for module, mode in self.saved_modes:
             module.training = mode
+
+
+def run_snapshot(ctx: Any) -> ModelSnapshot:
+    """The run's one snapshot of the model, taken on first use: probes that train (the sweep)
+    restore from it instead of copying the weights again."""
+    return ctx.recording("snapshot", lambda run: ModelSnapshot(run.model))
 
 
 @contextmanager

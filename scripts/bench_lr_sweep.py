@@ -1,74 +1,88 @@
-"""The LR sweep's wall time over the time of the training steps it runs, measured in one run.
+"""The LR sweep's cost on the 10M-parameter benchmark transformer, as a ratio to the optimizer steps it runs.
 
-Runs ``nandoctor``'s sweep (snapshot, per-rate restore, loss evaluations, one sync a step) and
-a plain hand-written loop that takes exactly the same optimizer steps on the same batches, then
-prints both and their ratio (target <= 1.15x).
+Runs ``nandoctor``'s sweep exactly as ``lr-sweep`` does (the starting grid, the grid growing at an
+edge, two rungs of successive halving, held-out scoring, snapshot restores, one sync a step) and
+times a plain hand-written training step on the same model and batches. Prints the rates judged,
+the optimizer steps the sweep ran, and
 
-    python scripts/bench_lr_sweep.py [--steps 30] [--threads 2]
+    ratio = sweep wall time / (optimizer steps run x median plain step time)
+
+(everything beyond the plain steps: held-out scoring, restores, reading batches).
+
+    python scripts/bench_lr_sweep.py [--steps 16] [--threads 2] [--batch 8] [--length 64]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import statistics
+import sys
 import time
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
+from bench_trace import Transformer, loss_fn
 from nandoctor.runner import open_context
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
-from nandoctor.sweep.grid import run_sweep
+from nandoctor.sweep.grid import recommend, run_sweep, sweep_rates
 
 
-def build():
+def build(batch: int, length: int, count: int = 48):
+    """Token sequences whose label is the first token's class: learnable, so the sweep has a best rate."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, 1024), nn.GELU(), nn.LayerNorm(1024), nn.Linear(1024, 1024), nn.GELU(),
-                          nn.Linear(1024, 10))
     g = torch.Generator().manual_seed(0)
-    data = [(torch.randn(256, 256, generator=g), torch.randint(0, 10, (256,), generator=g)) for _ in range(4)]
-    return {"model": model, "data": data, "loss": lambda m, b: F.cross_entropy(m(b[0]), b[1]), "lr": 1e-3}
+    data = []
+    for _ in range(count):
+        tokens = torch.randint(0, 4000, (batch, length), generator=g)
+        data.append((tokens, tokens[:, 0] % 10))
+    return {"model": Transformer(), "data": data, "loss": loss_fn, "lr": 1e-3}
 
 
-def plain_steps(setup, batches, rates_and_steps):
-    """The same optimizer steps, hand-written: no snapshot, no evaluation, no statistics."""
-    start = time.perf_counter()
-    for rate, steps in rates_and_steps:
-        optimizer = torch.optim.AdamW(setup.model.parameters(), lr=rate)
-        for step in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            loss = setup.loss(setup.model, batches[step % len(batches)])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(setup.model.parameters(), math.inf)
-            optimizer.step()
-    return time.perf_counter() - start
+def plain_step_time(setup, batches, repeats: int = 5) -> float:
+    """Median time of zero_grad + forward + backward + AdamW step, hand-written."""
+    optimizer = torch.optim.AdamW(setup.model.parameters(), lr=1e-5)
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(setup.model(batches[i % len(batches)][0]), batches[i % len(batches)][1]).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])  # the first step allocates the optimizer state
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=16, help="steps of the rates that reach the end")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rates = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
-    setup = validate(build(), "bench")
+    setup = validate(build(args.batch, args.length), "bench")
+    settings = Settings()
     params = sum(p.numel() for p in setup.model.parameters())
-    sweep_times, plain_times = [], []
-    for _ in range(2):  # interleaved, best of two
-        with open_context(setup, Settings()) as ctx:
-            start = time.perf_counter()
-            runs = run_sweep(ctx, rates, args.steps, None)
-            sweep_times.append(time.perf_counter() - start)
-            train_batches = ctx.batches[:-1]
-        plain_times.append(plain_steps(setup, train_batches, [(r.lr, len(r.losses)) for r in runs]))
-    steps_run = sum(len(r.losses) for r in runs)
-    sweep_s, plain_s = min(sweep_times), min(plain_times)
-    print(f"model: {params / 1e6:.1f}M parameters, {len(rates)} rates, {steps_run} optimizer steps, "
-          f"{torch.get_num_threads()} threads")
-    print(f"plain training loop, same steps : {plain_s:7.2f} s   1.00x")
-    print(f"nandoctor sweep                 : {sweep_s:7.2f} s   {sweep_s / plain_s:.2f}x  (target <= 1.15x)")
+    with open_context(setup, settings) as ctx:
+        start = time.perf_counter()
+        sweep = run_sweep(ctx, sweep_rates(setup, settings), args.steps, None, center=setup.lr,
+                          progress=lambda m: print(f"{time.perf_counter() - start:6.1f}s {m}", file=sys.stderr, flush=True))
+        sweep_s = time.perf_counter() - start
+        best, why = recommend(sweep, settings)
+    snapshot = {k: v.clone() for k, v in setup.model.state_dict().items()}
+    step_s = plain_step_time(setup, setup.data)
+    setup.model.load_state_dict(snapshot)
+    full = [r.lr for r in sweep.runs if r.reached >= sweep.checkpoints[-1]]
+    print(f"model: {params / 1e6:.1f}M parameters, batch {args.batch}x{args.length}, {torch.get_num_threads()} threads")
+    print(f"rates judged: {len(sweep.runs)} ({', '.join(f'{r.lr:.3g}' for r in sweep.runs)}); "
+          f"{len(full)} to {sweep.checkpoints[-1]} steps, the rest to {sweep.checkpoints[0]} or until they diverged")
+    print(f"recommended: {best.lr if best else None} ({why})")
+    print(f"optimizer steps run: {sweep.steps_run} (every rate to the end would be "
+          f"{len(sweep.runs) * sweep.checkpoints[-1]})")
+    print(f"plain step (median)       : {step_s:7.3f} s")
+    print(f"plain steps, same count   : {step_s * sweep.steps_run:7.1f} s   1.00x")
+    print(f"nandoctor sweep           : {sweep_s:7.1f} s   {sweep_s / (step_s * sweep.steps_run):.2f}x")
 
 
 if __name__ == "__main__":

@@ -146,3 +146,65 @@ def test_unusable_input_exits_2_with_one_line(tmp_path, suffix, make, message):
 def test_folder_without_data_files(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert run(tmp_path).exit_code == 2
+
+
+def _flags(result):
+    return {name: {f["flag"] for f in c["flags"]} for name, c in json.loads(result.stdout)["columns"].items()}
+
+
+def test_all_nan_csv_column_and_null_parquet_column_are_flagged_nonfinite(tmp_path):
+    csv = tmp_path / "a.csv"
+    csv.write_text("x,broken\n" + "".join(f"{i},nan\n" for i in range(50)))
+    flags = _flags(run(csv, "--format", "json"))
+    assert "nonfinite" in flags["broken"]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"x": pa.array(np.arange(50.0)), "empty": pa.nulls(50)}), parquet)
+    result = run(parquet, "--format", "json")
+    assert "nonfinite" in _flags(result)["empty"]
+    assert json.loads(result.stdout)["columns"]["empty"]["missing"] == 50
+
+
+def test_a_file_without_rows_says_so(tmp_path):
+    path = tmp_path / "empty.parquet"
+    pd.DataFrame({"x": np.array([], dtype=float), "y": np.array([], dtype=np.int64)}).to_parquet(path)
+    result = run(path)
+    assert result.exit_code == 2 and "the files hold no rows" in result.stderr
+
+
+def test_a_column_numeric_in_one_file_and_text_in_another_is_flagged(tmp_path):
+    (tmp_path / "a.csv").write_text("x,y\n" + "".join(f"{i},{i * 0.5}\n" for i in range(40)))
+    (tmp_path / "b.csv").write_text("x,y\n" + "".join(f"{i},n/a-{i}\n" for i in range(30)))
+    result = run(tmp_path, "--format", "json")
+    columns = json.loads(result.stdout)["columns"]
+    flag = next(f for f in columns["y"]["flags"] if f["flag"] == "mixed_types")
+    assert "30 rows" in flag["reason"] and "b.csv" in flag["reason"]
+    assert run(tmp_path, "--fail-on", "critical").exit_code == 1
+
+
+def test_values_near_the_float64_limit_give_finite_statistics(tmp_path):
+    path = tmp_path / "huge.parquet"
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"v": rng.uniform(-1.0, 1.0, 5000) * 1.7e308}).to_parquet(path)
+    import warnings
+
+    from nandoctor.featurestats.files import analyse
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy overflow warnings fail the test
+        column = analyse([str(path)], progress=lambda message: None)["columns"]["v"]
+    for key in ("mean", "std", "p1", "p50", "p99"):
+        assert np.isfinite(column[key]), key
+    assert column["std"] == pytest.approx(1.7e308 / 3 ** 0.5, rel=0.05)
+
+
+def test_fail_on_exits_1_when_a_column_is_flagged(pulses, tmp_path):
+    assert run(pulses).exit_code == 0  # flags alone do not fail, as before
+    assert run(pulses, "--fail-on", "warning").exit_code == 1  # time is not normalized
+    assert run(pulses, "--fail-on", "critical").exit_code == 0  # nothing critical
+    clean = tmp_path / "clean.parquet"
+    pd.DataFrame({"a": np.random.default_rng(0).normal(0, 1, 1000)}).to_parquet(clean)
+    assert run(clean, "--fail-on", "info").exit_code == 0
+    assert run(pulses, "--fail-on", "sometimes").exit_code == 2

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from typer.testing import CliRunner
 
 from nandoctor.cli import app
-from nandoctor.guard import Guard, GuardTripped
+from nandoctor import Guard, GuardTripped
 from nandoctor.guard.capture import load_capture
 
 SPEC = textwrap.dedent('''

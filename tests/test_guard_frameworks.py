@@ -91,7 +91,7 @@ def test_lightning_fit_is_stopped_at_the_nan_and_replayed(tmp_path, monkeypatch)
     pl = pytest.importorskip("pytorch_lightning")
     from torch.utils.data import DataLoader
 
-    from nandoctor.guard.callbacks import lightning_callback
+    from nandoctor.integrations.lightning import NanGuardCallback
 
     models = _write(tmp_path)
     (tmp_path / "lit.py").write_text(LIGHTNING)
@@ -104,7 +104,7 @@ def test_lightning_fit_is_stopped_at_the_nan_and_replayed(tmp_path, monkeypatch)
     torch.manual_seed(0)
     module = Module()
     spec = f"{tmp_path / 'lit.py'}:build"
-    callback = lightning_callback()(path=str(tmp_path / "capture.pt"), check_every=4, spec=spec)
+    callback = NanGuardCallback(path=str(tmp_path / "capture.pt"), check_every=4, spec=spec)
     trainer = pl.Trainer(max_steps=30, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
     loader = DataLoader(models["Rows"](bad=8 * 13 + 3), batch_size=8)
@@ -122,7 +122,7 @@ def test_lightning_fit_is_stopped_at_the_nan_and_replayed(tmp_path, monkeypatch)
 def test_hf_trainer_train_is_stopped_at_the_nan_and_replayed(tmp_path):
     transformers = pytest.importorskip("transformers")
 
-    from nandoctor.guard.callbacks import hf_callback
+    from nandoctor.integrations.hf import NanGuardCallback
 
     models = _write(tmp_path)
     torch.manual_seed(0)
@@ -131,7 +131,7 @@ def test_hf_trainer_train_is_stopped_at_the_nan_and_replayed(tmp_path):
                                           learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no",
                                           logging_strategy="no", disable_tqdm=True, seed=0)
     spec = f"{tmp_path / 'models.py'}:build"
-    callback = hf_callback()(path=str(tmp_path / "capture.pt"), check_every=4, spec=spec)
+    callback = NanGuardCallback(path=str(tmp_path / "capture.pt"), check_every=4, spec=spec)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=models["Rows"](bad=100), callbacks=[callback])
     with pytest.raises(GuardTripped) as raised:
         trainer.train()

@@ -8,6 +8,7 @@ the diagnose input probe uses the same rules on its batches.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 SAMPLE_SIZE = 65_536
+_HUGE = 1e150  # beyond this magnitude squares and sums overflow float64: scale by a power of two
 DISTINCT_CAP = 1_000
 _ID_NAME = re.compile(r"(^|[_\W])(id|ids|idx|index|token|code|key)s?($|[_\W])|_id$|id$", re.IGNORECASE)
 
@@ -67,7 +69,7 @@ class StreamingColumn:
     def __init__(self, name: str, dtype: str, seed: int = 0):
         self.name, self.dtype = name, dtype
         self.count = self.missing = self.posinf = self.neginf = self.zeros = 0
-        self.mean = self.m2 = 0.0
+        self.mean = self.std = 0.0  # running mean and population std (not m2: it overflows near 1e308)
         self.low, self.high = np.inf, -np.inf
         self.integer_valued = True
         self.distinct: set | None = set() if dtype.startswith(("int", "uint", "bool")) else None
@@ -92,14 +94,14 @@ class StreamingColumn:
         if n == 0:
             return
         values64 = values.astype(np.float64, copy=False)
-        chunk_mean = float(values64.mean())
-        chunk_m2 = float(np.square(values64 - chunk_mean).sum())
-        total = self.count + n
-        delta = chunk_mean - self.mean
-        self.m2 += chunk_m2 + delta * delta * self.count * n / total  # Chan et al. merge
-        self.mean += delta * n / total
-        self.low = min(self.low, float(values64.min()))
-        self.high = max(self.high, float(values64.max()))
+        low, high = float(values64.min()), float(values64.max())
+        scale = _power_of_two(max(abs(low), abs(high))) if max(abs(low), abs(high)) > _HUGE else 1.0
+        scaled = values64 / scale if scale != 1.0 else values64  # exact: a power of two
+        chunk_mean = float(scaled.mean()) * scale
+        chunk_std = float(np.sqrt(np.square(scaled - chunk_mean / scale).mean())) * scale
+        self._merge(chunk_mean, chunk_std, n)
+        self.low = min(self.low, low)
+        self.high = max(self.high, high)
         self.zeros += int(np.count_nonzero(values64 == 0))
         if self.integer_valued:
             self.integer_valued = values.dtype.kind in "iub" or bool(np.all(np.mod(values64, 1) == 0))
@@ -109,7 +111,21 @@ class StreamingColumn:
                 self.distinct_capped = True
                 self.distinct = set(list(self.distinct)[:DISTINCT_CAP])
         self._sample(values64, n)
-        self.count = total
+        self.count += n
+
+    def _merge(self, mean: float, std: float, n: int) -> None:
+        """Chan et al.'s parallel update, written for mean and std in units of a power of two
+        so that values near the float64 limit do not overflow."""
+        total = self.count + n
+        if self.count == 0:
+            self.mean, self.std = mean, std
+            return
+        a, b = self.count / total, n / total
+        unit = _power_of_two(max(abs(self.mean), abs(mean), self.std, std))
+        delta = mean / unit - self.mean / unit
+        variance = a * (self.std / unit) ** 2 + b * (std / unit) ** 2 + a * b * delta * delta
+        self.std = math.sqrt(variance) * unit
+        self.mean = a * self.mean + b * mean
 
     def _sample(self, values: np.ndarray, n: int) -> None:
         """A uniform sample without replacement of everything seen, at most SAMPLE_SIZE values."""
@@ -128,9 +144,11 @@ class StreamingColumn:
         result = ColumnSummary(name=self.name, dtype=self.dtype, count=self.count, missing=self.missing,
                                posinf=self.posinf, neginf=self.neginf)
         if self.count:
-            p1, p50, p99 = (float(v) for v in np.quantile(self.sample, [0.01, 0.5, 0.99]))
+            top = max(abs(self.low), abs(self.high))
+            scale = _power_of_two(top) if top > _HUGE else 1.0  # interpolation must not overflow
+            p1, p50, p99 = (float(v) * scale for v in np.quantile(self.sample / scale, [0.01, 0.5, 0.99]))
             result.min, result.max, result.mean = self.low, self.high, self.mean
-            result.std = (self.m2 / self.count) ** 0.5
+            result.std = self.std
             result.p1, result.p50, result.p99 = p1, p50, p99
             result.zero_share = self.zeros / self.count
             result.integer_valued = self.integer_valued
@@ -141,6 +159,12 @@ class StreamingColumn:
             result.distinct, result.distinct_capped = len(self.distinct), self.distinct_capped
         result.flags = flag_column(result, limits)
         return result
+
+
+def _power_of_two(value: float) -> float:
+    """The largest power of two at most ``value`` (1.0 for 0): dividing by it is exact and
+    leaves magnitudes below 2."""
+    return math.ldexp(1.0, math.frexp(value)[1] - 1) if value > 0 else 1.0
 
 
 def looks_like_ids(summary: ColumnSummary, limits: FlagLimits = FlagLimits()) -> bool:
@@ -157,8 +181,20 @@ def looks_like_ids(summary: ColumnSummary, limits: FlagLimits = FlagLimits()) ->
         (summary.distinct_capped or distinct / span >= limits.id_distinct_share)
 
 
+# how much each flag harms training, read by ``feature-stats --fail-on`` as diagnose reads findings
+FLAG_SEVERITY = {"nonfinite": "critical", "mixed_types": "critical", "not_normalized": "warning",
+                 "integer_ids": "warning", "heavy_tail": "info", "constant": "info"}
+
+
 def flag_column(s: ColumnSummary, limits: FlagLimits = FlagLimits()) -> list[dict[str, str]]:
-    """Plain-language flags; each has a stable ``flag`` name and a ``reason``."""
+    """Plain-language flags; each has a stable ``flag`` name, a ``reason`` and a ``severity``."""
+    flags = _flags(s, limits)
+    for flag in flags:
+        flag["severity"] = FLAG_SEVERITY[flag["flag"]]
+    return flags
+
+
+def _flags(s: ColumnSummary, limits: FlagLimits) -> list[dict[str, str]]:
     flags = []
     total = s.count + s.missing + s.posinf + s.neginf
     if s.missing or s.posinf or s.neginf:

@@ -12,27 +12,16 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any
 
-from nandoctor.measure.hooks import module_names, ours
+from nandoctor.measure.hooks import ACCUMULATE, module_names, ours, tag_graph
+from nandoctor.measure.ops import SOURCE_KEY, node_sources
 from nandoctor.measure.trace import float_tensors
 
 _TAG = "nandoctor_module"
 _LOSS = "<loss function>"
-_ACCUMULATE = "torch::autograd::AccumulateGrad"
 
 
 def _grad_fns(tensors: list[Any]) -> list[Any]:
     return [t.grad_fn for t in tensors if t.grad_fn is not None]
-
-
-def _tag_untagged(roots: list[Any], tag: str) -> None:
-    """Tag every untagged node reachable from ``roots``; tagged nodes have tagged ancestors."""
-    todo = list(roots)
-    while todo:
-        node = todo.pop()
-        if node is None or node.name() == _ACCUMULATE or _TAG in node.metadata:
-            continue
-        node.metadata[_TAG] = tag
-        todo.extend(next_node for next_node, _ in node.next_functions)
 
 
 def _all_nodes(root: Any) -> list[Any]:
@@ -48,7 +37,7 @@ def _all_nodes(root: Any) -> list[Any]:
 
 
 def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = None) -> dict[str, Any] | None:
-    """Re-run one batch and return ``{"op", "module", "loss_side"}`` for the first bad node.
+    """Re-run one batch and return ``{"op", "module", "loss_side", "source"}`` for the first bad node.
 
     With ``component``, the search follows that loss component's gradient instead of the total's.
     """
@@ -57,14 +46,14 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
     model, batch = ctx.model, ctx.batches[batch_index]
     names = module_names(model)
     running: list[str] = []
-    records: list[tuple[str, str, Any, Any]] = []
+    records: list[tuple[str, str, Any, Any, str | None]] = []
 
     def pre_hook(module, args, kwargs):
-        _tag_untagged(_grad_fns(float_tensors((args, kwargs))), running[-1] if running else _LOSS)
+        tag_graph(_grad_fns(float_tensors((args, kwargs))), _TAG, running[-1] if running else _LOSS)
         running.append(names.get(id(module), type(module).__name__))
 
     def post_hook(module, args, kwargs, output):
-        _tag_untagged(_grad_fns(float_tensors(output)), running.pop())
+        tag_graph(_grad_fns(float_tensors(output)), _TAG, running.pop())
 
     def node_hook(node):
         tag = node.metadata.get(_TAG, _LOSS)
@@ -75,24 +64,25 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
                 outgoing = [torch.isfinite(g).all() for g in grad_inputs if g is not None]
                 records.append((node.name(), tag,
                                 torch.stack(incoming).all() if incoming else None,
-                                torch.stack(outgoing).all() if outgoing else None))
+                                torch.stack(outgoing).all() if outgoing else None,
+                                node.metadata.get(SOURCE_KEY)))
         return record
 
-    model.train()
     for param in model.parameters():
         param.grad = None
     with ExitStack() as hooks:
         for module in model.modules():
             hooks.enter_context(module.register_forward_pre_hook(ours(pre_hook), with_kwargs=True))
             hooks.enter_context(module.register_forward_hook(ours(post_hook), with_kwargs=True))
+        hooks.enter_context(node_sources())  # each node learns the user's line that made it
         result = ctx.loss(batch)
     loss = result.components[component] if component is not None else result.total
     if loss.grad_fn is None:
         return None
-    _tag_untagged([loss.grad_fn], _LOSS)
+    tag_graph([loss.grad_fn], _TAG, _LOSS)
     with ExitStack() as hooks:
         for node in _all_nodes(loss.grad_fn):
-            if node.name() != _ACCUMULATE:
+            if node.name() != ACCUMULATE:
                 hooks.enter_context(node.register_hook(ours(node_hook(node))))
         try:
             loss.backward()
@@ -100,8 +90,8 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
             return None
     flags = torch.stack([torch.stack([
         f if f is not None else torch.tensor(True, device=loss.device) for f in (inc, out)]).to(loss.device)
-        for _, _, inc, out in records]).tolist() if records else []
-    for (op, tag, _, _), (incoming_ok, outgoing_ok) in zip(records, flags):
+        for _, _, inc, out, _ in records]).tolist() if records else []
+    for (op, tag, _, _, source), (incoming_ok, outgoing_ok) in zip(records, flags):
         if incoming_ok and not outgoing_ok:
-            return {"op": op, "module": None if tag == _LOSS else tag, "loss_side": tag == _LOSS}
+            return {"op": op, "module": None if tag == _LOSS else tag, "loss_side": tag == _LOSS, "source": source}
     return None

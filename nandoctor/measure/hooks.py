@@ -66,8 +66,25 @@ def hooked_forward(ctx: Any, hook: Callable, select: Callable[[Any], bool] | Non
     """Run the loss without gradients over the cached batches with ``hook`` on every selected module."""
     import torch
 
-    ctx.model.train()
     indices = range(len(ctx.batches)) if batches is None else batches
     with forward_hooks(ctx.model, hook, select), torch.no_grad(), (autocast or nullcontext()):
         for index in indices:
             ctx.loss(ctx.batches[index])
+
+
+ACCUMULATE = "torch::autograd::AccumulateGrad"
+
+
+def tag_graph(roots: list[Any], key: str, value: Any) -> None:
+    """Set ``node.metadata[key] = value`` on every autograd node reachable from ``roots`` without one.
+
+    A tagged node's ancestors are tagged already (the walk stops there), so tagging at every module
+    boundary gives each node the innermost context that was current when it was created.
+    """
+    todo = list(roots)
+    while todo:
+        node = todo.pop()
+        if node is None or node.name() == ACCUMULATE or key in node.metadata:
+            continue
+        node.metadata[key] = value
+        todo.extend(next_node for next_node, _ in node.next_functions)

@@ -9,6 +9,7 @@ module's output is finite. Every hook lives in an ExitStack and is removed on th
 from __future__ import annotations
 
 import traceback
+import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from nandoctor.batches import iter_tensors
 from nandoctor.errors import InternalError, UsageError, describe, first_line
 from nandoctor.findings import is_finite
 from nandoctor.measure.hooks import UserFacing, module_names, ours
+from nandoctor.measure.ops import installed_package_of, user_source_of
+from nandoctor.measure.stats import count_nonfinite, float_tensors, range_stats, rng_state
 
 
 @dataclass
@@ -58,6 +61,9 @@ class ForwardCrash:
     location: str
     executed: list[str]
     embedding: dict[str, Any] | None = None
+    source: str | None = None  # the user's line that called into the code that raised
+    package: str | None = None  # the installed package it raised inside, if any
+    stopped_by_check: bool = False  # our check stopped it before the op ran (re-running would really crash)
 
 
 @dataclass
@@ -96,26 +102,6 @@ class EmbeddingIndexError(UserFacing):
         self.details = details
 
 
-def float_tensors(obj: Any) -> list[Any]:
-    return [t for _, t in iter_tensors(obj) if t.is_floating_point() and t.numel() > 0]
-
-
-def range_stats(tensors: list[Any]):
-    """``[min, max, l2 norm]`` over the tensors, as one float32 tensor on their device (no sync)."""
-    import torch
-
-    with torch.no_grad():
-        rows = []
-        for tensor in tensors:
-            low, high = torch.aminmax(tensor.detach())
-            norm = torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32)
-            rows.append(torch.stack([low.float(), high.float(), norm]))
-        if len(rows) == 1:
-            return rows[0]
-        stacked = torch.stack([r.to(rows[0].device) for r in rows])
-        return torch.stack([stacked[:, 0].min(), stacked[:, 1].max(), stacked[:, 2].norm()])
-
-
 class _Recorder:
     """The hooks of one traced pass; they only queue device tensors, never synchronise."""
 
@@ -130,8 +116,9 @@ class _Recorder:
         self.out_stats: list[Any] = []  # per call: stats tensor or None
         self.in_stats: list[Any] = []
         self.numel: list[int] = []
-        self.outputs: list[list[Any]] = []  # held until the pass is analysed (culprit counts)
-        self.memo: dict[int, tuple[Any, int, Any]] = {}  # id(tensor) -> (tensor, version, stats)
+        # id(output) -> (weak reference, version, stats): outputs are not held (memory), only
+        # their statistics, reused when the same tensor is the next module's input
+        self.memo: dict[int, tuple[Any, int, Any]] = {}
         self.grad_events: list[tuple[int, Any]] = []
         self.root_width: int | None = None
         self.consumed: set[int] = set()  # ids of tensors some child module received as input
@@ -149,7 +136,7 @@ class _Recorder:
             return None
         if len(tensors) == 1:
             cached = self.memo.get(id(tensors[0]))
-            if cached is not None and cached[0] is tensors[0] and cached[1] == tensors[0]._version:
+            if cached is not None and cached[0]() is tensors[0] and cached[1] == tensors[0]._version:
                 return cached[2]
         return range_stats(tensors)
 
@@ -166,7 +153,7 @@ class _Recorder:
         outputs = float_tensors(output)
         stats = range_stats(outputs) if outputs else None
         if len(outputs) == 1:
-            self.memo[id(outputs[0])] = (outputs[0], outputs[0]._version, stats)
+            self.memo[id(outputs[0])] = (weakref.ref(outputs[0]), outputs[0]._version, stats)
         index = len(self.calls)
         self.calls.append(ModuleCall(name=name, kind=type(module).__name__,
                                      parent=self.stack[-1][0] if self.stack else None,
@@ -176,7 +163,6 @@ class _Recorder:
         self.numel.append(sum(t.numel() for t in outputs))
         if not self.stack and outputs and outputs[0].dim():
             self.root_width = int(outputs[0].shape[-1])
-        self.outputs.append([(t, t._version) for t in outputs])
         for tensor in outputs:
             if tensor.requires_grad:
                 self.handles.enter_context(tensor.register_hook(ours(self._grad_hook(index))))
@@ -230,7 +216,8 @@ def _crash(recorder: _Recorder, exc: BaseException, module_kinds: dict[str, str]
     return ForwardCrash(module=module, kind=module_kinds.get(module) if module is not None else None,
                         exc_type="IndexError" if embedding else type(exc).__name__, message=message[:500],
                         location=_user_location(exc), executed=[c.name for c in recorder.calls[-5:]],
-                        embedding=embedding)
+                        embedding=embedding, source=user_source_of(exc), package=installed_package_of(exc),
+                        stopped_by_check=isinstance(exc, UserFacing))
 
 
 
@@ -254,9 +241,9 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
     model, batch = ctx.model, ctx.batches[batch_index]
     result = BatchTrace(batch_index=batch_index)
     kinds = {name: type(m).__name__ for name, m in model.named_modules()}
-    model.train()
     for param in model.parameters():
         param.grad = None
+    rng = rng_state(batch)
     recorder = _Recorder(model)
     with recorder.handles:
         recorder.install(model)
@@ -280,6 +267,10 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
         except Exception as exc:
             result.backward_error = describe(exc)
     _read_back(result, recorder, loss, model)
+    culprit = next((i for i, c in enumerate(result.calls) if not c.output_finite), None)
+    if culprit is not None:
+        del loss, recorder  # free this pass's graph before the recount
+        result.culprit_counts = count_nonfinite(ctx, batch_index, culprit, rng)
     return result
 
 
@@ -316,16 +307,6 @@ def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -
     result.no_grad_params = missing
     result.root_width = recorder.root_width
     result.calls = calls
-    culprit = next((i for i, c in enumerate(calls) if not c.output_finite), None)
-    if culprit is not None:
-        held = [t for t, version in recorder.outputs[culprit] if t._version == version]
-        if held:
-            result.culprit_counts = {
-                "nan": int(sum(int(torch.isnan(t).sum()) for t in held)),
-                "posinf": int(sum(int(torch.isposinf(t).sum()) for t in held)),
-                "neginf": int(sum(int(torch.isneginf(t).sum()) for t in held)),
-                "numel": int(sum(t.numel() for t in held)),
-            }
 
 
 def _set_output_stats(recorder: _Recorder, flat: list[float]) -> None:
@@ -336,28 +317,46 @@ def _set_output_stats(recorder: _Recorder, flat: list[float]) -> None:
             call.out_rms = flat[3 * i + 2] / max(recorder.numel[i], 1) ** 0.5
 
 
-def forward_calls(ctx: Any, batch_index: int, autocast: Any = None) -> tuple[list[ModuleCall], str | None]:
-    """Module calls of one forward pass without gradients (optionally under autocast), or the error."""
+@dataclass
+class ForwardPass:
+    """One forward without gradients: module calls, the loss and its components (floats), or the error."""
+
+    calls: list[ModuleCall]
+    error: str | None = None
+    loss: float | None = None
+    components: dict[str, float] = field(default_factory=dict)
+
+
+def forward_pass(ctx: Any, batch_index: int, autocast: Any = None) -> ForwardPass:
+    """Module calls and loss values of one forward pass without gradients (optionally under autocast)."""
     import torch
     from contextlib import nullcontext
 
     model, batch = ctx.model, ctx.batches[batch_index]
-    model.train()
     recorder = _Recorder(model)
     with recorder.handles, torch.no_grad(), (autocast or nullcontext()):
         recorder.install(model)
         try:
-            ctx.loss(batch)
+            loss = ctx.loss(batch)
         except (UsageError, InternalError):
             raise
         except Exception as exc:
-            return recorder.calls, describe(exc)
-    stats = [s for s in recorder.out_stats if s is not None]
-    if stats:
-        nan3 = torch.full((3,), float("nan"), device=stats[0].device)
-        flat = torch.cat([(s if s is not None else nan3).to(nan3.device) for s in recorder.out_stats]).tolist()
-        _set_output_stats(recorder, flat)
-    return recorder.calls, None
+            return ForwardPass(recorder.calls, describe(exc))
+    device = loss.total.device
+    nan3 = torch.full((3,), float("nan"), device=device)
+    parts = [loss.total.detach().float().reshape(1)] + [c.detach().float().reshape(1).to(device)
+                                                        for c in loss.components.values()]
+    parts += [(s if s is not None else nan3).to(device) for s in recorder.out_stats]
+    values = torch.cat(parts).tolist()
+    total, components = values[0], dict(zip(loss.components, values[1:1 + len(loss.components)]))
+    _set_output_stats(recorder, values[1 + len(loss.components):])
+    return ForwardPass(recorder.calls, None, total, components)
+
+
+def forward_calls(ctx: Any, batch_index: int, autocast: Any = None) -> tuple[list[ModuleCall], str | None]:
+    """Module calls of one forward pass without gradients (optionally under autocast), or the error."""
+    result = forward_pass(ctx, batch_index, autocast)
+    return result.calls, result.error
 
 
 def trace_batches(ctx: Any) -> list[BatchTrace]:

@@ -78,14 +78,17 @@ class BackwardProbe(Probe):
         parameter = _parameter_near(trace, module)
         op = origin.get("op")
         nonfinite = sorted(n for n, v in trace.grad_norms.items() if v != v or v in (float("inf"), float("-inf")))
+        source = origin.get("source")  # the user's line whose op created the node
         place = "the loss function" if origin.get("loss_side") else f"module {module!r}"
-        title = f"gradients turn NaN/Inf in {place}" + (f" at {op}" if op else "") + " while the forward is finite"
-        evidence = {"op": op, "batch": trace.batch_index, "loss": trace.loss,
+        title = (f"gradients turn NaN/Inf in {place}" + (f" at {op}" if op else "")
+                 + (f" (made at {source})" if source else "") + " while the forward is finite")
+        evidence = {"op": op, "source": source, "batch": trace.batch_index, "loss": trace.loss,
                     "nonfinite_grad_parameters": len(nonfinite), "examples": nonfinite[:10],
                     "location": "loss function" if origin.get("loss_side") else "module"}
         advice = OP_ADVICE.get(op or "", "add eps to the divisions, norms, sqrt and logs on that path")
         raw["origin"] = origin
         return ProbeResult([Finding("backward_nonfinite", Severity.CRITICAL, title,
-                                    Where(module=module, parameter=parameter), evidence,
-                                    Fix(advice=f"In {place}: {advice}."))],
+                                    Where(module=module, parameter=parameter, op=op, source=source), evidence,
+                                    Fix(advice=f"In {place}" + (f", at {source}" if source else "")
+                                               + f": {advice}."))],
                            raw, facts={Fact.BACKWARD_OK: False})

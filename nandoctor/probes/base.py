@@ -21,6 +21,7 @@ class Fact(str, Enum):
     FORWARD_RUNS = "forward_runs"  # the user's forward and loss run without raising
     FORWARD_OK = "forward_ok"  # ... and every output and the loss are finite
     BACKWARD_OK = "backward_ok"  # the backward pass runs and every gradient is finite
+    AUTOCAST_RUNS = "autocast_runs"  # the forward runs at the precision the user trains with
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 from nandoctor.config import fix_config
 from nandoctor.findings import CodeDoc, is_finite, Finding, Fix, Severity, Where
 from nandoctor.measure.grad_origin import find_gradient_origin
+from nandoctor.measure.ops import locate_nonfinite_op
 from nandoctor.probes.backward import OP_ADVICE
 from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult, loss_side
 from nandoctor.measure.trace import traced
@@ -22,7 +23,6 @@ def component_gradients(ctx: Any, batch: Any) -> dict[str, dict[str, float]]:
     import torch
 
     params = [p for p in ctx.model.parameters() if p.requires_grad]
-    ctx.model.train()
     result = ctx.loss(batch)
     names = list(result.components)
     queued = []
@@ -95,27 +95,43 @@ class ComponentsProbe(Probe):
         raw = {"components": table}
         nonfinite = [n for n, r in table.items() if not (is_finite(r["value"]) and is_finite(r["grad_norm"]))]
         if nonfinite:
-            return ProbeResult([self._nonfinite(ctx, table, nonfinite[0], bad_batch or 0)], raw)
+            finding, ops = self._nonfinite(ctx, table, nonfinite[0], bad_batch or 0)
+            raw["op_pass"] = ops.to_raw() if ops is not None else "not run: the value is finite, its gradient is not"
+            return ProbeResult([finding], raw)
+        raw["op_pass"] = "not run: every component is finite"
         return ProbeResult(self._explosion(ctx, table), raw)
 
     @staticmethod
-    def _nonfinite(ctx: Any, table: dict, name: str, batch_index: int) -> Finding:
+    def _nonfinite(ctx: Any, table: dict, name: str, batch_index: int) -> tuple[Finding, Any]:
+        """The component's NaN: the op and line that made its value, or the autograd op of its gradient."""
         row = table[name]
         in_value = not is_finite(row["value"])
         origin = None if in_value else find_gradient_origin(ctx, batch_index, component=name)
+        ops = locate_nonfinite_op(ctx, batch_index, component=name) if in_value else None
+        site = ops.site if ops is not None else None
         evidence = {"component": name, "value": row["value"], "grad_norm": row["grad_norm"],
                     "weight": row["weight"], "in": "value" if in_value else "gradient", "batch": batch_index,
                     "others": {n: r["value"] for n, r in table.items() if n != name}}
+        op, module, source = None, None, None
         if origin:
-            evidence.update({"op": origin["op"], "module": origin["module"]})
-        where = f" (gradient first non-finite at {origin['op']})" if origin else ""
+            op, module, source = origin["op"], origin["module"], origin.get("source")
+        elif site is not None:
+            op, module, source = site.op, site.module, site.source
+        if op:
+            evidence.update({"op": op, "module": module, "source": source})
+        where = (f" (gradient first non-finite at {op}" if origin else f" (made by {op}") if op else ""
+        where += (f" at {source})" if source else ")") if op else ""
+        from nandoctor.probes.forward import OP_ADVICE as VALUE_ADVICE
+
+        hint = (OP_ADVICE if origin else VALUE_ADVICE).get(op or "", "")
         return Finding(
             "loss_component_nonfinite", Severity.CRITICAL,
             f"loss component {name!r} is {'NaN/Inf' if in_value else 'finite but its gradient is NaN/Inf'}{where}",
-            Where(module=origin["module"] if origin else None, component=name), evidence,
-            Fix(advice=f"In the code of {name!r}: " + (OP_ADVICE.get(origin["op"], "") + "; " if origin and origin["op"] in OP_ADVICE else "")
+            Where(module=module, component=name, op=op, source=source), evidence,
+            Fix(advice=f"In the code of {name!r}" + (f" at {source}" if source else "") + ": "
+                + (hint + "; " if hint else "")
                 + "add eps to divisions and norms (F.normalize(x, eps=1e-6) instead of x / x.norm()), "
-                  "clamp before log/sqrt/acos; the other components are finite."))
+                  "clamp before log/sqrt/acos; the other components are finite.")), ops
 
     @staticmethod
     def _explosion(ctx: Any, table: dict) -> list[Finding]:

@@ -1,8 +1,10 @@
-"""Training dynamics: a short LR sweep, the clipping audit and the plateau check.
+"""Training dynamics: the learning-rate sweep's verdicts, the clipping audit and the label control.
 
-Every run starts from the same weights and seed and trains on all cached batches but the
-last; the last is held out, so a loss that falls in training but not on unseen data (labels
-disconnected from inputs) is told apart from one that really learns.
+The sweep (``nandoctor.sweep.grid``) judges every rate against the others on held-out batches
+from the same start; this probe turns its table into findings: the user's rate diverges or ends
+clearly worse than another rate. ``loss_plateau`` is decided by a control run: the same training
+with the targets permuted across samples. Real targets that do no better than permuted ones
+carry no signal.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from typing import Any
 
 from nandoctor.config import fix_config
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
-from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult
-from nandoctor.state import ModelSnapshot
-from nandoctor.sweep.grid import decade_grid, nearest, recommend, run_sweep
 from nandoctor.measure.trace import traced
-from nandoctor.sweep.training import DIVERGED, FLAT, LEARNS, UNSTABLE, TrainRun, train
+from nandoctor.probes.base import Fact, Fold, Probe, ProbeResult, Setting
+from nandoctor.state import run_snapshot
+from nandoctor.sweep.grid import Sweep, recommend, run_sweep, sweep_rates, sweep_summary
+from nandoctor.sweep.stream import BatchStream, PermutedStream, target_paths
+from nandoctor.sweep.training import BAD, COLLAPSED, DIVERGED, LEARNS, TrainRun, evaluate, train
 
 
 def nice_below(value: float) -> float:
@@ -29,23 +32,32 @@ def nice_below(value: float) -> float:
     return float(f"{10 ** exponent:.3g}")
 
 
-def random_guess_baseline(ctx: Any, initial: float | None) -> dict[str, Any] | None:
-    """ln(classes) for a classifier's cross-entropy, pi/2 for an angle between random directions."""
-    if initial is None or not math.isfinite(initial):
-        return None
-    width = traced(ctx)[0].root_width
-    if width and width >= 2 and abs(initial - math.log(width)) <= 0.15 * math.log(width):
-        return {"kind": "cross-entropy over classes", "classes": width, "value": math.log(width)}
-    if abs(initial - math.pi / 2) <= 0.1 * math.pi / 2:
-        return {"kind": "angle between random unit vectors (rad)", "value": math.pi / 2}
-    return None
+def tail_mean(run: TrainRun, steps: int) -> float | None:
+    """Mean training loss over the last quarter of the first ``steps`` steps."""
+    tail = [l for l in run.losses[max(0, steps - max(1, steps // 4)):steps] if math.isfinite(l)]
+    return sum(tail) / len(tail) if tail else None
+
+
+def runs_away(run: TrainRun, settings: Any) -> bool:
+    """The loss fell by more than ``blowup_rise`` times its starting scale: it has no floor (a likelihood
+    with a learnable variance, a norm driven to zero), so how far it falls says nothing about the rate."""
+    start, end = run.start_score, run.score
+    return start is not None and end is not None and math.isfinite(end) \
+        and start - end > settings.blowup_rise * max(abs(start), 1e-3)
+
+
+def _table(sweep: Sweep) -> dict[str, Any]:
+    """The per-rate table a finding's evidence carries."""
+    return {f"{r.lr:.3g}": {"verdict": r.verdict, "steps_run": len(r.losses), "heldout_final": r.heldout.get(r.reached),
+                            "train_loss_end": r.train_tail, "drop": round(r.drop, 4), "max_grad_norm": r.max_grad_norm,
+                            "nonfinite_step": r.nonfinite_step, "cut": r.cut} for r in sweep.runs}
 
 
 class DynamicsProbe(Probe):
     name = "dynamics"
-    description = "short LR sweep from the user's settings: LR too high/low, clipping, loss plateau"
+    description = "LR sweep judged on held-out batches: LR too high/low, clipping, labels against a shuffled control"
     order = 60
-    requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK)
+    requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK, Fact.AUTOCAST_RUNS)
     codes = (
         CodeDoc("lr_too_high", 16,
                 "the learning rate sweep shows the user's rate diverges or is unstable where a lower one trains",
@@ -65,7 +77,7 @@ class DynamicsProbe(Probe):
         CodeDoc("loss_plateau", 18,
                 "the loss stays at its random-guess baseline and does not decrease",
                 "The model learns nothing: often labels disconnected from inputs, or a dead signal path.",
-                "An angular loss stuck at ~1.5 rad (pi/2, random directions).",
+                "Labels shuffled apart from their inputs: training fits them no better than permuted ones.",
                 "Check that labels match inputs, the LR, and the findings ranked above this one."),
     )
     folds = (
@@ -74,71 +86,110 @@ class DynamicsProbe(Probe):
     )
 
     settings = (
-        Setting("sweep_steps", 20, "training dynamics in diagnose: steps per rate of the short LR sweep"),
-        Setting("sweep_decades_down", 2, "... rates user_lr * 10**k for k from -down ..."),
-        Setting("sweep_decades_up", 3, "... to +up (three up: SGD at 1e-5 needs a far higher rate)"),
-        Setting("sweep_budget_s", 120.0, "... nearest rates first; rates that would end past this many seconds are dropped"),
-        Setting("learns_drop", 0.05, "a run learns when its loss falls by at least this share of the start"),
+        Setting("sweep_steps", 32, "LR sweep (diagnose and lr-sweep): steps for the rates that reach the end; every rate runs a quarter of them"),
+        Setting("sweep_decades_down", 2, "... the first grid: half-decade rates from user_lr / 10**down ..."),
+        Setting("sweep_decades_up", 2, "... to user_lr * 10**up; it grows while the best rate is on an edge ..."),
+        Setting("sweep_max_decades", 6, "... up to this many decades from user_lr either way"),
+        Setting("sweep_budget_s", 120.0, "... in diagnose: runs that would end past this many seconds are dropped (the verdict is then incomplete)"),
+        Setting("sweep_stream_batches", 64, "... training batches read from data and cached (the same sequence for every rate), then repeated"),
+        Setting("tie_tolerance", 0.03, "recommendation: rates whose held-out loss is within this share of the best rate's fall from the start tie; the largest wins"),
+        Setting("learns_drop", 0.05, "a run learns when its held-out loss falls by at least this share of the start"),
         Setting("diverged_rise", 0.5, "a run diverged when its loss ends this share above its start"),
         Setting("spike_rise", 2.0, "a run is unstable when a step's loss rises this many times the start's scale above it"),
         Setting("grad_growth", 100.0, "... or its gradient norm grows this many times over the first step's"),
         Setting("blowup_rise", 10.0, "a run stops early once its loss is this many times the start's scale above it"),
-        Setting("lr_low_drop", 0.1, "lr_too_low: a higher rate brings the loss down by at least this share ..."),
-        Setting("lr_low_ratio", 4.0, "... and by this many times the user's drop"),
-        Setting("plateau_heldout_drop", 0.01, "loss_plateau: a held-out loss that falls by this share is no plateau"),
+        Setting("collapse_spread", 0.05, "a run collapsed when its outputs' spread across samples falls below this share of the start's"),
+        Setting("amp_skip_limit", 20, "fp16: consecutive GradScaler-skipped steps (the scale calibrating) before a run counts as diverged"),
+        Setting("lr_worse_gap", 0.3, "lr_too_high/low: the user's rate misses this share of the best rate's fall in held-out loss ..."),
+        Setting("lr_worse_loss", 0.1, "... and ends this share above the best rate's held-out loss"),
+        Setting("plateau_margin", 0.02, "loss_plateau: real targets beat targets permuted across samples by less than this share of the start"),
         Setting("clip_share", 0.9, "grad_clip_too_aggressive: share of steps whose gradient is clipped"),
         Setting("clip_factor", 10.0, "... by at least this median factor"),
     )
 
     def run(self, ctx: Any) -> ProbeResult:
         settings, setup = ctx.settings, ctx.setup
-        rates = decade_grid(setup.lr, settings.sweep_decades_down, settings.sweep_decades_up)
-        runs = run_sweep(ctx, rates, settings.sweep_steps, setup.grad_clip,
-                         budget_s=settings.sweep_budget_s, center=setup.lr)
-        user = nearest(runs, setup.lr)
-        best, why = recommend(runs)
-        raw: dict[str, Any] = {"runs": [r.to_dict() for r in runs], "user_lr": setup.lr,
-                               "rates_not_run": sorted(set(rates) - {r.lr for r in runs}),
-                               "recommended_lr": best.lr if best else None, "why": why}
-        findings = []
-        findings += self._lr(ctx, user, best, why, runs)
-        clip_findings, raw["clip"] = self._clip(ctx, user)
-        findings += clip_findings
-        findings += self._plateau(ctx, runs, user)
-        return ProbeResult(findings, raw)
+        stream = BatchStream(ctx, settings.sweep_stream_batches)
+        sweep = run_sweep(ctx, sweep_rates(setup, settings), settings.sweep_steps, setup.grad_clip,
+                          budget_s=settings.sweep_budget_s, center=setup.lr, stream=stream)
+        best, why = recommend(sweep, settings)
+        raw: dict[str, Any] = {"user_lr": setup.lr, **sweep_summary(sweep, best, why)}
+        plateau, raw["control"] = self._plateau(ctx, sweep, best, stream)
+        no_signal = raw["control"].get("signal") is False  # which rate "wins" on noise says nothing
+        findings = [f for f in self._lr(ctx, sweep, best, why)
+                    if not (no_signal and f.severity != Severity.CRITICAL and "is too" in f.title)]
+        clip_findings, raw["clip"] = self._clip(ctx, sweep, stream)
+        findings += clip_findings + plateau
+        dropped = sweep.dropped + sweep.not_continued
+        incomplete = None
+        if dropped:
+            incomplete = (f"the {settings.sweep_budget_s:g}s sweep budget was spent: rates "
+                          f"{', '.join(f'{r:.3g}' for r in sorted(dropped))} were not judged to the end")
+            for finding in findings:
+                finding.evidence["rates_not_judged"] = sorted(dropped)
+        return ProbeResult(findings, raw, incomplete=incomplete)
 
-    @staticmethod
-    def _table(runs: list[TrainRun]) -> dict[str, Any]:
-        return {f"{r.lr:.3g}": {"verdict": r.verdict, "drop": round(r.drop, 4), "max_grad_norm": r.max_grad_norm,
-                                "nonfinite_step": r.nonfinite_step} for r in runs}
-
-    def _lr(self, ctx: Any, user: TrainRun, best: TrainRun | None, why: str, runs: list[TrainRun]) -> list[Finding]:
+    def _lr(self, ctx: Any, sweep: Sweep, best: TrainRun | None, why: str) -> list[Finding]:
+        user, settings = sweep.user, ctx.settings
+        evidence = {"user_lr": user.lr, "user_verdict": user.verdict, "user_heldout": user.score,
+                    "recommended_lr": best.lr if best else None, "recommended_heldout": best.score if best else None,
+                    "heldout_initial": user.start_score, "grid_extended": sweep.extended, "sweep": _table(sweep)}
+        if user.verdict in BAD:
+            return [self._too_high_bad(ctx, sweep, user, best, why, evidence)]
         if best is None or best.lr == user.lr:
             return []
+        steps = min(user.reached, best.reached)
+        mine, theirs, start = user.score_at(steps), best.score_at(steps), user.start_score
+        if mine is None or theirs is None or start is None:
+            return []
+        if runs_away(best, settings):
+            return []
+        fall = max(start - theirs, 1e-12)
+        missed = (mine - theirs) / fall
+        worse = mine - theirs >= settings.lr_worse_loss * (abs(theirs) + 0.01 * abs(start))
+        if missed < settings.lr_worse_gap or not worse:
+            return []
+        evidence.update(compared_at_steps=steps, share_of_fall_missed=missed)
         config, note = fix_config(ctx.setup, "lr", best.lr)
-        evidence = {"user_lr": user.lr, "user_verdict": user.verdict, "user_drop": user.drop,
-                    "user_max_grad_norm": user.max_grad_norm, "recommended_lr": best.lr,
-                    "recommended_drop": best.drop, "sweep": self._table(runs)}
-        if user.verdict in (DIVERGED, UNSTABLE) and best.lr < user.lr:
-            how = (f"goes non-finite at step {user.nonfinite_step}" if user.nonfinite_step is not None
-                   else f"is {user.verdict} (max grad norm {user.max_grad_norm:.3g})")
-            return [Finding("lr_too_high", Severity.CRITICAL if user.verdict == DIVERGED else Severity.WARNING,
-                            f"training at lr {user.lr:.3g} {how}; {best.lr:.3g} learns (loss down {best.drop:.0%})",
-                            Where(), evidence,
-                            Fix(config, f"Lower the learning rate to {best.lr:.3g}: {why}.{note}"))]
-        generalizes = best.heldout_initial is None or (best.heldout_final is not None
-                                                       and best.heldout_final < best.heldout_initial)
-        barely_moves = user.verdict == FLAT and best.drop >= max(ctx.settings.lr_low_drop, ctx.settings.lr_low_ratio * user.drop)
-        if best.lr > user.lr and barely_moves and generalizes:
-            return [Finding("lr_too_low", Severity.WARNING,
-                            f"the loss barely moves at lr {user.lr:.3g} (down {user.drop:.1%} in "
-                            f"{len(user.losses)} steps); {best.lr:.3g} brings it down {best.drop:.0%}",
-                            Where(), evidence,
-                            Fix(config, f"Raise the learning rate to {best.lr:.3g}: {why}.{note}"))]
-        return []
+        what = "held-out" if user.heldout_initial is not None else "training"
+        numbers = (f"after {steps} steps its {what} loss is {mine:.4g} against {theirs:.4g} at lr {best.lr:.3g} "
+                   f"(from {start:.4g}: it misses {missed:.0%} of that fall)")
+        if best.lr < user.lr:
+            return [Finding("lr_too_high", Severity.WARNING, f"lr {user.lr:.3g} is too high: {numbers}", Where(),
+                            evidence, Fix(config, f"Lower the learning rate to {best.lr:.3g}: {why}.{note}"))]
+        if user.drop >= settings.learns_drop:  # it trains, only slower in a short run: that favours high rates
+            return []
+        return [Finding("lr_too_low", Severity.WARNING, f"lr {user.lr:.3g} is too low: {numbers}", Where(),
+                        evidence, Fix(config, f"Raise the learning rate to {best.lr:.3g}: {why}.{note}"))]
 
-    def _clip(self, ctx: Any, user: TrainRun) -> tuple[list[Finding], dict[str, Any]]:
-        clip = ctx.setup.grad_clip
+    @staticmethod
+    def _too_high_bad(ctx: Any, sweep: Sweep, user: TrainRun, best: TrainRun | None, why: str,
+                      evidence: dict[str, Any]) -> Finding:
+        """The user's own rate diverges, is unstable or collapses: always a finding, a better rate or not."""
+        if user.nonfinite_step is not None:
+            how, severity = f"goes non-finite at step {user.nonfinite_step}", Severity.CRITICAL
+        elif user.verdict == DIVERGED:
+            how, severity = "drives the loss far above where it started", Severity.CRITICAL
+        elif user.verdict == COLLAPSED:
+            how, severity = "collapses the model to the same output for every input", Severity.CRITICAL
+        else:
+            how, severity = f"is unstable (loss spikes; max grad norm {user.max_grad_norm:.3g})", Severity.WARNING
+        if best is not None and best.lr < user.lr:
+            config, note = fix_config(ctx.setup, "lr", best.lr)
+            title = (f"training at lr {user.lr:.3g} {how}; {best.lr:.3g} trains "
+                     f"(held-out loss {best.start_score:.4g} -> {best.score:.4g})")
+            return Finding("lr_too_high", severity, title, Where(), evidence,
+                           Fix(config, f"Lower the learning rate to {best.lr:.3g}: {why}.{note}"))
+        lowest = sweep.runs[0].lr
+        tried = ", ".join(f"{r.lr:.3g} {r.verdict}" for r in sweep.runs)
+        title = f"training at lr {user.lr:.3g} {how}, and no rate down to {lowest:.3g} trained ({tried})"
+        return Finding("lr_too_high", severity, title, Where(), evidence,
+                       Fix(advice=f"Lower the learning rate well below {user.lr:.3g}; no rate down to {lowest:.3g} "
+                                  f"trained in {sweep.checkpoints[-1]} steps ({'; '.join(sweep.extended) or 'grid'}), "
+                                  f"so also check the findings above (inputs, initialisation, the loss)."))
+
+    def _clip(self, ctx: Any, sweep: Sweep, stream: BatchStream) -> tuple[list[Finding], dict[str, Any]]:
+        clip, user = ctx.setup.grad_clip, sweep.user
         norms = [g for g in user.grad_norms if math.isfinite(g)]
         if clip is None or not norms or user.verdict == DIVERGED:
             return [], {}
@@ -148,32 +199,31 @@ class DynamicsProbe(Probe):
                "median_grad_norm": statistics.median(norms)}
         if share < ctx.settings.clip_share or factor < ctx.settings.clip_factor:
             return [], raw
-        suggestion, checked = self._verified_clip(ctx, user, statistics.median(norms))
+        suggestion, checked = self._verified_clip(ctx, sweep, stream, statistics.median(norms))
         raw["candidates"] = checked
         config, note = fix_config(ctx.setup, "grad_clip", suggestion)
-        verified = any(c["max_norm"] == suggestion and c["verdict"] == LEARNS for c in checked)
+        verified = next((c for c in checked if c["max_norm"] == suggestion and c["verdict"] == LEARNS), None)
         advice = (f"Raise max_norm to {suggestion:g}, near the median gradient norm {raw['median_grad_norm']:.3g}"
-                  + (f": a {ctx.settings.sweep_steps}-step run with it learns (loss down "
-                     f"{next(c['drop'] for c in checked if c['max_norm'] == suggestion):.0%} vs {user.drop:.0%})"
-                     if verified else " (no candidate learned in a short run: check the findings above)")
+                  + (f": a {sweep.checkpoints[-1]}-step run with it learns (held-out loss down {verified['drop']:.0%} "
+                     f"vs {user.drop:.0%})" if verified else " (no candidate learned in a short run: check the findings above)")
                   + f"; clip to guard against spikes, not every step.{note}")
         return [Finding("grad_clip_too_aggressive", Severity.WARNING,
                         f"clipping at max_norm={clip:g} scales {share:.0%} of steps down, by a median factor of {factor:,.3g}",
                         Where(), dict(raw, user_drop=user.drop), Fix(config, advice))], raw
 
     @staticmethod
-    def _verified_clip(ctx: Any, user: TrainRun, median_norm: float) -> tuple[float, list[dict[str, Any]]]:
+    def _verified_clip(ctx: Any, sweep: Sweep, stream: BatchStream, median_norm: float) -> tuple[float, list[dict[str, Any]]]:
         """Try max_norm near the median norm, then 10x and 100x lower; keep the largest that learns."""
         import torch
 
-        candidates = [nice_below(median_norm / 10 ** k) for k in range(3)]
-        candidates = [c for c in candidates if c > ctx.setup.grad_clip]
+        user = sweep.user
+        candidates = [c for c in (nice_below(median_norm / 10 ** k) for k in range(3)) if c > ctx.setup.grad_clip]
         checked = []
-        snapshot = ModelSnapshot(ctx.model)
+        snapshot = run_snapshot(ctx)
         try:
             for candidate in candidates:
                 torch.manual_seed(ctx.settings.seed)
-                run = train(ctx, user.lr, ctx.settings.sweep_steps, candidate)
+                run = train(ctx, stream, user.lr, sweep.checkpoints, candidate)
                 snapshot.restore()
                 checked.append({"max_norm": candidate, "verdict": run.verdict, "drop": run.drop})
                 if run.verdict == LEARNS and run.drop > user.drop + 0.02:
@@ -183,31 +233,61 @@ class DynamicsProbe(Probe):
         return (candidates[0] if candidates else ctx.setup.grad_clip * 10), checked
 
     @staticmethod
-    def _plateau(ctx: Any, runs: list[TrainRun], user: TrainRun) -> list[Finding]:
-        stable = [r for r in runs if r.verdict not in (DIVERGED, UNSTABLE)]
-        if not stable or not any((r.max_grad_norm or 0) > 0 for r in stable):
-            return []
-        baseline = random_guess_baseline(ctx, user.heldout_initial if user.heldout_initial is not None else user.initial_loss)
-        with_heldout = [r for r in stable if r.heldout_initial is not None and r.heldout_final is not None]
-        if with_heldout and baseline:
-            best_heldout = min(r.heldout_final - r.heldout_initial for r in with_heldout)
-            if best_heldout < -ctx.settings.plateau_heldout_drop * abs(with_heldout[0].heldout_initial):
-                return []
-            learned_train = max(r.drop for r in stable)
-            detail = (f"held-out loss never falls below {baseline['value']:.4g} (random guess: "
-                      f"{baseline['kind']}) at any of {len(stable)} stable rates, while the training loss "
-                      f"falls by up to {learned_train:.0%}")
-        elif all(r.verdict == FLAT for r in stable):
-            detail = f"the loss moves by at most {max(abs(r.drop) for r in stable):.1%} at every rate while gradients are non-zero"
-        else:
-            return []
+    def _plateau(ctx: Any, sweep: Sweep, best: TrainRun | None, stream: BatchStream) -> tuple[list[Finding], dict[str, Any]]:
+        """Train the best rate again on targets permuted across samples; no better with real ones: no signal."""
+        import torch
+
+        stable = [r for r in sweep.runs if r.verdict not in BAD]
+        # without a recommendation: the rate that fits its training batches best (the control asks
+        # whether real targets fit better than shuffled ones)
+        reference = best or max((r for r in stable if r.initial_loss is not None and r.train_tail is not None),
+                                key=lambda r: (r.reached, r.initial_loss - r.train_tail), default=None)
+        if reference is None or not any((r.max_grad_norm or 0) > 0 for r in stable):
+            return [], {}
+        paths = target_paths(ctx.batches[0], traced(ctx)[0].consumed_paths)
+        if not paths:
+            return [], {"skipped": "no batch tensor is left unread by the forward: no target to permute"}
+        checkpoints = [c for c in sweep.checkpoints if c <= reference.reached] or sweep.checkpoints[:1]
+        snapshot = run_snapshot(ctx)
+        try:
+            torch.manual_seed(ctx.settings.seed)
+            start = dict(zip(("loss", "spread"), evaluate(ctx, stream.heldout)))
+            torch.manual_seed(ctx.settings.seed)
+            control = train(ctx, PermutedStream(stream, paths, ctx.settings.seed), reference.lr, checkpoints,
+                            ctx.setup.grad_clip, start)
+        finally:
+            snapshot.restore()
+        steps = min(reference.reached, control.reached) or len(control.losses)
+        real = {"heldout": reference.score_at(steps), "train": tail_mean(reference, steps)}
+        permuted = {"heldout": control.score_at(steps), "train": tail_mean(control, steps)}
+        margin = ctx.settings.plateau_margin * abs(reference.start_score or reference.initial_loss or 1.0)
+        raw = {"lr": reference.lr, "steps": steps, "permuted_paths": sorted(paths), "real": real, "permuted": permuted,
+               "margin": margin, "control_verdict": control.verdict}
+        if control.losses == reference.losses[:len(control.losses)] or runs_away(reference, ctx.settings):
+            # the shuffled tensors change nothing (not what the loss compares against), or the loss
+            # has no floor: the control cannot tell
+            return [], dict(raw, inconclusive=True)
+        signal = any(real[k] is not None and permuted[k] is not None and permuted[k] - real[k] > margin
+                     for k in ("heldout", "train"))
+        fits = max(((r.initial_loss - r.train_tail) / max(abs(r.initial_loss), 1e-8) for r in stable
+                    if r.initial_loss is not None and r.train_tail is not None), default=0.0)
+        raw.update(signal=signal, heldout_drop=reference.drop, train_fall=fits)
+        # the signature of targets disconnected from their inputs: the training batches can be fitted,
+        # held-out data does not improve, and shuffled targets do as well; anything else is not a plateau
+        if signal or control.nonfinite_step is not None or reference.drop >= ctx.settings.learns_drop \
+                or fits < ctx.settings.learns_drop:
+            return [], raw
+        detail = (f"at lr {reference.lr:.3g}, {steps} steps on the real targets end at held-out loss "
+                  f"{_g(real['heldout'])} (training {_g(real['train'])}); the same steps with "
+                  f"{', '.join(sorted(paths))} shuffled across samples end at {_g(permuted['heldout'])} "
+                  f"(training {_g(permuted['train'])})")
         return [Finding(
-            "loss_plateau", Severity.CRITICAL if baseline else Severity.WARNING,
-            f"the loss stays at its random-guess baseline: {detail}" if baseline else f"the loss is flat: {detail}",
-            Where(),
-            {"baseline": baseline, "initial_loss": user.initial_loss, "heldout_initial": user.heldout_initial,
-             "heldout_final": {f"{r.lr:.3g}": r.heldout_final for r in with_heldout},
-             "train_drop": {f"{r.lr:.3g}": r.drop for r in stable}},
-            Fix(advice="The model can fit the training batches but learns nothing that carries to new ones: "
-                       "check that labels stay aligned with their inputs (shuffled together, same order, same "
-                       "join key), that targets are not constant, and the findings ranked above this one."))]
+            "loss_plateau", Severity.CRITICAL,
+            f"the model learns no more from the real targets than from shuffled ones: {detail}", Where(), raw,
+            Fix(advice="The targets carry no signal the model can use: check that labels stay aligned with their "
+                       "inputs (shuffled together, same order, same join key), that targets are not constant, "
+                       "and the findings ranked above this one."))], raw
+
+
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

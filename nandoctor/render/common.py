@@ -44,6 +44,32 @@ def where_text(where: dict[str, Any]) -> str:
     return ", ".join(parts) if parts else "-"
 
 
+def batches_line(report: dict[str, Any]) -> str | None:
+    """How much of the data the report rests on: the batches checked, of how many."""
+    coverage = report.get("coverage") or {}
+    checked, total = coverage.get("batches_checked"), coverage.get("batches_total")
+    if checked is None:
+        return None
+    noun = "batch" if checked == 1 else "batches"
+    if total is None:
+        return f"checked the first {checked} {noun} of the data (it has no length; --batches reads more)"
+    if total <= checked:
+        return f"checked all {checked} {noun} of the data"
+    return f"checked {checked} of {total} batches (the first ones; --batches reads more)"
+
+
+def not_run(report: dict[str, Any]) -> dict[str, str]:
+    """The chosen probes that did not run to their end, and why (the verdict is incomplete)."""
+    return dict((report.get("coverage") or {}).get("probes_not_run") or {})
+
+
+def skipped_for_facts(report: dict[str, Any]) -> dict[str, str]:
+    """Probes skipped because a finding above made them moot (``needs forward_ok``)."""
+    missed = not_run(report)
+    return {name: raw["skipped"] for name, raw in report["probes"].items()
+            if isinstance(raw, dict) and "skipped" in raw and name not in missed}
+
+
 def tables(report: dict[str, Any]) -> list[str]:
     from tabulate import tabulate
 

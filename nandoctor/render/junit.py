@@ -6,16 +6,21 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from nandoctor.findings import at_or_above
-from nandoctor.render.common import where_text
+from nandoctor.render.common import not_run, where_text
 
 
 def render_junit(report: dict[str, Any], fail_on: str, seconds: float = 0.0) -> str:
     """One testcase per probe that ran, plus one failing testcase per finding at or above ``fail_on``."""
     cases = []
+    missed = not_run(report)
     for name, raw in report["probes"].items():
-        if isinstance(raw, dict) and "skipped" in raw:
+        if isinstance(raw, dict) and "error" in raw:  # failed inside nandoctor: the run is incomplete
             cases.append(f'    <testcase classname="nandoctor.probes" name={quoteattr(name)}>'
-                         f'<skipped message={quoteattr(str(raw["skipped"]))}/></testcase>')
+                         f'<error message={quoteattr(str(raw["error"]))}/></testcase>')
+        elif name in missed or (isinstance(raw, dict) and "skipped" in raw):
+            why = missed.get(name) or raw["skipped"]
+            cases.append(f'    <testcase classname="nandoctor.probes" name={quoteattr(name)}>'
+                         f'<skipped message={quoteattr(str(why))}/></testcase>')
         else:
             cases.append(f'    <testcase classname="nandoctor.probes" name={quoteattr(name)}/>')
     failures = 0
@@ -28,7 +33,8 @@ def render_junit(report: dict[str, Any], fail_on: str, seconds: float = 0.0) -> 
                      f'<failure type={quoteattr(finding["severity"])} message={quoteattr(finding["title"])}>'
                      f"{body}</failure></testcase>")
     skipped = sum("<skipped" in c for c in cases)
+    errors = sum("<error" in c for c in cases)
     return "\n".join(['<?xml version="1.0" encoding="utf-8"?>',
                       f'<testsuite name={quoteattr("nandoctor " + report["spec"])} tests="{len(cases)}" '
-                      f'failures="{failures}" errors="0" skipped="{skipped}" time="{seconds:.2f}">',
+                      f'failures="{failures}" errors="{errors}" skipped="{skipped}" time="{seconds:.2f}">',
                       *cases, "</testsuite>"])

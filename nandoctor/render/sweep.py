@@ -24,20 +24,30 @@ def render_sweep(report: dict[str, Any]) -> str:
             marks.append("<- yours")
         if run["lr"] == report["recommended_lr"]:
             marks.append("<- recommended")
-        loss = f"{_g(run['initial_loss'])} -> {_g(run['final_loss'])}"
+        heldout = f"{_g(run['heldout_initial'])} -> {_g(run['heldout_final'])}" if run["heldout_initial"] is not None else "-"
         if run["nonfinite_step"] is not None:
-            loss += f" (NaN/Inf at step {run['nonfinite_step']})"
-        decreasing = "yes" if run["verdict"] == "learns" else "no"
-        rows.append([f"{run['lr']:.3g}", _g(run["max_grad_norm"]), loss, decreasing, run["verdict"], " ".join(marks)])
-    head = (f"LR sweep of {report['spec']}: {report['steps']} steps per rate, optimizer {report['optimizer']}, "
-            f"grad_clip {report['grad_clip']}, amp {report['amp']}")
-    table = tabulate(rows, headers=["rate", "max grad norm", "loss (train batches)", "loss decreasing?",
-                                    "stability", ""], tablefmt="simple", disable_numparse=True)
+            heldout = f"NaN/Inf at step {run['nonfinite_step']}"
+        note = run["cut"] or ""
+        rows.append([f"{run['lr']:.3g}", run["steps_run"], heldout, _g(run["final_loss"]), _g(run["max_grad_norm"]),
+                     run["verdict"], " ".join(marks), note])
+    batches = report["batches"]
+    head = (f"LR sweep of {report['spec']}: every rate from the same start for {report['checkpoints'][0]} steps, the "
+            f"better half to {report['checkpoints'][-1]}; optimizer {report['optimizer']}, grad_clip {report['grad_clip']}, "
+            f"amp {report['amp']}; {batches['distinct_training']} training batches ({batches['fresh_read']} read fresh), "
+            f"{batches['heldout']} held out")
+    table = tabulate(rows, headers=["rate", "steps", "held-out loss", "train loss (last 1/4)", "max grad norm",
+                                    "verdict", "", "note"], tablefmt="simple", disable_numparse=True)
+    lines = [head, table, ""]
+    lines += [f"grid: {line}" for line in report["grid_extended"]]
+    if report["rates_not_run"] or report["rates_not_continued"]:
+        lines.append(f"not judged (time): {', '.join(f'{r:.3g}' for r in report['rates_not_run'] + report['rates_not_continued'])}")
     if report["recommended_lr"] is None:
-        verdict = f"no recommendation: {report['why']}"
+        lines.append(f"no recommendation: {report['why']}")
     else:
-        verdict = f"recommended lr: {report['recommended_lr']:.3g} ({report['why']}); yours: {report['user_lr']:.3g}"
-    return "\n".join([head, table, "", verdict])
+        lines.append(f"recommended lr: {report['recommended_lr']:.3g} ({report['why']}); yours: {report['user_lr']:.3g}")
+    if report.get("user_diverged"):
+        lines.append(f"your rate {report['user_lr']:.3g} diverges")
+    return "\n".join(lines)
 
 
 def plot_sweep(report: dict[str, Any], path: str) -> None:

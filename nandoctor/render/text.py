@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.render.common import evidence_line, number as format_number, tables, where_text
+from nandoctor.render.common import (batches_line, evidence_line, not_run, number as format_number, skipped_for_facts,
+                                     tables, where_text)
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -25,19 +26,17 @@ def render_text(report: dict[str, Any]) -> str:
             lines.append(f"   fix:      {finding['fix']['advice']}")
         for explained in finding["evidence"].get("explains", []):
             lines.append(f"   explains: {explained['code']}: {explained['title']}")
-    skipped = {name: raw["skipped"] for name, raw in report["probes"].items()
-               if isinstance(raw, dict) and str(raw.get("skipped", "")).startswith("needs")}
-    failed = {name: raw["error"] for name, raw in report["probes"].items() if isinstance(raw, dict) and "error" in raw}
     lines += tables(report)
+    skipped, missed, checked = skipped_for_facts(report), not_run(report), batches_line(report)
     if skipped:
         lines += ["", "skipped: " + "; ".join(f"{n} ({why})" for n, why in skipped.items())]
-    if failed:
-        lines += ["", "probe errors: " + "; ".join(f"{n}: {why}" for n, why in failed.items())]
+    if missed:
+        lines += ["", "NOT RUN (the report is incomplete):"] + [f"  {n}: {why}" for n, why in missed.items()]
+    if checked:
+        lines += ["", checked]
     coverage = report.get("coverage") or {}
-    checked, total = coverage.get("batches_checked"), coverage.get("batches_total")
-    if checked is not None and (total is None or total > checked):
-        lines += ["", f"info: checked {checked} of {total if total is not None else 'an unknown number of'} batches; "
-                      f"nandoctor scan {report['spec']} runs every batch of data through the model"]
+    if checked and (coverage.get("batches_total") is None or coverage["batches_total"] > coverage["batches_checked"]):
+        lines.append(f"info: nandoctor scan {report['spec']} runs every batch of data through the model")
     return "\n".join(lines)
 
 
@@ -46,4 +45,6 @@ def summary_line(report: dict[str, Any], seconds: float | None = None) -> str:
     counts = ", ".join(f"{sum(f['severity'] == s for f in findings)} {s}" for s in ("critical", "warning", "info"))
     top = f"; top: {findings[0]['code']} ({where_text(findings[0]['where'])})" if findings else ""
     took = f" in {seconds:.1f}s" if seconds is not None else ""
-    return f"nandoctor: {report['verdict']}: {counts}{top}{took}"
+    missed = not_run(report)
+    missing = f"; not run: {', '.join(missed)}" if missed else ""
+    return f"nandoctor: {report['verdict']}: {counts}{top}{missing}{took}"

@@ -1,13 +1,25 @@
-"""The learning-rate sweep: the same start, the same batches, one short run per rate."""
+"""The learning-rate sweep shared by ``diagnose`` and ``lr-sweep``: one grid, one schedule, one judge.
+
+Every rate starts from the same weights and seed and trains on the same batch sequence. It runs
+in two rungs (successive halving): every rate trains a quarter of the steps; a rate that
+diverges is cut at once; the better half (and the user's own rate) is then trained to the
+end. While the best rate sits on an edge of the grid, the grid grows that way (half a decade
+at a time, up to ``sweep_max_decades`` from the user's rate); when nothing trains, it grows
+downwards. Rates are judged against each other by their held-out loss (see :func:`recommend`).
+A survivor is replayed from the snapshot rather than kept in memory: one copy of the weights.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from nandoctor.state import ModelSnapshot, preserved_rng
-from nandoctor.sweep.training import DIVERGED, LEARNS, UNSTABLE, TrainRun, starting_losses, train
+from nandoctor.state import preserved_rng, run_snapshot
+from nandoctor.sweep.stream import BatchStream
+from nandoctor.sweep.training import BAD, LEARNS, TrainRun, evaluate, train
 
 
 def snap(rate: float) -> float:
@@ -18,7 +30,7 @@ def snap(rate: float) -> float:
 
 
 def default_grid(user_lr: float, decades_down: int = 2, decades_up: int = 2) -> list[float]:
-    """Half-decade rates from two decades below the user's to two above; the user's own is on it."""
+    """Half-decade rates from ``decades_down`` below the user's to ``decades_up`` above; the user's own is on it."""
     points = {snap(user_lr * 10 ** (k / 2)) for k in range(-2 * decades_down, 2 * decades_up + 1)}
     points.discard(snap(user_lr))
     return sorted(points | {user_lr})
@@ -29,65 +41,193 @@ def nearest_first(rates: list[float], center: float) -> list[float]:
     return sorted(rates, key=lambda r: (abs(math.log10(r / center)), r))
 
 
-def decade_grid(user_lr: float, decades_down: int, decades_up: int) -> list[float]:
-    """``user_lr * 10**k`` for k from -down to +up: the short sweep inside ``diagnose``."""
-    return sorted({float(f"{user_lr * 10 ** k:.3g}") for k in range(-decades_down, decades_up + 1)} | {user_lr})
+def checkpoints_for(steps: int) -> list[int]:
+    """The two rungs: a quarter of the steps for every rate, all of them for the better half."""
+    first = max(2, math.ceil(steps / 4))
+    return [first, steps] if steps > first else [steps]
+
+
+@dataclass
+class Sweep:
+    runs: list[TrainRun]  # sorted by rate
+    user_lr: float
+    checkpoints: list[int]
+    dropped: list[float] = field(default_factory=list)  # rates not run at all (time budget)
+    not_continued: list[float] = field(default_factory=list)  # better-half rates the budget stopped early
+    extended: list[str] = field(default_factory=list)  # how the grid grew, in words
+    steps_run: int = 0
+    fresh_batches: int = 0
+    distinct_batches: int = 0
+    heldout_batches: int = 0
+
+    @property
+    def user(self) -> TrainRun:
+        return min(self.runs, key=lambda r: abs(math.log10(r.lr / self.user_lr)))
+
+    def by_rate(self, lr: float) -> TrainRun:
+        return next(r for r in self.runs if r.lr == lr)
 
 
 def run_sweep(ctx: Any, rates: list[float], steps: int, clip: float | None,
               progress: Callable[[str], None] = lambda message: None,
-              budget_s: float | None = None, center: float | None = None) -> list[TrainRun]:
-    """One run per rate from one snapshot; the model is restored after each and at the end.
+              budget_s: float | None = None, center: float | None = None,
+              stream: BatchStream | None = None, extend: bool = True) -> Sweep:
+    """The whole sweep from one snapshot; the model and RNG are restored after each run and at the end.
 
-    With ``budget_s``, rates run nearest ``center`` first, and a rate that would end past the
-    budget (judged by the time per rate so far) is not started. Runs come back sorted by rate.
+    With ``budget_s``, a run that would end past the budget (judged by the time per step so far)
+    is not started; the user's rate (``center``) always runs first. ``extend=False`` keeps
+    exactly the rates given.
     """
-    import time
-
     import torch
 
-    snapshot = ModelSnapshot(ctx.model)
-    runs = []
-    order = nearest_first(rates, center) if center is not None else sorted(rates)
+    settings = ctx.settings
+    center = center if center is not None else ctx.setup.lr
+    checkpoints = checkpoints_for(steps)
+    stream = stream or BatchStream(ctx, settings.sweep_stream_batches)
+    snapshot = run_snapshot(ctx)
+    result = Sweep(runs=[], user_lr=center, checkpoints=checkpoints, heldout_batches=len(stream.heldout))
+    runs: dict[float, TrainRun] = {}
     began = time.monotonic()
-    with preserved_rng():
+
+    def affordable(steps_needed: int) -> bool:
+        if budget_s is None or not result.steps_run:
+            return True
+        spent = time.monotonic() - began
+        return spent + spent / result.steps_run * steps_needed <= budget_s
+
+    def run(rate: float, upto: list[int]) -> TrainRun:
+        torch.manual_seed(settings.seed)
+        progress(f"nandoctor: lr {rate:.3g}: {upto[-1]} steps")
         try:
-            torch.manual_seed(ctx.settings.seed)
-            start = starting_losses(ctx)  # the same weights for every rate: evaluate them once
-            snapshot.restore()
-            for rate in order:
-                spent = time.monotonic() - began
-                if budget_s is not None and runs and spent + spent / len(runs) > budget_s:
-                    progress(f"nandoctor: sweep budget of {budget_s:g}s spent: {len(order) - len(runs)} rate(s) not run")
-                    break
-                torch.manual_seed(ctx.settings.seed)
-                progress(f"nandoctor: lr {rate:.3g}: {steps} steps")
-                try:
-                    runs.append(train(ctx, rate, steps, clip, start))
-                finally:
-                    snapshot.restore()
+            outcome = train(ctx, stream, rate, upto, clip, start)
         finally:
             snapshot.restore()
-    return sorted(runs, key=lambda r: r.lr)
+        result.steps_run += len(outcome.losses)
+        return outcome
+
+    with preserved_rng():
+        try:
+            torch.manual_seed(settings.seed)
+            start = dict(zip(("loss", "spread"), evaluate(ctx, stream.heldout)))
+            for rate in nearest_first(rates, center):
+                if rate != center and not affordable(checkpoints[0]):
+                    result.dropped.append(rate)
+                    continue
+                runs[rate] = run(rate, checkpoints[:1])
+            if extend:
+                _extend(runs, center, settings, result, lambda rate: run(rate, checkpoints[:1]), affordable)
+            if len(checkpoints) > 1:
+                for rate in _better_half(runs, center, checkpoints[0]):
+                    if not affordable(checkpoints[-1]):
+                        result.not_continued.append(rate)
+                        runs[rate].cut = "not continued: time budget"
+                        continue
+                    runs[rate] = run(rate, checkpoints)
+                for rate, r in runs.items():
+                    if r.cut is None and r.reached < checkpoints[-1] and r.verdict not in BAD:
+                        r.cut = f"worse half after {checkpoints[0]} steps"
+        finally:
+            snapshot.restore()
+    result.runs = sorted(runs.values(), key=lambda r: r.lr)
+    result.fresh_batches, result.distinct_batches = stream.fresh_read, stream.distinct
+    return result
 
 
-def recommend(runs: list[TrainRun]) -> tuple[TrainRun | None, str]:
-    """The largest rate that learns stably, one grid step lower when the next one up is unstable."""
-    ordered = sorted(runs, key=lambda r: r.lr)
-    learners = [i for i, r in enumerate(ordered) if r.verdict == LEARNS]
-    if not learners:
-        return None, "no rate on the grid both learned (loss down by 5% or more) and stayed stable"
-    top = learners[-1]
-    above = ordered[top + 1] if top + 1 < len(ordered) else None
-    if above is not None and above.verdict in (DIVERGED, UNSTABLE) and top - 1 in learners:
-        chosen = ordered[top - 1]
-        why = (f"{ordered[top].lr:.3g} is the largest rate that learns, but {above.lr:.3g} is {above.verdict}: "
-               f"one step lower for a safety margin")
-    else:
-        chosen = ordered[top]
-        why = f"the largest rate that learns (loss down {chosen.drop:.0%}) and stays stable"
+def _extend(runs: dict[float, TrainRun], center: float, settings: Any, result: Sweep,
+            run_rate: Callable[[float], TrainRun], affordable: Callable[[int], bool]) -> None:
+    """Grow the grid half a decade at a time while the best rate is on an edge, or nothing trains."""
+    top, bottom = center * 10 ** settings.sweep_max_decades, center / 10 ** settings.sweep_max_decades
+    steps = result.checkpoints[0]
+    while True:
+        ordered = sorted(runs)
+        usable = [r for r in ordered if runs[r].verdict not in BAD]
+        if not usable:
+            step, reason = snap(ordered[0] / 10 ** 0.5), "no rate trained stably"
+        else:
+            best = min(usable, key=lambda r: runs[r].score_at(steps))
+            if best == ordered[-1] and _clearly_best(runs, ordered, -1, steps, settings):
+                step, reason = snap(ordered[-1] * 10 ** 0.5), "the best rate was the highest tried"
+            elif best == ordered[0] and _clearly_best(runs, ordered, 0, steps, settings):
+                step, reason = snap(ordered[0] / 10 ** 0.5), "the best rate was the lowest tried"
+            else:
+                return
+        if not bottom * 0.99 <= step <= top * 1.01 or step in runs:
+            result.extended.append(f"stopped at {ordered[0]:.3g}..{ordered[-1]:.3g}: {reason}, and the grid "
+                                   f"reaches {settings.sweep_max_decades} decades from the user's rate")
+            return
+        if not affordable(steps):
+            result.dropped.append(step)
+            return
+        result.extended.append(f"tried {step:.3g}: {reason}")
+        runs[step] = run_rate(step)
+
+
+def tie_margin(best: float, start: float | None, settings: Any) -> float:
+    """Scores this close to the best tie: a share of the best rate's fall from the start, plus 0.1% of the start."""
+    fall = max((start if start is not None else best) - best, 0.0)
+    return settings.tie_tolerance * fall + 1e-3 * abs(start if start is not None else best)
+
+
+def _clearly_best(runs: dict[float, TrainRun], ordered: list[float], edge: int, steps: int, settings: Any) -> bool:
+    """The edge rate beats its neighbour by more than the tie tolerance (rates the optimizer ignores tie)."""
+    if len(ordered) < 2:
+        return True
+    mine, neighbour = runs[ordered[edge]], runs[ordered[1 if edge == 0 else -2]]
+    theirs = neighbour.score_at(steps) if neighbour.verdict not in BAD else math.inf
+    score = mine.score_at(steps)
+    return score < theirs - tie_margin(score, mine.start_score, settings)
+
+
+def _better_half(runs: dict[float, TrainRun], center: float, steps: int) -> list[float]:
+    """The rates continued past the first rung: the better half of the stable ones, and the user's."""
+    usable = sorted((r for r in runs.values() if r.verdict not in BAD), key=lambda r: r.score_at(steps))
+    keep = {r.lr for r in usable[:max(1, math.ceil(len(usable) / 2))]}
+    if center in runs and runs[center].verdict not in BAD:
+        keep.add(center)
+    return nearest_first(sorted(keep), center)
+
+
+def recommend(sweep: Sweep, settings: Any) -> tuple[TrainRun | None, str]:
+    """The rate with the best held-out loss at the end; ties go to the larger rate; never a bad one.
+
+    Ties: within ``tie_tolerance`` of the best rate's fall from the start, first on held-out
+    loss, then on the training loss of the last quarter.
+    """
+    final = sweep.checkpoints[-1]
+    finished = [r for r in sweep.runs if r.verdict not in BAD and r.reached >= final]
+    pool = finished or [r for r in sweep.runs if r.verdict not in BAD]
+    if not pool:
+        return None, "every rate tried diverged, was unstable or collapsed"
+    steps = min(r.reached for r in pool)
+    best = min(pool, key=lambda r: r.score_at(steps))
+    margin = tie_margin(best.score_at(steps), best.start_score, settings)
+    tied = [r for r in pool if r.score_at(steps) <= best.score_at(steps) + margin]
+    tails = [r.train_tail for r in tied if r.train_tail is not None]
+    if tails:
+        low = min(tails)
+        tied = [r for r in tied if r.train_tail is None
+                or r.train_tail <= low + tie_margin(low, r.initial_loss, settings)]
+    chosen = max(tied, key=lambda r: r.lr)
+    if chosen.verdict != LEARNS:
+        return None, (f"no rate brought the held-out loss down by {settings.learns_drop:.0%} "
+                      f"(best: {chosen.drop:.1%} at {chosen.lr:.3g})")
+    what = "held-out loss" if chosen.heldout_initial is not None else "training loss"
+    why = f"the lowest {what} after {steps} steps ({chosen.score_at(steps):.4g}, down {chosen.drop:.0%})"
+    if len(tied) > 1:
+        why += f"; the largest of {len(tied)} rates within {settings.tie_tolerance:.0%} of its fall"
     return chosen, why
 
 
-def nearest(runs: list[TrainRun], lr: float) -> TrainRun:
-    return min(runs, key=lambda r: abs(r.lr - lr) / lr)
+def sweep_rates(setup: Any, settings: Any) -> list[float]:
+    """The starting grid of both commands (it grows while the best rate is on an edge)."""
+    return default_grid(setup.lr, settings.sweep_decades_down, settings.sweep_decades_up)
+
+
+def sweep_summary(sweep: Any, best: Any, why: str) -> dict[str, Any]:
+    """The sweep as plain data: what ``lr-sweep`` prints and what the dynamics probe keeps as raw."""
+    return {"user_run_lr": sweep.user.lr, "recommended_lr": best.lr if best else None, "why": why,
+            "checkpoints": sweep.checkpoints, "steps_run": sweep.steps_run,
+            "batches": {"distinct_training": sweep.distinct_batches, "fresh_read": sweep.fresh_batches,
+                        "heldout": sweep.heldout_batches},
+            "grid_extended": sweep.extended, "rates_not_run": sweep.dropped,
+            "rates_not_continued": sweep.not_continued, "runs": [r.to_dict() for r in sweep.runs]}

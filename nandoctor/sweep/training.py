@@ -1,8 +1,11 @@
 """Short training runs from the snapshot, as the user trains: their optimizer, clipping, precision.
 
-A run cycles through the cached training batches and records, per step, the loss and the
-gradient norm before clipping. Each run starts from the same weights and seed; the model is
-restored by the caller's snapshot. A run stops early once it has diverged.
+A run takes one step per batch of a :class:`~nandoctor.sweep.stream.BatchStream` (the same
+sequence for every rate) and records, per step, the loss and the gradient norm before clipping;
+at each checkpoint it scores the weights on the held-out batches (loss, and how much
+the outputs still differ across samples: a collapsed model predicts the same for every input).
+Each run starts from the same weights and seed; the caller's snapshot restores them. A run
+stops at once when it diverges.
 """
 
 from __future__ import annotations
@@ -12,39 +15,90 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-DIVERGED, UNSTABLE, LEARNS, FLAT = "diverged", "unstable", "learns", "flat"
+DIVERGED, UNSTABLE, COLLAPSED, LEARNS, FLAT = "diverged", "unstable", "collapsed", "learns", "flat"
+BAD = (DIVERGED, UNSTABLE, COLLAPSED)
 
 
 @dataclass
 class TrainRun:
     lr: float
     clip: float | None
-    steps: int
-    losses: list[float] = field(default_factory=list)
+    steps: int  # steps asked for (the last checkpoint reached, unless it stopped early)
+    losses: list[float] = field(default_factory=list)  # training loss per step, on the step's batch
     grad_norms: list[float] = field(default_factory=list)  # before clipping
+    skipped_steps: int = 0  # fp16 GradScaler steps skipped while the scale calibrates
     nonfinite_step: int | None = None
-    initial_loss: float | None = None  # mean over the training batches, before any step
-    final_loss: float | None = None
-    heldout_initial: float | None = None  # on a batch never trained on
-    heldout_final: float | None = None
+    blowup_step: int | None = None  # stopped here: the loss rose far above its start
+    initial_loss: float | None = None  # first training batch, before any step
+    heldout_initial: float | None = None
+    spread_initial: float | None = None  # output spread across held-out samples, before any step
+    heldout: dict[int, float] = field(default_factory=dict)  # held-out loss after N steps
+    spread: dict[int, float] = field(default_factory=dict)
+    unseen_steps: int = 0  # steps before this one trained on a batch the run had not trained on before
+    heldout_batches: int = 0
     verdict: str = FLAT
-    drop: float = 0.0  # (initial - final) / |initial|
+    drop: float = 0.0  # fall of the score from the start, as a share of the start
+    cut: str | None = None  # why it was not continued to the last checkpoint
 
     @property
     def max_grad_norm(self) -> float | None:
         finite = [g for g in self.grad_norms if math.isfinite(g)]
         return max(finite) if finite else None
 
+    @property
+    def start_score(self) -> float | None:
+        return self.heldout_initial if self.heldout_initial is not None else self.initial_loss
+
+    def score_at(self, steps: int) -> float | None:
+        """Loss on data not trained on after ``steps``, smoothed: the held-out batches together with the
+        last quarter's training losses when those batches were new to the run (else the held-out alone).
+        Without held-out batches: the mean training loss of the last quarter."""
+        stopped = min((s for s in (self.nonfinite_step, self.blowup_step) if s is not None), default=None)
+        if stopped is not None and stopped < steps:
+            return math.inf
+        quarter = max(1, steps // 4)
+        tail = self.losses[steps - quarter:steps] if steps <= len(self.losses) else []
+        if self.heldout_initial is None:
+            return sum(tail) / len(tail) if tail and len(tail) == quarter else None
+        held = self.heldout.get(steps)
+        if held is None:
+            return None
+        unseen = tail if steps <= self.unseen_steps and len(tail) == quarter else []
+        return (held * self.heldout_batches + sum(unseen)) / (self.heldout_batches + len(unseen))
+
+    @property
+    def reached(self) -> int:
+        """The last checkpoint this run was scored at."""
+        return max(self.heldout, default=0) if self.heldout_initial is not None else len(self.losses)
+
+    @property
+    def score(self) -> float | None:
+        return math.inf if self.nonfinite_step is not None or self.blowup_step is not None else self.score_at(self.reached)
+
+    @property
+    def train_tail(self) -> float | None:
+        """Mean training loss over the last quarter of the steps run: the second key of the ranking."""
+        finite = [l for l in self.losses if math.isfinite(l)]
+        tail = finite[-max(1, len(finite) // 4):]
+        return sum(tail) / len(tail) if tail else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"lr": self.lr, "clip": self.clip, "steps_run": len(self.losses), "verdict": self.verdict,
-                "drop": self.drop, "initial_loss": self.initial_loss, "final_loss": self.final_loss,
-                "min_loss": min((l for l in self.losses if math.isfinite(l)), default=None),
+                "drop": self.drop, "initial_loss": self.initial_loss, "final_loss": self.train_tail,
+                "heldout_initial": self.heldout_initial, "heldout_final": self.heldout.get(self.reached),
+                "heldout": {str(k): v for k, v in sorted(self.heldout.items())},
+                "output_spread": {"initial": self.spread_initial, **{str(k): v for k, v in sorted(self.spread.items())}},
+                "score": _finite_or_none(self.score), "min_loss": min((l for l in self.losses if math.isfinite(l)), default=None),
                 "max_grad_norm": self.max_grad_norm, "nonfinite_step": self.nonfinite_step,
-                "heldout_initial": self.heldout_initial, "heldout_final": self.heldout_final,
+                "skipped_steps": self.skipped_steps, "cut": self.cut,
                 "losses": self.losses, "grad_norms": self.grad_norms}
 
 
-def _autocast(ctx: Any):
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def autocast(ctx: Any):
     import torch
 
     amp = ctx.setup.amp
@@ -52,21 +106,6 @@ def _autocast(ctx: Any):
         return nullcontext()
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
     return torch.autocast(device_type=ctx.setup.device.type, dtype=dtype)
-
-
-def split_batches(batches: list[Any]) -> tuple[list[Any], list[Any]]:
-    """Train on all but the last cached batch, hold the last one out (when there are two or more)."""
-    return (batches[:-1], batches[-1:]) if len(batches) > 1 else (batches, [])
-
-
-def mean_loss(ctx: Any, batches: list[Any]) -> float | None:
-    import torch
-
-    if not batches:
-        return None
-    with torch.no_grad(), _autocast(ctx):
-        values = torch.stack([ctx.loss(b).total.detach().float() for b in batches])
-    return float(values.mean())
 
 
 def make_optimizer(ctx: Any, lr: float):
@@ -77,33 +116,80 @@ def make_optimizer(ctx: Any, lr: float):
     return factory(params, lr)
 
 
-def starting_losses(ctx: Any) -> tuple[float | None, float | None]:
-    """Mean loss on the training batches and on the held-out one, before any step."""
-    train_batches, heldout = split_batches(ctx.batches)
-    ctx.model.train()
-    return mean_loss(ctx, train_batches), mean_loss(ctx, heldout)
+def evaluate(ctx: Any, batches: list[Any]) -> tuple[float | None, float | None]:
+    """Mean loss on ``batches`` (no gradient, buffers restored), and the spread of the outputs across samples.
 
-
-def train(ctx: Any, lr: float, steps: int, clip: float | None,
-          start: tuple[float | None, float | None] | None = None) -> TrainRun:
-    """``steps`` optimizer steps at ``lr`` from the current weights; the caller restores them.
-
-    ``start`` is :func:`starting_losses` of these weights, when the caller already has it.
+    The spread is the mean over output features of their standard deviation across the batch,
+    over the outputs' RMS: ~0 when the model predicts the same thing for every input.
     """
     import torch
 
+    from nandoctor.batches import iter_tensors
+    from nandoctor.measure.hooks import ours
+
+    if not batches:
+        return None, None
+    spreads: list[Any] = []
+
+    @ours
+    def record(module: Any, args: Any, output: Any) -> None:
+        if len(spreads) < len(losses) + 1:
+            for _, tensor in iter_tensors(output):
+                if tensor.is_floating_point() and tensor.dim() >= 1 and tensor.shape[0] > 1:
+                    flat = tensor.detach().float().reshape(tensor.shape[0], -1)
+                    scale = flat.pow(2).mean().sqrt() + 1e-12
+                    spreads.append(flat.std(dim=0).mean() / scale)
+                    return
+
+    # the modes the model trains in (batch statistics, as during training: running statistics lag far
+    # behind in a short run), with every buffer put back so that scoring never changes the run;
+    # dropout off: its noise on one small batch would swamp the differences between rates
+    buffers = [b for b in ctx.model.buffers() if b is not None]
+    saved = [b.detach().clone() for b in buffers]
+    dropouts = [m for m in ctx.model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training]
+    losses: list[Any] = []
+    try:
+        for module in dropouts:
+            module.training = False
+        with torch.no_grad(), autocast(ctx), ctx.model.register_forward_hook(record):
+            for batch in batches:
+                losses.append(ctx.loss(batch).total.detach().float().reshape(()))
+    finally:
+        for module in dropouts:
+            module.training = True
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
+    values = torch.stack(losses + spreads).tolist()  # one read-back
+    loss = sum(values[:len(losses)]) / len(losses)
+    spread = sum(values[len(losses):]) / len(spreads) if spreads else None
+    return loss, spread
+
+
+def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float | None,
+          start: dict[str, Any] | None = None) -> TrainRun:
+    """Up to ``checkpoints[-1]`` steps at ``lr`` from the current weights; the caller restores them.
+
+    The held-out batches are scored after each checkpoint. ``start`` is the held-out score of
+    these weights (:func:`evaluate`), when the caller already has it.
+    """
+    import torch
+
+    steps = checkpoints[-1]
     run = TrainRun(lr=lr, clip=clip, steps=steps)
-    train_batches, heldout = split_batches(ctx.batches)
-    model = ctx.model
-    run.initial_loss, run.heldout_initial = start if start is not None else starting_losses(ctx)
-    model.train()
+    if start is None:
+        start = dict(zip(("loss", "spread"), evaluate(ctx, stream.heldout)))
+    run.heldout_initial, run.spread_initial = start["loss"], start["spread"]
+    run.heldout_batches = len(stream.heldout)
     optimizer = make_optimizer(ctx, lr)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    scaler = torch.amp.GradScaler(ctx.setup.device.type) if ctx.setup.amp == "fp16" and ctx.setup.device.type == "cuda" else None
+    use_scaler = ctx.setup.amp == "fp16" and ctx.setup.device.type == "cuda"
+    scaler = torch.amp.GradScaler(ctx.setup.device.type) if use_scaler else None
+    skipped_in_a_row = 0
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(ctx):
-            loss = ctx.loss(train_batches[step % len(train_batches)]).total
+        with autocast(ctx):
+            loss = ctx.loss(stream.train(step)).total
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
             scaler.unscale_(optimizer)
@@ -111,6 +197,17 @@ def train(ctx: Any, lr: float, steps: int, clip: float | None,
         loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()  # one sync a step
         run.losses.append(loss_value)
         run.grad_norms.append(norm_value)
+        if run.initial_loss is None:
+            run.initial_loss = loss_value
+        if scaler and math.isfinite(loss_value) and not math.isfinite(norm_value):
+            # the scale is still calibrating: GradScaler skips this step and lowers the scale
+            run.skipped_steps += 1
+            skipped_in_a_row += 1
+            scaler.step(optimizer)
+            scaler.update()
+            if skipped_in_a_row <= ctx.settings.amp_skip_limit:
+                continue
+        skipped_in_a_row = 0
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             run.nonfinite_step = step
             break
@@ -119,36 +216,55 @@ def train(ctx: Any, lr: float, steps: int, clip: float | None,
             scaler.update()
         else:
             optimizer.step()
-        if _blew_up(run, ctx.settings):
+        if blew_up(run, ctx.settings):
+            run.blowup_step = step
+            run.cut = f"stopped at step {step + 1}: the loss rose far above its start"
             break
-    if run.nonfinite_step is None:
-        run.final_loss, run.heldout_final = mean_loss(ctx, train_batches), mean_loss(ctx, heldout)
+        if step + 1 in checkpoints and stream.heldout:
+            run.heldout[step + 1], run.spread[step + 1] = evaluate(ctx, stream.heldout)
+    run.unseen_steps = min(stream.distinct, len(run.losses))
     classify(run, ctx.settings)
     return run
 
 
-def _blew_up(run: TrainRun, limits: Any) -> bool:
+def blew_up(run: TrainRun, limits: Any) -> bool:
     """Stop a diverging rate early: the loss is far above where it started."""
-    start = run.initial_loss
+    start = starting_level(run)
     return (start is not None and math.isfinite(start)
             and run.losses[-1] > start + limits.blowup_rise * max(abs(start), 1e-3))
 
 
+def starting_level(run: TrainRun) -> float | None:
+    """The higher of the first batch's loss and the held-out loss before any step: one small batch's
+    loss alone is too noisy a yardstick for "far above the start"."""
+    known = [v for v in (run.initial_loss, run.heldout_initial) if v is not None and math.isfinite(v)]
+    return max(known) if known else run.initial_loss
+
+
 def classify(run: TrainRun, limits: Any) -> str:
-    """diverged / unstable / learns / flat, by the cut-offs in ``limits`` (the dynamics settings)."""
-    start, end = run.initial_loss, run.final_loss
-    if run.nonfinite_step is not None or end is None or not math.isfinite(end) or start is None:
+    """diverged / unstable / collapsed / learns / flat, by the cut-offs in ``limits`` (dynamics settings)."""
+    start = run.start_score  # the drop compares like with like: held-out batches before and after
+    end = run.score if run.score is None or not math.isfinite(run.score) or run.heldout_initial is None \
+        else run.heldout.get(run.reached)
+    if run.nonfinite_step is not None or run.blowup_step is not None or end is None or not math.isfinite(end) \
+            or start is None or not math.isfinite(start):
         run.verdict = DIVERGED
         return run.verdict
     scale = max(abs(start), 1e-8)
     run.drop = (start - end) / scale
-    spiked = any(l > start + limits.spike_rise * scale for l in run.losses)
+    first = starting_level(run) if starting_level(run) is not None else start
+    spiked = any(l > first + limits.spike_rise * max(abs(first), 1e-8) for l in run.losses)
     norms = [g for g in run.grad_norms if math.isfinite(g)]
     grew = len(norms) > 2 and norms[0] > 0 and max(norms[2:]) > limits.grad_growth * norms[0]
-    if end > start + limits.diverged_rise * scale or _blew_up(run, limits):
+    spread = run.spread.get(run.reached)
+    collapsed = (spread is not None and run.spread_initial is not None
+                 and spread < limits.collapse_spread * max(run.spread_initial, 1e-12))
+    if end > start + limits.diverged_rise * scale:
         run.verdict = DIVERGED
     elif spiked or grew:
         run.verdict = UNSTABLE
+    elif collapsed:
+        run.verdict = COLLAPSED
     elif run.drop >= limits.learns_drop:
         run.verdict = LEARNS
     else:

@@ -1,0 +1,244 @@
+"""The Python API: ``diagnose``, ``lr_sweep`` and ``feature_stats`` for notebooks and scripts.
+
+The CLI is a thin layer over these functions (their results: nandoctor.results). A call leaves
+the caller's process as it found it: the torch, Python and NumPy random streams, torch's global
+flags, the model's weights, modes and hooks, and ``sys.modules`` (a build file and its sibling modules are imported for the
+call only, so two specs with a sibling ``model.py`` each never see each other's).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Union
+
+from nandoctor.errors import UsageError
+from nandoctor.results import FeatureStats, Report, SweepReport, finding_from_dict
+
+__all__ = ["diagnose", "lr_sweep", "feature_stats", "load", "Report", "SweepReport", "FeatureStats",
+           "finding_from_dict", "caller_state_kept"]
+
+#: What ``diagnose`` and ``lr_sweep`` accept: a SPEC string (``"model.py:build"``), the mapping
+#: (or object) a build function returns, or the build function itself.
+SpecLike = Union[str, Mapping[str, Any], Callable[..., Any], Any]
+#: ``True`` prints progress on stderr, ``False`` is silent, a callable receives each line.
+Progress = Union[bool, Callable[[str], None]]
+Overrides = Union[Mapping[str, Any], Sequence[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def progress_printer(progress: Progress) -> Callable[[str], None]:
+    if callable(progress):
+        return progress
+    return _stderr if progress else (lambda message: None)
+
+
+# ----------------------------------------------------------------- leaving the caller as found
+
+
+def _user_folders(spec: SpecLike) -> list[Path]:
+    """Folders whose modules a call may import for the user (and must forget afterwards)."""
+    if isinstance(spec, str):
+        from nandoctor.spec import _is_file_target, split_spec
+
+        target, _ = split_spec(spec)
+        return [Path(target).resolve().parent] if _is_file_target(target) else [Path.cwd()]
+    return [Path.cwd()] if callable(spec) and not isinstance(spec, Mapping) else []
+
+
+def _is_users_module(name: str, module: Any, folders: list[Path]) -> bool:
+    if name.startswith("nandoctor_user_"):
+        return True
+    file = getattr(module, "__file__", None)
+    # torch.ops and friends carry a bare "_ops.py": only a real file's place counts
+    if not isinstance(file, str) or not folders or not os.path.isabs(file) or not os.path.isfile(file):
+        return False
+    path = Path(file).resolve()
+    ours = Path(__file__).resolve().parent
+    if ours in path.parents or any(p in ("site-packages", "dist-packages") for p in path.parts):
+        return False
+    return any(folder in path.parents for folder in folders)
+
+
+@contextmanager
+def imported_for_the_call(folders: list[Path]) -> Iterator[None]:
+    """Forget the user's modules imported during the call (libraries they pulled in stay)."""
+    before = set(sys.modules)
+    try:
+        yield
+    finally:
+        for name in sorted(set(sys.modules) - before, reverse=True):
+            if _is_users_module(name, sys.modules.get(name), folders):
+                module = sys.modules.pop(name)
+                parent_name, _, child = name.rpartition(".")
+                parent = sys.modules.get(parent_name) if parent_name else None
+                if parent is not None and getattr(parent, child, None) is module:
+                    delattr(parent, child)
+
+
+@contextmanager
+def caller_state_kept(spec: SpecLike) -> Iterator[None]:
+    """RNG streams, torch's global flags and ``sys.modules`` as the caller had them."""
+    from nandoctor.state import preserved_rng, preserved_torch_globals
+
+    with imported_for_the_call(_user_folders(spec)), preserved_torch_globals(), preserved_rng():
+        yield
+
+
+# ------------------------------------------------------------------------------- the setup
+
+
+def _kwargs(overrides: Overrides) -> dict[str, Any]:
+    from nandoctor.spec import parse_overrides
+
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        bad = [k for k in overrides if not (isinstance(k, str) and k.isidentifier())]
+        if bad:
+            raise UsageError(f"overrides must be keyword names, got {bad!r}")
+        return dict(overrides)
+    if isinstance(overrides, str):
+        return parse_overrides([overrides])
+    return parse_overrides(list(overrides))
+
+
+def spec_label(spec: SpecLike) -> str:
+    """How the report names a spec that is not a SPEC string."""
+    if isinstance(spec, str):
+        return spec
+    if callable(spec) and not isinstance(spec, Mapping) and hasattr(spec, "__qualname__"):
+        return f"{getattr(spec, '__module__', '?')}:{spec.__qualname__}"
+    return "<python>"
+
+
+def load(spec: SpecLike, overrides: Overrides = None, seed: int = 0,
+         progress: Callable[[str], None] = _stderr, name: str | None = None) -> Any:
+    """A validated :class:`nandoctor.spec.Setup` from any :data:`SpecLike`.
+
+    A SPEC string or a build function is called with torch seeded to ``seed`` (the same spec
+    builds the same model); a mapping is already built and is taken as it is.
+    """
+    import torch
+
+    from nandoctor.spec import call_build, resolve_function, validate
+
+    label = name or spec_label(spec)
+    kwargs = _kwargs(overrides)
+    if isinstance(spec, str):
+        progress(f"nandoctor: loading {label}")
+        function, user_file = resolve_function(spec)
+    elif isinstance(spec, Mapping) or (hasattr(spec, "model") and hasattr(spec, "data")):
+        if kwargs:
+            raise UsageError("overrides are passed to a build function; this spec is already built")
+        return validate(spec, label)
+    elif callable(spec):
+        progress(f"nandoctor: loading {label}")
+        function, user_file = spec, None
+    else:
+        raise UsageError(f"expected a SPEC string, a build function or a mapping with 'model' and "
+                         f"'data', got {type(spec).__name__}")
+    torch.manual_seed(seed)
+    return validate(call_build(function, kwargs, label, user_file), label)
+
+
+def _settings(settings: str | Path | Mapping[str, Any] | None, explicit: dict[str, Any]) -> Any:
+    from nandoctor.settings import load_settings
+
+    if isinstance(settings, Mapping):
+        return load_settings(None, {**dict(settings), **{k: v for k, v in explicit.items() if v is not None}})
+    return load_settings(None if settings is None else str(settings), explicit)
+
+
+def _config(config: str | Path | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if config is None or isinstance(config, Mapping):
+        return None if config is None else dict(config)
+    from nandoctor.config import load_config, plain
+
+    document, _ = load_config(str(config))
+    return plain(document)
+
+
+# ----------------------------------------------------------------------------- the calls
+
+
+def diagnose(spec: SpecLike, *, overrides: Overrides = None, probes: Sequence[str] = (),
+             skip: Sequence[str] = (), quick: bool = False, batches: int | None = None,
+             seed: int | None = None, amp_what_if: str | None = None, steps: int | None = None,
+             settings: str | Path | Mapping[str, Any] | None = None,
+             config: str | Path | Mapping[str, Any] | None = None, budget_s: float | None = None,
+             progress: Progress = True, debug: bool = False, name: str | None = None) -> Report:
+    """Run the probes on a training setup and return the ranked root-cause report.
+
+    ``spec`` is a SPEC string (``"model.py:build"``), the mapping a build function returns
+    (``{"model": ..., "data": ...}``, see docs/reference.md §1) or the build function; ``overrides``
+    are its keyword arguments (a dict, or ``["lr=1e-3"]`` as ``--set`` takes them). ``probes`` /
+    ``skip`` choose probes, ``quick`` skips the training-dynamics sweep and the training steps,
+    ``steps`` is how many steps of the user's own configuration to train (default 40), ``settings`` is a YAML
+    file or a mapping of probe settings, ``config`` the training config (a YAML file or a
+    mapping) whose keys the fixes name, ``budget_s`` a time budget. Raises
+    :class:`nandoctor.UsageError` for bad input.
+    """
+    from nandoctor.runner import build_report, run_probes, select_probes
+
+    say = progress_printer(progress)
+    with caller_state_kept(spec):
+        chosen_settings = _settings(settings, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if,
+                                               "guard_steps": steps})
+        chosen = select_probes(list(probes), list(skip) + (["dynamics", "steps"] if quick else []), progress=say)
+        config_values = _config(config)
+        setup = load(spec, overrides, chosen_settings.seed, say, name)
+        if config_values is not None:
+            setup.config = config_values
+        parts = run_probes(setup, chosen_settings, chosen, progress=say, debug=debug, budget_s=budget_s)
+        return Report.from_dict(build_report(name or spec_label(spec), parts))
+
+
+def _rates(lrs: Sequence[float] | str | None) -> list[float] | None:
+    from nandoctor.sweep.command import parse_rates
+
+    if lrs is None or isinstance(lrs, str):
+        return parse_rates(lrs)
+    return parse_rates(",".join(repr(float(r)) for r in lrs)) if len(lrs) else None
+
+
+def lr_sweep(spec: SpecLike, *, overrides: Overrides = None, lrs: Sequence[float] | str | None = None,
+             steps: int | None = None, batches: int | None = None, seed: int | None = None,
+             progress: Progress = True, name: str | None = None) -> SweepReport:
+    """Train ``steps`` steps (default: the ``sweep_steps`` setting) at each rate (default: two
+    decades each way of the spec's ``lr``, extended where the loss says) from the same start, as
+    the user trains (optimizer, clipping, precision)."""
+    from nandoctor.settings import load_settings
+    from nandoctor.sweep.command import sweep_report
+
+    if steps is not None and steps < 2:
+        raise UsageError("--steps must be at least 2")
+    say = progress_printer(progress)
+    with caller_state_kept(spec):
+        rates = _rates(lrs)
+        settings = load_settings(None, {"batches": batches, "seed": seed})
+        setup = load(spec, overrides, settings.seed, say, name)
+        return SweepReport.from_dict(sweep_report(name or spec_label(spec), setup, settings, rates, steps))
+
+
+def feature_stats(paths: str | Path | Sequence[str | Path], *, columns: Sequence[str] | str | None = None,
+                  limit_rows: int | None = None, progress: Progress = True) -> FeatureStats:
+    """Statistics and flags of every numeric column of parquet/CSV/TSV files (files, folders, globs)."""
+    from nandoctor.featurestats.files import analyse, unusable
+
+    if limit_rows is not None and limit_rows < 1:
+        raise UsageError("--limit-rows must be at least 1")
+    files = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
+    if isinstance(columns, str):
+        columns = [c.strip() for c in columns.split(",") if c.strip()] or None
+    result = analyse(files, list(columns) if columns else None, limit_rows, progress=progress_printer(progress))
+    problem = unusable(result)
+    if problem:
+        raise UsageError(problem)
+    return FeatureStats(rows=result["rows"], columns=result["columns"], _data=result)

@@ -1,0 +1,115 @@
+"""The batches a sweep trains and judges on: fresh ones from ``data``, and held-out ones never trained on.
+
+The last cached batch is held out (when two or more are cached). Training reads the other
+cached batches and then fresh ones from a new iterator over ``data`` (when ``data`` can be
+iterated again: a one-pass generator is never read past the cached batches), so a run does not
+"learn" by memorising three batches. What is read is cached (up to a bound), so every rate
+sees the same sequence; past the end, the sequence repeats.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+from nandoctor.batches import to_device
+
+
+class BatchStream:
+    """``train(step)`` is the batch of that step, the same for every rate; ``heldout`` is never trained on."""
+
+    def __init__(self, ctx: Any, limit: int):
+        cached = list(ctx.batches)
+        self.heldout = cached[-1:] if len(cached) > 1 else []
+        self._train = cached[:-1] if len(cached) > 1 else cached
+        self._device = ctx.setup.device
+        self._limit = max(limit, len(self._train))
+        self._skip = len(cached)
+        self._fresh = None if len(cached) < ctx.settings.batches else ctx.setup.data
+        self.fresh_read = 0
+
+    def _read_more(self, count: int) -> None:
+        """Read ``count`` more batches from a fresh iterator over ``data``; stop quietly when it ends."""
+        if self._fresh is None:
+            return
+        try:
+            if not hasattr(self, "_iterator"):
+                iterator = iter(self._fresh)
+                if iterator is self._fresh:  # a one-pass iterator: reading on would consume the user's data
+                    self._fresh = None
+                    return
+                # a re-iterable (list, DataLoader) starts again from the top: skip what is cached already
+                self._iterator = itertools.islice(iterator, self._skip, None)
+            batches = list(itertools.islice(self._iterator, count))
+        except Exception:  # a loader that cannot be read again: train on the cached batches
+            batches = []
+        self._train += [to_device(b, self._device) for b in batches]
+        self.fresh_read += len(batches)
+        if len(batches) < count:
+            self._fresh = None
+
+    def train(self, step: int) -> Any:
+        if step >= len(self._train) and len(self._train) < self._limit:
+            self._read_more(min(max(step + 1 - len(self._train), 8), self._limit - len(self._train)))
+        return self._train[step % len(self._train)]
+
+    @property
+    def distinct(self) -> int:
+        return len(self._train)
+
+
+def permute_targets(batch: Any, paths: set[str], generator: Any, path: str = "") -> Any:
+    """The batch with each tensor at one of ``paths`` permuted across samples (dimension 0)."""
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        if (path or "batch") in paths and batch.dim() >= 1 and batch.shape[0] > 1:
+            order = torch.randperm(batch.shape[0], generator=generator).to(batch.device)
+            return batch[order]
+        return batch
+    if isinstance(batch, Mapping):
+        mapped = {k: permute_targets(v, paths, generator, f"{path}.{k}" if path else str(k)) for k, v in batch.items()}
+        try:
+            return type(batch)(mapped)
+        except TypeError:
+            return mapped
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(permute_targets(v, paths, generator, f"{path}.{i}" if path else str(i))
+                             for i, v in enumerate(batch)))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(permute_targets(v, paths, generator, f"{path}.{i}" if path else str(i))
+                           for i, v in enumerate(batch))
+    return batch
+
+
+def target_paths(batch: Any, consumed: list[str]) -> set[str]:
+    """Integer and float tensors of a batch that no module of the forward read: what the loss compares against."""
+    import torch
+
+    from nandoctor.batches import iter_tensors
+
+    return {p for p, t in iter_tensors(batch)
+            if p not in consumed and t.dim() >= 1 and t.shape[0] > 1 and t.dtype != torch.bool}
+
+
+class PermutedStream:
+    """The same stream with targets permuted across samples: the control run (labels carry no signal)."""
+
+    def __init__(self, stream: BatchStream, paths: set[str], seed: int):
+        import torch
+
+        self.stream, self.paths, self.heldout = stream, paths, stream.heldout
+        self._generator = torch.Generator().manual_seed(seed)
+        self._cache: dict[int, Any] = {}
+
+    def train(self, step: int) -> Any:
+        batch = self.stream.train(step)
+        index = step % self.stream.distinct
+        if index not in self._cache:  # the same shuffled batch each time it comes round
+            self._cache[index] = permute_targets(batch, self.paths, self._generator)
+        return self._cache[index]
+
+    @property
+    def distinct(self) -> int:
+        return self.stream.distinct
