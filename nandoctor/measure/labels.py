@@ -25,6 +25,14 @@ class LabelRangeError(UserFacing):
         self.details = details
 
 
+def may_hold_labels(batch_tensors: dict[int, tuple[str, Any]]) -> bool:
+    """Class labels come in as integer tensors: without one, the check costs nothing."""
+    import torch
+
+    return any(not t.is_floating_point() and t.dtype not in (torch.bool, torch.complex64, torch.complex128)
+               for _, t in batch_tensors.values())
+
+
 def class_count(logits: Any) -> int | None:
     """Classes of a cross-entropy input: dim 1 of (N, C, ...), dim 0 of an unbatched (C,)."""
     if logits.dim() == 0:

@@ -19,7 +19,7 @@ from nandoctor.errors import InternalError, UsageError, describe, first_line
 from nandoctor.findings import is_finite
 from nandoctor.measure.activity import Activity, ActivityRecorder
 from nandoctor.measure.hooks import UserFacing, module_names, ours
-from nandoctor.measure.labels import LabelRangeError, label_range_mode
+from nandoctor.measure.labels import LabelRangeError, label_range_mode, may_hold_labels
 
 
 @dataclass
@@ -270,7 +270,8 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
     recorder.batch_paths = {id(t): (path, t) for path, t in iter_tensors(batch)}
     with recorder.handles:
         recorder.install(model)
-        recorder.handles.enter_context(label_range_mode(recorder.batch_paths))
+        if may_hold_labels(recorder.batch_paths):
+            recorder.handles.enter_context(label_range_mode(recorder.batch_paths))
         try:
             loss = ctx.loss(batch)
         except (UsageError, InternalError):
