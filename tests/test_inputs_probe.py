@@ -39,7 +39,7 @@ def test_embedding_checked_before_forward_names_tensor_and_module(diagnose):
     found = [f for f in report["findings"] if f["code"] == "index_out_of_range"]
     assert len(found) == 1  # input probe and trace agree: reported once
     where = {k: v for k, v in found[0]["where"].items() if v is not None}
-    assert where == {"module": "embeddings.sensor", "feature": "0"}
+    assert where == {"module": "embeddings.sensor", "feature": "0", "batch": 0}
 
 
 def test_labels_beyond_a_small_embedding_are_not_ids(diagnose):

@@ -143,8 +143,6 @@ def test_lazy_modules_are_initialized_not_a_crash(diagnose, capsys):
     assert model[0].weight.shape == (16, 7)
 
 
-@pytest.mark.xfail(strict=True, reason="needs probes/inputs.py _gather to read sparse tensors through "
-                                       "nandoctor.batches.dense (one line, the detectors area)")
 def test_sparse_inputs_are_measured(diagnose):
     class BagOfWords(nn.Module):
         def __init__(self):

@@ -22,7 +22,7 @@ CONTRACT_CODES = [
     "nonfinite_input", "unnormalized_input", "index_out_of_range", "nonfinite_init", "forward_nonfinite",
     "backward_nonfinite", "activation_explosion", "exploding_gradients", "vanishing_gradients", "saturation",
     "dead_units", "lr_too_high", "lr_too_low", "loss_component_nonfinite", "loss_component_explosion",
-    "amp_overflow", "grad_clip_too_aggressive", "loss_plateau", "device_mismatch",
+    "amp_overflow", "grad_clip_too_aggressive", "loss_plateau", "device_mismatch", "label_out_of_range",
 ]
 
 

@@ -18,9 +18,11 @@ from typing import Any
 from nandoctor.batches import iter_tensors
 from nandoctor.errors import InternalError, UsageError, describe, first_line
 from nandoctor.findings import is_finite
+from nandoctor.measure.activity import Activity, ActivityRecorder
 from nandoctor.measure.hooks import UserFacing, module_names, ours
 from nandoctor.measure.ops import installed_package_of, user_source_of
 from nandoctor.measure.stats import count_nonfinite, float_tensors, range_stats, rng_state
+from nandoctor.measure.labels import LabelRangeError, label_range_mode, may_hold_labels
 
 
 @dataclass
@@ -64,6 +66,7 @@ class ForwardCrash:
     source: str | None = None  # the user's line that called into the code that raised
     package: str | None = None  # the installed package it raised inside, if any
     stopped_by_check: bool = False  # our check stopped it before the op ran (re-running would really crash)
+    labels: dict[str, Any] | None = None  # class targets outside the loss's range (measure/labels.py)
 
 
 @dataclass
@@ -81,6 +84,7 @@ class BatchTrace:
     culprit_counts: dict[str, int] | None = None
     consumed_paths: list[str] = field(default_factory=list)  # batch tensors that reached a child module
     root_width: int | None = None  # last dimension of the root module's first float output (classes)
+    activity: Activity | None = None  # outputs at a bound, fired ReLU units (measure/activity.py)
 
     @property
     def forward_finite(self) -> bool:
@@ -105,7 +109,7 @@ class EmbeddingIndexError(UserFacing):
 class _Recorder:
     """The hooks of one traced pass; they only queue device tensors, never synchronise."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, tail_derivative: float = 0.01):
         import torch
 
         self.torch = torch
@@ -122,6 +126,8 @@ class _Recorder:
         self.grad_events: list[tuple[int, Any]] = []
         self.root_width: int | None = None
         self.consumed: set[int] = set()  # ids of tensors some child module received as input
+        self.batch_paths: dict[int, tuple[str, Any]] = {}  # id(batch tensor) -> (path, tensor)
+        self.activity = ActivityRecorder(tail_derivative)
         self.handles = ExitStack()
 
     def install(self, model: Any) -> "_Recorder":
@@ -163,6 +169,8 @@ class _Recorder:
         self.numel.append(sum(t.numel() for t in outputs))
         if not self.stack and outputs and outputs[0].dim():
             self.root_width = int(outputs[0].shape[-1])
+        if outputs:
+            self.activity.record(name, module, outputs[0], stats)
         for tensor in outputs:
             if tensor.requires_grad:
                 self.handles.enter_context(tensor.register_hook(ours(self._grad_hook(index))))
@@ -184,7 +192,7 @@ class _Recorder:
             bad = int(((ids < 0) | (ids >= size)).sum())
             raise EmbeddingIndexError({"num_embeddings": size, "min_id": low, "max_id": high,
                                        "out_of_range": bad, "total": int(ids.numel()),
-                                       "module": name})
+                                       "module": name, "tensor": self.batch_paths.get(id(ids), (None,))[0]})
 
 
 _OWN_CODE = str(Path(__file__).parent)
@@ -211,13 +219,14 @@ def _crash(recorder: _Recorder, exc: BaseException, module_kinds: dict[str, str]
     module = recorder.stack[-1][0] if recorder.stack else None
     if isinstance(exc, EmbeddingIndexError):  # raised by our pre-hook, before the embedding ran
         module = exc.details["module"]
+    labels = exc.details if isinstance(exc, LabelRangeError) else None  # raised before the loss ran
     message = first_line(exc)
     embedding = exc.details if isinstance(exc, EmbeddingIndexError) else None
     return ForwardCrash(module=module, kind=module_kinds.get(module) if module is not None else None,
                         exc_type="IndexError" if embedding else type(exc).__name__, message=message[:500],
                         location=_user_location(exc), executed=[c.name for c in recorder.calls[-5:]],
-                        embedding=embedding, source=user_source_of(exc), package=installed_package_of(exc),
-                        stopped_by_check=isinstance(exc, UserFacing))
+                        embedding=embedding, labels=labels, source=user_source_of(exc),
+                        package=installed_package_of(exc), stopped_by_check=isinstance(exc, UserFacing))
 
 
 
@@ -244,9 +253,12 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
     for param in model.parameters():
         param.grad = None
     rng = rng_state(batch)
-    recorder = _Recorder(model)
+    recorder = _Recorder(model, ctx.settings.saturation_derivative)
+    recorder.batch_paths = {id(t): (path, t) for path, t in iter_tensors(batch)}
     with recorder.handles:
         recorder.install(model)
+        if may_hold_labels(recorder.batch_paths):
+            recorder.handles.enter_context(label_range_mode(recorder.batch_paths))
         try:
             loss = ctx.loss(batch)
         except (UsageError, InternalError):
@@ -286,6 +298,7 @@ def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -
     parts += [(s if s is not None else nan3).to(device) for s in recorder.out_stats]
     parts += [(s if s is not None else nan3).to(device) for s in recorder.in_stats]
     parts += [flag.float().reshape(1).to(device) for _, flag in recorder.grad_events]
+    parts += [row.to(device) for row in recorder.activity.queued]
     if grads:
         norms = torch._foreach_norm(grads) if hasattr(torch, "_foreach_norm") else [g.norm() for g in grads]
         parts += [n.float().reshape(1).to(device) for n in norms]
@@ -302,6 +315,7 @@ def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -
     for index, _ in recorder.grad_events:
         if values.pop(0) < 0.5 and result.first_nonfinite_grad_call is None:
             result.first_nonfinite_grad_call = index
+    result.activity = recorder.activity.fill(values)
     result.grad_norms = dict(zip(names, values))
     result.grad_numel = dict(zip(names, numel))
     result.no_grad_params = missing

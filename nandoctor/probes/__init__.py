@@ -13,12 +13,13 @@ from nandoctor.probes.dynamics import DynamicsProbe
 from nandoctor.probes.forward import ForwardProbe
 from nandoctor.probes.gradients import GradientsProbe
 from nandoctor.probes.inputs import InputsProbe
+from nandoctor.probes.labels import LabelsProbe
 from nandoctor.probes.parameters import ParametersProbe
 from nandoctor.probes.saturation import SaturationProbe
 from nandoctor.probes.steps import StepsProbe
 
 PROBES: list[type[Probe]] = [
-    InputsProbe, ParametersProbe, ForwardProbe, AmpProbe, BackwardProbe, ComponentsProbe,
+    InputsProbe, ParametersProbe, LabelsProbe, ForwardProbe, AmpProbe, BackwardProbe, ComponentsProbe,
     ActivationsProbe, SaturationProbe, DeadUnitsProbe, GradientsProbe, DynamicsProbe,
     StepsProbe,
 ]

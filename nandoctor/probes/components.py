@@ -69,6 +69,8 @@ class ComponentsProbe(Probe):
 
     settings = (
         Setting("component_dominance", 100.0, "loss_component_explosion: a component's gradient this many times the next one's"),
+        Setting("component_share", 0.9,
+                "... or a component weighted below another that carries at least this share of the summed gradient norms"),
     )
 
     def run(self, ctx: Any) -> ProbeResult:
@@ -140,23 +142,28 @@ class ComponentsProbe(Probe):
         if len(ranked) < 2:
             return []
         (name, top), (second_name, second) = ranked[0], ranked[1]
-        if second["grad_norm"] <= 0 or top["grad_norm"] / second["grad_norm"] < dominance:
+        if second["grad_norm"] <= 0:
             return []  # a component with no gradient at all (a constant term) dwarfs nothing
         # a main loss that dwarfs a lightly weighted regularizer is how regularizers are meant to be;
-        # the harm is a term weighted as secondary (or with an absurd gradient) drowning the rest
+        # the harm is a term weighted as secondary carrying most of the gradient, or an absurd gradient
         meant_secondary = top["weight"] < max(r["weight"] for r in table.values())
-        if not meant_secondary and top["grad_norm"] < ctx.settings.grad_norm_warning:
+        dominant = top["grad_norm"] / second["grad_norm"] >= dominance
+        if meant_secondary:
+            if not (dominant or (top["share"] or 0.0) >= ctx.settings.component_share):
+                return []
+        elif not dominant or top["grad_norm"] < ctx.settings.grad_norm_warning:
             return []
         ratio = top["grad_norm"] / second["grad_norm"]
         suggested = float(f"{top['weight'] * second['grad_norm'] / top['grad_norm']:.1g}")
         config, note = fix_config(ctx.setup, f"loss_weights.{name}", suggested)
         return [Finding(
             "loss_component_explosion", Severity.CRITICAL if ratio >= dominance ** 2 else Severity.WARNING,
-            f"loss component {name!r}'s gradient is {ratio:,.3g}x that of {second_name!r}: it drowns the rest",
+            f"loss component {name!r}'s gradient is {ratio:,.3g}x that of {second_name!r} "
+            f"({top['share']:.0%} of the gradient): it drowns the rest",
             Where(component=name),
             {"component": name, "grad_norm": top["grad_norm"], "weight": top["weight"], "ratio": ratio,
              "next_component": second_name, "next_grad_norm": second["grad_norm"],
-             "weighted_below_another": meant_secondary,
+             "weighted_below_another": meant_secondary, "share": top["share"],
              "table": {n: {"value": r["value"], "weight": r["weight"], "grad_norm": r["grad_norm"],
                            "share": r["share"]} for n, r in table.items()}},
             Fix(config, f"Set the weight of {name!r} to about {suggested:g} (from {top['weight']:g}) so its "

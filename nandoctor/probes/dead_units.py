@@ -1,19 +1,19 @@
-"""Dead units: ReLU-family units that are zero for every sample of the cached batches."""
+"""Dead units: ReLU-family units that are zero for every sample of the cached batches.
+
+The shared traced pass records which units fired (measure/activity.py); this probe only
+combines the batches and reads the counts back once.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.measure.hooks import hooked_forward
+from nandoctor.measure.activity import RELU_FAMILY
+from nandoctor.measure.trace import traced
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
 from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult
 
-RELU_FAMILY = ("ReLU", "ReLU6", "Threshold", "Hardshrink")
-
-
-def _unit_dim(y: Any) -> int:
-    """Channels of an image-like map (N, C, H, W) sit in dim 1; features elsewhere in the last."""
-    return 1 if y.dim() == 4 else y.dim() - 1
+__all__ = ["DeadUnitsProbe", "RELU_FAMILY"]
 
 
 class DeadUnitsProbe(Probe):
@@ -44,17 +44,13 @@ class DeadUnitsProbe(Probe):
 
         alive: dict[str, Any] = {}
         samples: dict[str, int] = {}
-
-        def hook(name: str, module: Any, output: Any) -> None:
-            if not isinstance(output, torch.Tensor) or output.dim() < 2:
-                return
-            dim = _unit_dim(output)
-            # units to the last dimension; a unit fired if any sample is > 0
-            fired = (output.detach() > 0).movedim(dim, -1).reshape(-1, output.shape[dim]).any(0)
-            alive[name] = fired if name not in alive or alive[name].shape != fired.shape else alive[name] | fired
-            samples[name] = samples.get(name, 0) + output.shape[0]
-
-        hooked_forward(ctx, hook, select=lambda module: type(module).__name__ in RELU_FAMILY)
+        for trace in traced(ctx):
+            if trace.activity is None:
+                continue
+            for name, fired in trace.activity.fired.items():
+                known = alive.get(name)
+                alive[name] = fired if known is None or known.shape != fired.shape else known | fired
+                samples[name] = samples.get(name, 0) + trace.activity.samples[name]
         if not alive:
             return ProbeResult([], {"skipped": "no ReLU-family modules"})
         order = list(alive)

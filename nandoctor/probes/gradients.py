@@ -1,11 +1,17 @@
-"""Gradient norms per parameter at the user's settings: exploding or vanishing."""
+"""Gradient norms per parameter at the user's settings: exploding or vanishing.
+
+Vanishing is judged two ways: most parameters get no gradient at all (detached, unused), or
+the gradient fades along depth: layers in forward order, each one's gradient RMS compared with
+the largest RMS of the layers after it (closer to the loss). A layer whose RMS is many orders
+below that is starved; the finding names the starved layer closest to the output.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
-from nandoctor.probes.base import Fact, Setting, Probe, ProbeResult
+from nandoctor.probes.base import Fact, Fold, Setting, Probe, ProbeResult
 from nandoctor.probes.parameters import owner
 from nandoctor.measure.trace import traced
 
@@ -28,11 +34,20 @@ class GradientsProbe(Probe):
                 "Use ReLU-family activations, residual connections, normalization, a proper init."),
     )
 
+    folds = (
+        # no gradient reaches the early layers: no learning rate moves the loss
+        Fold("vanishing_gradients", "loss_plateau"),
+        Fold("vanishing_gradients", "lr_too_low"),
+    )
+
     settings = (
         Setting("grad_norm_warning", 1e3, "exploding_gradients: global gradient norm for a warning"),
         Setting("grad_norm_critical", 1e5, "... and for a critical finding"),
         Setting("grad_rms_vanishing", 1e-10, "vanishing_gradients: gradient RMS below this counts as no gradient"),
         Setting("vanishing_share", 0.9, "... for at least this share of the parameters (by element count)"),
+        Setting("vanishing_depth_ratio", 1e-6,
+                "... or a layer's gradient RMS below this fraction of the largest RMS of the layers after it"),
+        Setting("vanishing_depth_critical", 1e-10, "... critical when the first layer's RMS is below this fraction"),
         Setting("top_gradients", 10, "rows in the gradient-norm table"),
     )
 
@@ -56,7 +71,8 @@ class GradientsProbe(Probe):
                                                "(.detach(), .item(), torch.no_grad, requires_grad=False).")))
         elif norms:
             findings += self._exploding(ctx, norms, global_norm, top)
-            findings += self._vanishing(ctx, norms, numel, global_norm)
+            findings += (self._vanishing(ctx, norms, numel, global_norm)
+                         or self._fading(ctx, layer_rms(traces[0], norms, numel)))
         return ProbeResult(findings, raw)
 
     @staticmethod
@@ -80,6 +96,38 @@ class GradientsProbe(Probe):
                        "normalization layers or a bad init (see findings above); clip only as a guard."))]
 
     @staticmethod
+    def _fading(ctx: Any, layers: list[tuple[str, float]]) -> list[Finding]:
+        """The starved layer closest to the output, against the layers after it."""
+        if len(layers) < 3:
+            return []
+        ratios, best_after = [], 0.0
+        for name, rms in reversed(layers):
+            ratios.append((name, rms, rms / best_after if best_after > 0 else None))
+            best_after = max(best_after, rms)
+        ratios.reverse()
+        # exactly zero is a zero-initialized layer after it (by design, gone after one step), not fading
+        starved = [row for row in ratios if row[1] > 0 and row[2] is not None
+                   and row[2] < ctx.settings.vanishing_depth_ratio]
+        if not starved:
+            return []
+        name, rms, ratio = starved[-1]
+        first_name, first_rms, first_ratio = ratios[0]
+        output_name, output_rms, _ = max(ratios, key=lambda row: row[1])
+        critical = first_ratio is not None and first_ratio < ctx.settings.vanishing_depth_critical
+        return [Finding(
+            "vanishing_gradients", Severity.CRITICAL if critical else Severity.WARNING,
+            f"gradients fade along depth: layer {name!r} gets RMS {rms:.3g}, {ratio:.2g}x the layers after it; "
+            f"the first layer {first_name!r} gets {first_rms:.3g} against {output_rms:.3g} at {output_name!r}",
+            Where(module=name),
+            {"layer": name, "grad_rms": rms, "ratio_to_later_layers": ratio, "first_layer": first_name,
+             "first_layer_rms": first_rms, "first_layer_ratio": first_ratio, "largest_layer": output_name,
+             "largest_rms": output_rms, "starved_layers": [row[0] for row in starved][:20],
+             "layers": {n: r for n, r, _ in ratios[:50]}, "threshold_ratio": ctx.settings.vanishing_depth_ratio},
+            Fix(advice="Gradients shrink at every layer on the way back: use ReLU-family activations instead "
+                       "of sigmoid/tanh in deep stacks, a proper init (Kaiming/Xavier, not a tiny std), "
+                       "residual connections or normalization layers."))]
+
+    @staticmethod
     def _vanishing(ctx: Any, norms: dict[str, float], numel: dict[str, int], global_norm: float) -> list[Finding]:
         settings = ctx.settings
         total = sum(numel.values()) or 1
@@ -101,3 +149,15 @@ class GradientsProbe(Probe):
                        "(sigmoid/tanh, clamps), a zero-initialized "
                        "gate or output layer that blocks the path, or very deep stacks without "
                        "residual connections or normalization."))]
+
+
+def layer_rms(trace: Any, norms: dict[str, float], numel: dict[str, int]) -> list[tuple[str, float]]:
+    """(module, gradient RMS of its own parameters) for modules with parameters, in forward order."""
+    order = list(dict.fromkeys(call.name for call in trace.calls if call.is_leaf))
+    rows = []
+    for module in order:
+        own = [n for n in norms if owner(n) == module]
+        count = sum(numel.get(n, 0) for n in own)
+        if own and count:
+            rows.append((module, (sum(norms[n] ** 2 for n in own) / count) ** 0.5))
+    return rows

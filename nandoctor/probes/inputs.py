@@ -1,24 +1,27 @@
 """The cached batches themselves: NaN/Inf, features far from unit scale, ids beyond a vocabulary.
 
 Float features get the same statistics and flags as ``nandoctor feature-stats`` (one copy of
-each input tensor to the host). Integer tensors are compared with the embeddings' sizes
-before any forward pass.
+each input tensor to the host); image-like batches (N, C, H, W) per channel. A flagged scale is
+judged where the feature is first consumed by a layer with weights (measure/consumers.py): a
+model that standardizes it in its own forward, or feeds it to a normalization layer first, is
+fine; a tensor that reaches no weight at all is a target. Ids are judged by what actually
+reached an embedding in the traced pass (its pre-hook stops the forward before a bad lookup).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import fields
 from typing import Any
 
-from nandoctor.batches import iter_tensors
+from nandoctor.batches import dense, iter_tensors
 from nandoctor.featurestats.columns import ColumnSummary, FlagLimits, StreamingColumn
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
 from nandoctor.probes.base import Probe, ProbeResult, Setting
+from nandoctor.measure.consumers import Consumer, first_consumers
 from nandoctor.measure.trace import traced
 
 MAX_ROWS = 200_000
-_LABEL_NAME = re.compile(r"^(y|label|labels|target|targets)$", re.IGNORECASE)
+NORMALIZATION_LAYERS = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "LocalResponseNorm")
 
 
 def feature_names_for(path: str, width: int, feature_names: Any) -> list[str] | None:
@@ -37,6 +40,19 @@ def feature_names_for(path: str, width: int, feature_names: Any) -> list[str] | 
     return None
 
 
+def columns(tensor: Any, channels_first: bool) -> Any:
+    """Rows x features: channels (dim 1) of an image-like map, else the last dimension."""
+    if tensor.dim() == 0:
+        return tensor.reshape(1, 1)
+    if channels_first and tensor.dim() >= 3:
+        return tensor.movedim(1, -1).reshape(-1, tensor.shape[1])
+    return tensor.reshape(-1, tensor.shape[-1])
+
+
+def _image_like(tensor: Any) -> bool:
+    return tensor.dim() in (4, 5)  # (N, C, H, W) and (N, C, T, H, W)
+
+
 def _gather(batches: list[Any]) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
     """Tensors by path across batches: floats and integers."""
     floats: dict[str, list[Any]] = {}
@@ -47,7 +63,7 @@ def _gather(batches: list[Any]) -> tuple[dict[str, list[Any]], dict[str, list[An
                 continue
             target = floats if tensor.is_floating_point() else ints if tensor.dtype != _bool() else None
             if target is not None:
-                target.setdefault(path, []).append(tensor.detach())
+                target.setdefault(path, []).append(dense(tensor.detach()))
     return floats, ints
 
 
@@ -62,10 +78,12 @@ def feature_summaries(path: str, tensors: list[Any], feature_names: Any,
     """One summary per feature (last dimension) of a float tensor, over all cached batches."""
     import torch
 
-    width = tensors[0].shape[-1] if tensors[0].dim() else 1
-    if any((t.shape[-1] if t.dim() else 1) != width for t in tensors):
+    images = _image_like(tensors[0])
+    tables = [columns(t, images) for t in tensors]
+    width = tables[0].shape[-1]
+    if any(t.shape[-1] != width for t in tables):
         return []
-    rows = torch.cat([t.reshape(-1, width) for t in tensors])[:MAX_ROWS]
+    rows = torch.cat(tables)[:MAX_ROWS]
     matrix = rows.float().cpu().numpy()  # one copy to the host per input tensor
     names = feature_names_for(path, width, feature_names)
     summaries = []
@@ -95,9 +113,21 @@ def flag_limits(settings: Any) -> FlagLimits:
     return FlagLimits(**{f.name: getattr(settings, f"input_{f.name}") for f in fields(FlagLimits)})
 
 
-def _tokens(name: str) -> set[str]:
-    words = {w.rstrip("s") for w in re.split(r"[^a-zA-Z]+", name.lower()) if w}
-    return words - {"id", "idx", "index", "embedding", "embed", "emb", "input", ""}
+def still_flagged(consumer: Consumer, limits: FlagLimits) -> list[int] | None:
+    """Columns of what the first weighted layer sees that are still far from unit scale.
+
+    None when that layer is a normalization layer (it standardizes its input itself).
+    """
+    if any(consumer.kind.startswith(kind) for kind in NORMALIZATION_LAYERS):
+        return None
+    seen = columns(consumer.seen, consumer.kind.startswith("Conv"))[:MAX_ROWS].float().cpu().numpy()
+    flagged = []
+    for index in range(seen.shape[1]):
+        column = StreamingColumn(str(index), "float")
+        column.add(seen[:, index])
+        if {f["flag"] for f in column.summary(limits).flags} & {"not_normalized", "integer_ids"}:
+            flagged.append(index)
+    return flagged
 
 
 class InputsProbe(Probe):
@@ -133,25 +163,45 @@ class InputsProbe(Probe):
         findings, raw = [], {"features": {}, "integer_tensors": {}}
         embedding_findings, raw["integer_tensors"] = self._embedding_ranges(ctx, ints)
         findings += embedding_findings
-        consumed = {p for trace in traced(ctx) for p in trace.consumed_paths}
-        crashed = any(trace.crash for trace in traced(ctx))
+        limits = flag_limits(ctx.settings)
+        summaries = {path: feature_summaries(path, tensors, ctx.setup.feature_names, limits)
+                     for path, tensors in floats.items()}
+        flagged_paths = [p for p, group in summaries.items()
+                         if any({f["flag"] for f in s.flags} & {"not_normalized", "integer_ids"} for s in group)]
+        consumers = first_consumers(ctx, 0, list(summaries)) if flagged_paths else {}
         nonfinite, unnormalized = [], []
-        for path, tensors in floats.items():
-            summaries = feature_summaries(path, tensors, ctx.setup.feature_names, flag_limits(ctx.settings))
-            role = "input" if path in consumed or crashed or not consumed else "target"
-            for summary in summaries:
+        for path, group in summaries.items():
+            role, kept = self._judge(path, group, consumers, limits, raw)
+            for summary in group:
                 raw["features"][summary.name] = dict(summary.to_dict(), role=role)
-                flags = {f["flag"] for f in summary.flags}
-                if "nonfinite" in flags:
+                if "nonfinite" in {f["flag"] for f in summary.flags}:
                     nonfinite.append(summary)
-                if flags & {"not_normalized", "integer_ids"}:
-                    unnormalized.append((path, role, summary))
+            unnormalized += [(path, role, s) for s in kept]
         if nonfinite:
             findings.append(self._nonfinite(nonfinite))
         for path in dict.fromkeys(p for p, _, _ in unnormalized):
             group = [(role, s) for p, role, s in unnormalized if p == path]
-            findings.append(self._unnormalized(path, group))
+            findings.append(self._unnormalized(path, group, consumers.get(path) if consumers else None))
         return ProbeResult(findings, raw)
+
+    @staticmethod
+    def _judge(path: str, group: list[ColumnSummary], consumers: dict | None, limits: FlagLimits,
+               raw: dict) -> tuple[str, list[ColumnSummary]]:
+        """The tensor's role and its features whose scale reaches a weight unnormalized."""
+        flagged = [s for s in group if {f["flag"] for f in s.flags} & {"not_normalized", "integer_ids"}]
+        if not flagged or consumers is None or not any(consumers.values()):
+            return "input", flagged  # the forward raised, or no weight is reached by any tensor: judge raw
+        consumer = consumers.get(path)
+        if consumer is None:
+            return "target", flagged  # reaches no weight, while other batch tensors do
+        columns_left = still_flagged(consumer, limits)
+        raw.setdefault("consumed_by", {})[path] = {"module": consumer.module, "type": consumer.kind,
+                                                   "still_flagged_columns": columns_left}
+        if not columns_left:
+            return "input", []  # standardized in the model's own forward, or by a normalization layer
+        if consumer.seen.shape[-1] == len(group) and not consumer.kind.startswith("Conv"):
+            return "input", [s for i, s in enumerate(group) if i in columns_left and s in flagged]
+        return "input", flagged
 
     @staticmethod
     def _nonfinite(summaries: list[ColumnSummary]) -> Finding:
@@ -167,7 +217,7 @@ class InputsProbe(Probe):
                        "(and any other listed feature); assert torch.isfinite on batches while loading."))
 
     @staticmethod
-    def _unnormalized(path: str, group: list[tuple[str, ColumnSummary]]) -> Finding:
+    def _unnormalized(path: str, group: list[tuple[str, ColumnSummary]], consumer: Consumer | None) -> Finding:
         def scale(s: ColumnSummary) -> float:
             return max(abs(s.p1), abs(s.p99), s.std or 0.0)
 
@@ -194,35 +244,40 @@ class InputsProbe(Probe):
             Where(feature=worst.name),
             {"feature": worst.name, "tensor": path, "role": role, "mean": worst.mean, "std": worst.std,
              "min": worst.min, "max": worst.max, "p1": worst.p1, "p99": worst.p99,
-             "reason": "; ".join(f["reason"] for f in worst.flags), "features": features},
+             "reason": "; ".join(f["reason"] for f in worst.flags), "features": features,
+             "first_consumed_by": consumer.module if consumer else None},
             Fix(advice=advice))
 
     @staticmethod
     def _embedding_ranges(ctx: Any, ints: dict[str, list[Any]]) -> tuple[list[Finding], dict]:
-        """Ids beyond an embedding's rows, found before any forward pass (a CUDA assert kills the run)."""
+        """Ids beyond the rows of an embedding they actually reached (the traced pass's pre-hook).
+
+        An integer tensor is never taken for an embedding's ids by its name or by a guess:
+        class labels beside a small embedding are not its ids.
+        """
         import torch
 
-        if not ints:
-            return [], {}
-        bounds = torch.stack([torch.stack([t.min() for t in ts]).min().cpu() for ts in ints.values()]
-                             + [torch.stack([t.max() for t in ts]).max().cpu() for ts in ints.values()]).tolist()
-        ranges = {path: (bounds[i], bounds[len(ints) + i]) for i, path in enumerate(ints)}
-        embeddings = [(n, m) for n, m in ctx.model.named_modules()
-                      if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))]
+        ranges = {}
+        if ints:
+            bounds = torch.stack([torch.stack([t.min() for t in ts]).min().cpu() for ts in ints.values()]
+                                 + [torch.stack([t.max() for t in ts]).max().cpu() for ts in ints.values()]).tolist()
+            ranges = {path: (bounds[i], bounds[len(ints) + i]) for i, path in enumerate(ints)}
         findings = []
-        for path, (low, high) in ranges.items():
-            for name, module in embeddings:
-                matched = bool(_tokens(path) & _tokens(name)) or (
-                    len(embeddings) == 1 and not _LABEL_NAME.match(path.rsplit(".", 1)[-1]))
-                size = module.num_embeddings
-                if matched and (low < 0 or high >= size):
-                    bad = sum(int(((t < 0) | (t >= size)).sum()) for t in ints[path])
-                    findings.append(Finding(
-                        "index_out_of_range", Severity.CRITICAL,
-                        f"ids {low}..{high} in {path!r} reach embedding {name!r} with num_embeddings={size}",
-                        Where(module=name, feature=path),
-                        {"num_embeddings": size, "min_id": low, "max_id": high, "out_of_range": bad,
-                         "total": sum(t.numel() for t in ints[path]), "tensor": path},
-                        Fix(advice=f"Make num_embeddings at least {high + 1} (the largest id + 1) or remap the "
-                                   "ids into the vocabulary; on CUDA this is a device-side assert.")))
+        for trace in traced(ctx):
+            details = trace.crash.embedding if trace.crash is not None else None
+            if not details:
+                continue
+            path, size, name = details.get("tensor"), details["num_embeddings"], details["module"]
+            low, high = ranges.get(path, (details["min_id"], details["max_id"]))
+            tensors = ints.get(path, [])
+            bad = sum(int(((t < 0) | (t >= size)).sum()) for t in tensors) or details["out_of_range"]
+            where = f"{path!r}" if path is not None else "ids computed in the forward"
+            findings.append(Finding(
+                "index_out_of_range", Severity.CRITICAL,
+                f"ids {low}..{high} in {where} reach embedding {name!r} with num_embeddings={size}",
+                Where(module=name, feature=path, batch=trace.batch_index),
+                {"num_embeddings": size, "min_id": low, "max_id": high, "out_of_range": bad,
+                 "total": sum(t.numel() for t in tensors) or details["total"], "tensor": path},
+                Fix(advice=f"Make num_embeddings at least {high + 1} (the largest id + 1) or remap the "
+                           "ids into the vocabulary; on CUDA this is a device-side assert.")))
         return findings, {p: {"min": lo, "max": hi} for p, (lo, hi) in ranges.items()}

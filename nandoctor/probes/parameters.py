@@ -1,11 +1,17 @@
-"""Parameters and buffers before any step: non-finite values, tensors on different devices."""
+"""Parameters and buffers before any step: non-finite values, tensors on different devices.
+
+NaN is never fine. An infinite buffer whose values are only 0 and -inf is an additive attention
+mask (``nn.Transformer.generate_square_subsequent_mask``): it is fine as long as the traced
+forward stays finite.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
 
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where, is_finite
+from nandoctor.measure.trace import traced
 from nandoctor.probes.base import Fold, Probe, ProbeResult, owns_tensor
 
 
@@ -17,6 +23,21 @@ def owner(qualified_name: str) -> str:
 def _named_tensors(model: Any) -> list[tuple[str, str, Any]]:
     return ([("parameter", n, p) for n, p in model.named_parameters()]
             + [("buffer", n, b) for n, b in model.named_buffers() if b is not None])
+
+
+def _additive_mask(tensor: Any) -> bool:
+    """Only 0 and -inf: a mask added to attention scores (NaN is never a mask)."""
+    import torch
+
+    values = tensor.detach()
+    return bool(((values == 0) | torch.isneginf(values)).all())
+
+
+def _forward_stays_finite(ctx: Any) -> bool:
+    """Every module output of the traced batches is finite, and every loss that was computed."""
+    traces = traced(ctx)
+    return all(call.output_finite for trace in traces for call in trace.calls) and all(
+        is_finite(trace.loss) for trace in traces if trace.crash is None)
 
 
 class ParametersProbe(Probe):
@@ -54,12 +75,17 @@ class ParametersProbe(Probe):
         counts = (torch.stack([(~torch.isfinite(t.detach())).sum().to(checkable[0][2].device)
                                for _, _, t in checkable]).tolist() if checkable else [])
         bad = [(kind, n, t, int(c)) for (kind, n, t), c in zip(checkable, counts) if c]
+        masks = [n for kind, n, t, _ in bad if kind == "buffer" and _additive_mask(t)]
+        if masks and _forward_stays_finite(ctx):
+            bad = [row for row in bad if row[1] not in masks]
+        else:
+            masks = []
         if bad:
             findings.append(self._nonfinite(bad))
         if len(devices) > 1:
             findings.append(self._mismatch(tensors, devices))
         raw = {"tensors": len(tensors), "devices": dict(devices),
-               "nonfinite": {n: c for _, n, _, c in bad},
+               "nonfinite": {n: c for _, n, _, c in bad}, "additive_masks": masks,
                "parameters": sum(t.numel() for kind, _, t in tensors if kind == "parameter")}
         return ProbeResult(findings, raw)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.render.common import (batches_line, evidence_line, not_run, number as format_number, skipped_for_facts,
-                                     tables, where_text)
+from nandoctor.render.common import (batches_line, evidence_line, not_run, number, skipped_for_facts, tables,
+                                     where_text)
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -14,14 +14,14 @@ def render_text(report: dict[str, Any]) -> str:
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
     lines = [f"nandoctor {report['nandoctor_version']}  {report['spec']}",
              f"verdict: {report['verdict'].upper()} ({summary})"]
-    for number, finding in enumerate(findings, 1):
-        lines += ["", f"{number}. [{finding['severity']}] {finding['code']}: {finding['title']}",
+    for rank, finding in enumerate(findings, 1):
+        lines += ["", f"{rank}. [{finding['severity']}] {finding['code']}: {finding['title']}",
                   f"   where:    {where_text(finding['where'])}"]
         evidence = evidence_line(finding["evidence"])
         if evidence:
             lines.append(f"   evidence: {evidence}")
         if finding["fix"]["config"]:
-            lines.append("   config:   " + ", ".join(f"{k}: {format_number(v)}" for k, v in finding["fix"]["config"].items()))
+            lines.append("   config:   " + ", ".join(f"{k}: {number(v)}" for k, v in finding["fix"]["config"].items()))
         if finding["fix"]["advice"]:
             lines.append(f"   fix:      {finding['fix']['advice']}")
         for explained in finding["evidence"].get("explains", []):
