@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -24,8 +23,9 @@ from nandoctor.measure.trace import trace_batch
 from nandoctor.probes.backward import OP_ADVICE
 from nandoctor.probes.base import Fact, Fold, Probe, ProbeResult, Setting
 from nandoctor.probes.forward import first_nonfinite_call
-from nandoctor.state import ModelSnapshot
-from nandoctor.sweep.training import make_optimizer
+from nandoctor.errors import InternalError, UsageError, describe
+from nandoctor.state import run_snapshot
+from nandoctor.sweep.training import autocast, make_optimizer
 
 # Ops that turn finite inputs into NaN/Inf at a point of their domain (not by overflow).
 UNSAFE_AT_A_POINT = {
@@ -46,21 +46,11 @@ def _op_base(op: str | None) -> str:
     return name[: -len("Backward0")].lower() if name.endswith("Backward0") else name.lower().rstrip("_")
 
 
-def _autocast(ctx: Any):
-    import torch
-
-    amp = ctx.setup.amp
-    if amp is None:
-        return nullcontext()
-    return torch.autocast(device_type=ctx.setup.device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
-
-
 def train_steps(ctx: Any, steps: int, budget_s: float) -> dict[str, Any]:
     """Up to ``steps`` steps from the current weights; stops at the first NaN/Inf loss or gradient norm."""
     import torch
 
-    setup, model = ctx.setup, ctx.model
-    model.train()
+    setup = ctx.setup  # the modules keep the modes they arrived in, as the user trains them
     optimizer = make_optimizer(ctx, setup.lr)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scaler = torch.amp.GradScaler("cuda") if setup.amp == "fp16" and setup.device.type == "cuda" else None
@@ -69,9 +59,14 @@ def train_steps(ctx: Any, steps: int, budget_s: float) -> dict[str, Any]:
         if time.monotonic() - began > budget_s:
             return {"losses": losses, "grad_norms": norms, "nonfinite_step": None, "stopped": "time budget"}
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(ctx):
-            loss = ctx.loss(ctx.batches[step % len(ctx.batches)]).total
-        (scaler.scale(loss) if scaler else loss).backward()
+        try:
+            with autocast(ctx):
+                loss = ctx.loss(ctx.batches[step % len(ctx.batches)]).total
+            (scaler.scale(loss) if scaler else loss).backward()
+        except (UsageError, InternalError):
+            raise
+        except Exception as exc:  # the user's step raised: the forward and backward probes say why
+            return {"losses": losses, "grad_norms": norms, "nonfinite_step": None, "stopped": f"step {step} raised {describe(exc)}"}
         if scaler:
             scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(params, setup.grad_clip or math.inf)
@@ -94,7 +89,7 @@ def locate_op(ctx: Any, batch_index: int) -> dict[str, Any] | None:
         from nandoctor.measure.ops import locate_nonfinite_op  # the op-level pass (TorchDispatchMode)
     except ImportError:  # seam: until measure/ops.py is merged, the module-level answer stands alone
         return None
-    site = locate_nonfinite_op(ctx, batch_index, _autocast(ctx), ctx.setup.amp).site
+    site = locate_nonfinite_op(ctx, batch_index, autocast(ctx), ctx.setup.amp).site
     return None if site is None else {"op": site.op, "module": site.module, "source": site.source, "made": site.made}
 
 
@@ -118,7 +113,7 @@ class StepsProbe(Probe):
     def run(self, ctx: Any) -> ProbeResult:
         import torch
 
-        snapshot = ModelSnapshot(ctx.model)
+        snapshot = run_snapshot(ctx)  # the run's one copy of the weights
         try:
             torch.manual_seed(ctx.settings.seed)
             run = train_steps(ctx, ctx.settings.guard_steps, ctx.settings.guard_budget_s)
