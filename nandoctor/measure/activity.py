@@ -12,6 +12,8 @@ the pass's one synchronisation:
 
 from __future__ import annotations
 
+import weakref
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,12 +97,12 @@ class ActivityRecorder:
         if not y.requires_grad or y.numel() < 8 or stats is None:
             return
         with torch.no_grad():
-            cached = self.memo.get(id(y))
-            if cached is not None and cached[0] is y and cached[1] == y._version and kind not in TAIL_KINDS:
+            cached = self.memo.get(id(y))  # weak: the pass must not keep module outputs alive
+            if cached is not None and cached[0]() is y and cached[1] == y._version and kind not in TAIL_KINDS:
                 row = cached[2]
             else:
                 row = self._pinned(kind, spread_sample(y.detach()), stats)
-                self.memo[id(y)] = (y, y._version, row)
+                self.memo[id(y)] = (weakref.ref(y), y._version, row)
         self.activity.pinned.append(PinnedRow(name, kind, tails=kind in TAIL_KINDS))
         self.queued.append(row)
 

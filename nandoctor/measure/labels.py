@@ -81,9 +81,25 @@ def _check(name: str, args: tuple, kwargs: dict, batch_tensors: dict, torch: Any
     if not count:
         return
     path, sample = _locate(target, first, batch_tensors)
+    if path is None:  # shifted or copied inside the model (a causal LM's labels[..., 1:]): find the source
+        path, sample = _holding(batch_tensors, classes, ignore, torch)
     raise LabelRangeError({"loss": name, "classes": classes, "min_label": low, "max_label": high,
                            "out_of_range": count, "total": int(target.numel()), "ignore_index": ignore,
                            "tensor": path, "sample": sample})
+
+
+def _holding(batch_tensors: dict, classes: int, ignore: int, torch: Any) -> tuple[str | None, int]:
+    """The one integer batch tensor that holds out-of-range labels, and its first such sample."""
+    found = []
+    for path, tensor in batch_tensors.values():
+        if tensor.is_floating_point() or tensor.dtype == torch.bool or not tensor.dim() or tensor.is_sparse:
+            continue
+        with torch.no_grad():
+            bad = ((tensor < 0) | (tensor >= classes)) & (tensor != ignore)
+            rows = bad.reshape(len(tensor), -1).any(1)
+        if bool(rows.any()):
+            found.append((path, int(torch.argmax(rows.to(torch.uint8)))))
+    return found[0] if len(found) == 1 else (None, 0)
 
 
 def _locate(target: Any, flat_index: int, batch_tensors: dict) -> tuple[str | None, int]:
