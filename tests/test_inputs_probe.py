@@ -65,3 +65,21 @@ def test_binary_and_standardized_features_pass(diagnose):
     report = diagnose({"model": nn.Linear(4, 1), "data": [(x, torch.randn(64, 1, generator=g))],
                        "loss": lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])})
     assert report["verdict"] == "healthy", report["findings"]
+
+
+def test_raw_inputs_explain_the_huge_gradients_they_cause(diagnose):
+    """Income in dollars fed raw to a regressor: the gradient blow-up is folded under the input."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.stack([torch.randn(64, generator=g), 20_000 + 80_000 * torch.rand(64, generator=g)], 1)
+            for _ in range(4)]
+    data = [(x, x[:, :1] + (x[:, 1:] - 60_000) / 40_000) for x in rows]
+    model = nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.1), nn.Linear(32, 1))
+    report = diagnose({"model": model, "data": data, "loss": lambda m, b: F.mse_loss(m(b[0]), b[1]),
+                       "feature_names": ["age", "income"]})
+    top = report["findings"][0]
+    assert (top["code"], top["where"]["feature"]) == ("unnormalized_input", "income")
+    assert "exploding_gradients" in {e["code"] for e in top["evidence"].get("explains", [])}
+    assert "exploding_gradients" not in [f["code"] for f in report["findings"]]

@@ -16,7 +16,7 @@ from typing import Any
 from nandoctor.batches import dense, iter_tensors
 from nandoctor.featurestats.columns import ColumnSummary, FlagLimits, StreamingColumn
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
-from nandoctor.probes.base import Probe, ProbeResult, Setting
+from nandoctor.probes.base import Fold, Probe, ProbeResult, Setting
 from nandoctor.measure.consumers import Consumer, first_consumers
 from nandoctor.measure.trace import traced
 
@@ -155,6 +155,8 @@ class InputsProbe(Probe):
                 "embed integer ids instead of feeding them as floats."),
     )
 
+    # raw inputs make the huge first-step gradients; a target's scale (info) explains nothing here
+    folds = (Fold("unnormalized_input", "exploding_gradients", lambda cause, symptom: cause.severity != Severity.INFO),)
     settings = tuple(Setting(f"input_{f.name}", f.default, f"input/column flags: {meaning}")
                      for f, meaning in zip(fields(FlagLimits), FLAG_MEANINGS))
 
