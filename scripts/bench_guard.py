@@ -13,27 +13,19 @@ shared machine), and the overhead (target: under 3%).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench_trace import Transformer, loss_fn
+from bench_trace import loss_fn
+from benchtools import model_benchmark
 from nandoctor.guard import Guard
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = Transformer()
+    args, model = model_benchmark(__doc__, threads=1, pairs=64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batches = [(torch.randint(0, 4000, (args.batch, args.length)), torch.randint(0, 10, (args.batch,)))
                for _ in range(4)]

@@ -12,14 +12,13 @@ and the one-time cost of the first op pass in a process (torch imports its dispa
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 from torch.nn import functional as F
 
-from bench_trace import Transformer, loss_fn
-from benchtools import median_time
+from bench_trace import loss_fn
+from benchtools import median_time, model_benchmark
 from nandoctor.context import RunContext
 from nandoctor.measure.ops import locate_nonfinite_op
 from nandoctor.measure.trace import trace_batch
@@ -41,15 +40,7 @@ def context(model, batch, loss) -> RunContext:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = Transformer()
+    args, model = model_benchmark(__doc__, threads=2, repeats=3)
     batch = (torch.randint(0, 4000, (args.batch, args.length)), torch.randint(0, 10, (args.batch,)))
     healthy, failing = context(model, batch, loss_fn), context(model, batch, nan_loss)
 

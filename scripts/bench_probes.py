@@ -13,12 +13,11 @@ and each one's ratio to plain.
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 
-from bench_trace import Transformer, loss_fn
-from benchtools import median_time
+from bench_trace import loss_fn
+from benchtools import median_time, model_benchmark
 from nandoctor.context import RunContext
 from nandoctor.measure.trace import traced
 from nandoctor.probes.dead_units import DeadUnitsProbe
@@ -28,16 +27,7 @@ from nandoctor.spec import validate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = Transformer()
+    args, model = model_benchmark(__doc__, threads=2, repeats=3, batches=4)
     batches = [(torch.randint(0, 4000, (args.batch, args.length)), torch.randint(0, 10, (args.batch,)))
                for _ in range(args.batches)]
     setup = validate({"model": model, "data": batches, "loss": loss_fn}, "bench")

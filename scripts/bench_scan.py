@@ -10,29 +10,20 @@ on a busy shared machine), and the ratio scan/plain (target: at least 0.8).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench_trace import Transformer, loss_fn
+from bench_trace import loss_fn
+from benchtools import model_benchmark
 from nandoctor.scan import run_scan
 from nandoctor.spec import validate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = Transformer()
+    args, model = model_benchmark(__doc__, threads=1, batches=12, rounds=5)
     n = args.batches * args.batch
     dataset = TensorDataset(torch.randint(0, 4000, (n, args.length)), torch.randint(0, 10, (n,)))
     loader = DataLoader(dataset, batch_size=args.batch)
