@@ -9,7 +9,7 @@ the optimizer steps the sweep ran, and
 
 (everything beyond the plain steps: held-out scoring, restores, reading batches).
 
-    python scripts/bench_lr_sweep.py [--steps 16] [--threads 2] [--batch 8] [--length 64]
+    python scripts/bench_lr_sweep.py [--steps N] [--threads 2] [--batch 16] [--length 128]
 """
 
 from __future__ import annotations
@@ -27,16 +27,22 @@ from nandoctor.runner import open_context
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
 from nandoctor.sweep.grid import recommend, run_sweep, sweep_rates
+from nandoctor.sweep.plan import plan_sweep
 
 
 def build(batch: int, length: int, count: int = 48):
-    """Token sequences whose label is the first token's class: learnable, so the sweep has a best rate."""
+    """Token sequences whose class shows in which tokens they hold: a third of each sequence's tokens
+    come from its class's band of 400 ids, the rest from all 4000. Learnable by a mean-pooled model
+    and on held-out sequences, so the sweep has a best rate."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     data = []
     for _ in range(count):
+        labels = torch.randint(0, 10, (batch,), generator=g)
         tokens = torch.randint(0, 4000, (batch, length), generator=g)
-        data.append((tokens, tokens[:, 0] % 10))
+        banded = labels[:, None] * 400 + torch.randint(0, 400, (batch, length), generator=g)
+        tokens = torch.where(torch.rand(batch, length, generator=g) < 1 / 3, banded, tokens)
+        data.append((tokens, labels))
     return {"model": Transformer(), "data": data, "loss": loss_fn, "lr": 1e-3}
 
 
@@ -44,21 +50,25 @@ def plain_step_time(setup, batches, repeats: int = 5) -> float:
     """Median time of zero_grad + forward + backward + AdamW step, hand-written."""
     optimizer = torch.optim.AdamW(setup.model.parameters(), lr=1e-5)
     times = []
+    sync = torch.cuda.synchronize if next(setup.model.parameters()).is_cuda else (lambda: None)
     for i in range(repeats + 1):
+        sync()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(setup.model(batches[i % len(batches)][0]), batches[i % len(batches)][1]).backward()
         optimizer.step()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])  # the first step allocates the optimizer state
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=16, help="steps of the rates that reach the end")
+    parser.add_argument("--steps", type=int, default=0, help="steps of the rates that reach the end "
+                        "(default: planned as diagnose plans them)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     setup = validate(build(args.batch, args.length), "bench")
@@ -66,7 +76,9 @@ def main() -> None:
     params = sum(p.numel() for p in setup.model.parameters())
     with open_context(setup, settings) as ctx:
         start = time.perf_counter()
-        sweep = run_sweep(ctx, sweep_rates(setup, settings), args.steps, None, center=setup.lr,
+        rates = sweep_rates(setup, settings)
+        plan = plan_sweep(ctx, len(rates), args.steps or None)
+        sweep = run_sweep(ctx, rates, plan, None, center=setup.lr,
                           progress=lambda m: print(f"{time.perf_counter() - start:6.1f}s {m}", file=sys.stderr, flush=True))
         sweep_s = time.perf_counter() - start
         best, why = recommend(sweep, settings)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from nandoctor.probes import PROBES
@@ -6,8 +8,16 @@ from nandoctor.settings import Settings
 from nandoctor.spec import validate
 
 
+def on_test_device(result):
+    """The build result, run on ``NANDOCTOR_TEST_DEVICE`` (``cuda`` on a GPU machine) unless it names a device."""
+    device = os.environ.get("NANDOCTOR_TEST_DEVICE")
+    if device and isinstance(result, dict) and "device" not in result:
+        return dict(result, device=device)
+    return result
+
+
 def diagnose_setup(result, settings=None, probes=None):
-    setup = validate(result, "test:build")
+    setup = validate(on_test_device(result), "test:build")
     parts = run_probes(setup, settings or Settings(), probes or sorted(PROBES, key=lambda p: p.order),
                        progress=lambda message: None, debug=True)
     return build_report("test:build", parts)

@@ -107,7 +107,8 @@ def test_user_rate_that_is_the_best_has_no_lr_finding():
 def test_many_classes_and_few_batches_is_not_a_plateau_but_shuffled_labels_are():
     findings, raw, _ = dynamics_only(fx.many_classes_few_batches())
     assert "loss_plateau" not in [f["code"] for f in findings]
-    assert raw["control"]["permuted"]["heldout"] > raw["control"]["real"]["heldout"]
+    control = raw["control"]  # ruled out by the control run, or without it because the held-out loss fell
+    assert control.get("signal") is True or (control["heldout_drop"] >= 0.05 and "skipped" in control), control
     findings, raw, _ = dynamics_only(fx.retrieval_shuffled())
     assert [f["code"] for f in findings] == ["loss_plateau"]
     assert raw["control"]["permuted_paths"] == ["1"]
@@ -249,3 +250,16 @@ def test_fp16_scaler_calibrating_is_not_divergence():
     with open_context(setup, Settings()) as ctx:
         run = train(ctx, BatchStream(ctx, 64), 1e-2, [20], None)
     assert run.nonfinite_step is None and run.verdict == LEARNS, run.to_dict()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GradScaler runs on CUDA only")
+def test_fp16_steps_skipped_while_the_scale_drops_are_counted_not_divergence():
+    """A loss weighted x1000: at GradScaler's first scale (65536) its half-precision gradients overflow,
+    so the first steps are skipped while the scale comes down; the run still learns."""
+    built = fx.adamw_right()
+    built.update(amp="fp16", device="cuda", loss=lambda model, batch: 1000 * fx.xy_ce(model, batch))
+    torch.manual_seed(0)
+    setup = validate(built, "test")
+    with open_context(setup, Settings()) as ctx:
+        run = train(ctx, BatchStream(ctx, 64), 1e-2, [20], None)
+    assert run.skipped_steps > 0 and run.nonfinite_step is None and run.verdict == LEARNS, run.to_dict()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import replace
 from typing import Any
 
 from nandoctor.config import fix_config
@@ -19,6 +20,7 @@ from nandoctor.measure.trace import traced
 from nandoctor.probes.base import Fact, Fold, Probe, ProbeResult, Setting
 from nandoctor.state import run_snapshot
 from nandoctor.sweep.grid import Sweep, recommend, run_sweep, sweep_rates, sweep_summary
+from nandoctor.sweep.plan import plan_note, plan_sweep
 from nandoctor.sweep.stream import BatchStream, PermutedStream, target_paths
 from nandoctor.sweep.training import BAD, COLLAPSED, DIVERGED, LEARNS, TrainRun, evaluate, train
 
@@ -90,6 +92,10 @@ class DynamicsProbe(Probe):
         Setting("sweep_decades_down", 2, "... the first grid: half-decade rates from user_lr / 10**down ..."),
         Setting("sweep_decades_up", 2, "... to user_lr * 10**up; it grows while the best rate is on an edge ..."),
         Setting("sweep_max_decades", 6, "... up to this many decades from user_lr either way"),
+        Setting("sweep_plan_s", 30.0, "... planned to take about this many seconds: steps per rate, rates continued and the grid shrink "
+                                      "for a model whose counted FLOPs per step would not fit at the assumed speed below"),
+        Setting("sweep_cpu_gflops", 100.0, "... the assumed training speed on a CPU, GFLOP/s (the plan is the same on every run)"),
+        Setting("sweep_gpu_gflops", 20000.0, "... and on a GPU"),
         Setting("sweep_budget_s", 120.0, "... in diagnose: runs that would end past this many seconds are dropped (the verdict is then incomplete)"),
         Setting("sweep_stream_batches", 64, "... training batches read from data and cached (the same sequence for every rate), then repeated"),
         Setting("tie_tolerance", 0.03, "recommendation: rates whose held-out loss is within this share of the best rate's fall from the start tie; the largest wins"),
@@ -110,16 +116,23 @@ class DynamicsProbe(Probe):
     def run(self, ctx: Any) -> ProbeResult:
         settings, setup = ctx.settings, ctx.setup
         stream = BatchStream(ctx, settings.sweep_stream_batches)
-        sweep = run_sweep(ctx, sweep_rates(setup, settings), settings.sweep_steps, setup.grad_clip,
+        rates = sweep_rates(setup, settings)
+        sweep = run_sweep(ctx, rates, plan_sweep(ctx, len(rates)), setup.grad_clip,
                           budget_s=settings.sweep_budget_s, center=setup.lr, stream=stream)
         best, why = recommend(sweep, settings)
         raw: dict[str, Any] = {"user_lr": setup.lr, **sweep_summary(sweep, best, why)}
-        plateau, raw["control"] = self._plateau(ctx, sweep, best, stream)
-        no_signal = raw["control"].get("signal") is False  # which rate "wins" on noise says nothing
-        findings = [f for f in self._lr(ctx, sweep, best, why)
-                    if not (no_signal and f.severity != Severity.CRITICAL and "is too" in f.title)]
+        lr_findings = self._lr(ctx, sweep, best, why)
+        # which rate "wins" on noise says nothing: a control that finds no signal drops the warnings
+        droppable = [f for f in lr_findings if f.severity != Severity.CRITICAL and "is too" in f.title]
+        plateau, raw["control"] = self._plateau(ctx, sweep, best, stream, needed=bool(droppable))
+        no_signal = raw["control"].get("signal") is False
+        findings = [f for f in lr_findings if not (no_signal and any(f is d for d in droppable))]
         clip_findings, raw["clip"] = self._clip(ctx, sweep, stream)
         findings += clip_findings + plateau
+        note = plan_note(sweep.plan)
+        if note:  # a verdict from short runs says so
+            findings = [replace(f, evidence={**f.evidence, "sweep_plan": note},
+                                fix=replace(f.fix, advice=f"{f.fix.advice} Note: {note}.")) for f in findings]
         dropped = sweep.dropped + sweep.not_continued
         incomplete = None
         if dropped:
@@ -233,8 +246,13 @@ class DynamicsProbe(Probe):
         return (candidates[0] if candidates else ctx.setup.grad_clip * 10), checked
 
     @staticmethod
-    def _plateau(ctx: Any, sweep: Sweep, best: TrainRun | None, stream: BatchStream) -> tuple[list[Finding], dict[str, Any]]:
-        """Train the best rate again on targets permuted across samples; no better with real ones: no signal."""
+    def _plateau(ctx: Any, sweep: Sweep, best: TrainRun | None, stream: BatchStream,
+                 needed: bool = True) -> tuple[list[Finding], dict[str, Any]]:
+        """Train the best rate again on targets permuted across samples; no better with real ones: no signal.
+
+        The control run is skipped when its answer could change nothing: no plateau is possible (the
+        held-out loss fell, or no rate fitted even its training batches) and no warning hangs on it
+        (``needed``)."""
         import torch
 
         stable = [r for r in sweep.runs if r.verdict not in BAD]
@@ -244,6 +262,12 @@ class DynamicsProbe(Probe):
                                 key=lambda r: (r.reached, r.initial_loss - r.train_tail), default=None)
         if reference is None or not any((r.max_grad_norm or 0) > 0 for r in stable):
             return [], {}
+        fits = max(((r.initial_loss - r.train_tail) / max(abs(r.initial_loss), 1e-8) for r in stable
+                    if r.initial_loss is not None and r.train_tail is not None), default=0.0)
+        if not needed and (reference.drop >= ctx.settings.learns_drop or fits < ctx.settings.learns_drop):
+            return [], {"lr": reference.lr, "heldout_drop": reference.drop, "train_fall": fits,
+                        "skipped": "no plateau is possible: the held-out loss fell, or no rate fitted its "
+                                   "training batches; and no warning depends on the control"}
         paths = target_paths(ctx.batches[0], traced(ctx)[0].consumed_paths)
         if not paths:
             return [], {"skipped": "no batch tensor is left unread by the forward: no target to permute"}
@@ -269,8 +293,6 @@ class DynamicsProbe(Probe):
             return [], dict(raw, inconclusive=True)
         signal = any(real[k] is not None and permuted[k] is not None and permuted[k] - real[k] > margin
                      for k in ("heldout", "train"))
-        fits = max(((r.initial_loss - r.train_tail) / max(abs(r.initial_loss), 1e-8) for r in stable
-                    if r.initial_loss is not None and r.train_tail is not None), default=0.0)
         raw.update(signal=signal, heldout_drop=reference.drop, train_fall=fits)
         # the signature of targets disconnected from their inputs: the training batches can be fitted,
         # held-out data does not improve, and shuffled targets do as well; anything else is not a plateau

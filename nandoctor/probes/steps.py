@@ -25,7 +25,7 @@ from nandoctor.probes.base import Fact, Fold, Probe, ProbeResult, Setting
 from nandoctor.probes.forward import first_nonfinite_call
 from nandoctor.errors import InternalError, UsageError, describe
 from nandoctor.state import run_snapshot
-from nandoctor.sweep.training import autocast, make_optimizer
+from nandoctor.sweep.training import autocast, make_optimizer, train
 
 # Ops that turn finite inputs into NaN/Inf at a point of their domain (not by overflow).
 UNSAFE_AT_A_POINT = {
@@ -114,9 +114,14 @@ class StepsProbe(Probe):
         import torch
 
         snapshot = run_snapshot(ctx)  # the run's one copy of the weights
+        plan = ctx.shared.get("sweep_plan")
+        wanted = plan.guard_steps if plan is not None else ctx.settings.guard_steps
+        shared = ctx.shared.get("sweep_user")
         try:
+            if shared is not None and self._sweep_answers(shared[0], wanted, plan):
+                return self._from_sweep(ctx, *shared)
             torch.manual_seed(ctx.settings.seed)
-            run = train_steps(ctx, ctx.settings.guard_steps, ctx.settings.guard_budget_s)
+            run = train_steps(ctx, wanted, ctx.settings.guard_budget_s)
             raw = {"steps_run": len(run["losses"]), "nonfinite_step": run["nonfinite_step"], "stopped": run["stopped"],
                    "losses": run["losses"], "lr": ctx.setup.lr}
             step = run["nonfinite_step"]
@@ -125,21 +130,47 @@ class StepsProbe(Probe):
             snapshot.restore()
             torch.manual_seed(ctx.settings.seed)
             train_steps(ctx, step, math.inf)  # the same steps again: the weights just before step k
-            finding, raw["trace"] = self._trace(ctx, step, run)
+            index = step % len(ctx.batches)
+            finding, raw["trace"] = self._trace(ctx, step, run, ctx.batches[index], index)
             return ProbeResult([finding] if finding else [], raw)
         finally:
             snapshot.restore()
 
-    def _trace(self, ctx: Any, step: int, run: dict[str, Any]) -> tuple[Finding | None, dict[str, Any]]:
-        batch_index = step % len(ctx.batches)
-        fresh = replace(ctx, shared={})  # its own traced pass, not the step-0 recording
-        trace = trace_batch(fresh, batch_index)
+    @staticmethod
+    def _sweep_answers(user: Any, wanted: int, plan: Any) -> bool:
+        """The sweep's run of the user's rate answers the question: it went non-finite, or trained
+        as many steps as wanted, or a large model scaled the plan down (then the sweep's steps are
+        all it can afford; a small model trains on here, to trace a NaN that comes later)."""
+        return user.nonfinite_step is not None or len(user.losses) >= wanted or (plan is not None and plan.scaled)
+
+    def _from_sweep(self, ctx: Any, user: Any, stream: Any, checkpoints: list[int]) -> ProbeResult:
+        """The sweep already trained the user's configuration: read its run, and trace its NaN/Inf step."""
+        import torch
+
+        raw = {"steps_run": len(user.losses), "nonfinite_step": user.nonfinite_step, "stopped": user.cut,
+               "losses": user.losses, "lr": ctx.setup.lr, "read_from": "the LR sweep's run of the user's rate"}
+        step = user.nonfinite_step
+        if step is None:
+            return ProbeResult([], raw)
+        if step > 0:  # the same steps again, the held-out scoring included: the weights just before step k
+            torch.manual_seed(ctx.settings.seed)
+            start = {"loss": user.heldout_initial, "spread": user.spread_initial}
+            train(ctx, stream, user.lr, [c for c in checkpoints if c < step] + [step], user.clip, start)
+        run = {"losses": user.losses, "grad_norms": user.grad_norms}
+        finding, raw["trace"] = self._trace(ctx, step, run, stream.train(step), stream.data_index(step))
+        return ProbeResult([finding] if finding else [], raw)
+
+    def _trace(self, ctx: Any, step: int, run: dict[str, Any], batch: Any,
+               batch_index: int) -> tuple[Finding | None, dict[str, Any]]:
+        """Trace step ``step`` (on ``batch``, index ``batch_index`` in ``data``) from the current weights."""
+        fresh = replace(ctx, shared={}, batches=[batch])  # its own traced pass, not the step-0 recording
+        trace = trace_batch(fresh, 0)
         lr = ctx.setup.lr
         evidence: dict[str, Any] = {"after_steps": step, "lr": lr, "batch": batch_index,
                                     "loss_before": run["losses"][-2] if len(run["losses"]) > 1 else None,
                                     "max_grad_norm": max((g for g in run["grad_norms"] if math.isfinite(g)), default=None)}
         if trace.crash is None and not trace.forward_finite:
-            site = locate_op(fresh, batch_index) or {}
+            site = locate_op(fresh, 0) or {}
             found = first_nonfinite_call(trace)
             module = site.get("module") if site else (found[1] if found else None)
             code, op, source = "forward_nonfinite", site.get("op"), site.get("source")
@@ -148,7 +179,7 @@ class StepsProbe(Probe):
                                                                               " in the loss function" if site else "")
             title = f"after {step} training steps at lr {lr:.3g}, {what} turns finite values into {made}"
         elif trace.crash is None and not trace.backward_finite:
-            origin = find_gradient_origin(fresh, batch_index) or {}
+            origin = find_gradient_origin(fresh, 0) or {}
             code, op, source = "backward_nonfinite", origin.get("op"), origin.get("source")
             module = origin.get("module")
             place = "the loss function" if origin.get("loss_side") else f"module {module!r}"

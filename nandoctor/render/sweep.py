@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from nandoctor.errors import UsageError
+from nandoctor.sweep.plan import plan_note
 
 
 def _g(value: Any) -> str:
@@ -39,6 +40,9 @@ def render_sweep(report: dict[str, Any]) -> str:
                                     "verdict", "", "note"], tablefmt="simple", disable_numparse=True)
     lines = [head, table, ""]
     lines += [f"grid: {line}" for line in report["grid_extended"]]
+    note = plan_note(report.get("plan") or {})
+    if note:
+        lines.append(f"plan: {note}")
     if report["rates_not_run"] or report["rates_not_continued"]:
         lines.append(f"not judged (time): {', '.join(f'{r:.3g}' for r in report['rates_not_run'] + report['rates_not_continued'])}")
     if report["recommended_lr"] is None:

@@ -33,13 +33,15 @@ def sweep_report(spec: str, setup: Setup, settings: Settings, rates: list[float]
                  steps: int | None) -> dict[str, Any]:
     from nandoctor.runner import open_context
     from nandoctor.state import preserved_torch_globals
+    from nandoctor.sweep.plan import plan_sweep
 
     grid = rates or sweep_rates(setup, settings)
-    steps = steps or settings.sweep_steps
     # run_sweep snapshots and restores the model and the RNG itself; guard torch's global flags here
     with open_context(setup, settings) as ctx, preserved_torch_globals():
         try:
-            sweep = run_sweep(ctx, grid, steps, setup.grad_clip, center=setup.lr, extend=not rates,
+            # the same plan as diagnose's (steps given with --steps are kept as asked)
+            plan = plan_sweep(ctx, len(grid), steps)
+            sweep = run_sweep(ctx, grid, plan, setup.grad_clip, center=setup.lr, extend=not rates,
                               progress=lambda m: print(m, file=sys.stderr, flush=True))
         except UsageError:
             raise
@@ -50,5 +52,5 @@ def sweep_report(spec: str, setup: Setup, settings: Settings, rates: list[float]
     user = sweep.user
     return {"nandoctor_version": __version__, "spec": spec, "user_lr": setup.lr, "optimizer":
             getattr(setup.optimizer, "__name__", "custom") if setup.optimizer else "AdamW",
-            "grad_clip": setup.grad_clip, "amp": setup.amp, "steps": steps,
+            "grad_clip": setup.grad_clip, "amp": setup.amp, "steps": plan.steps,
             "user_diverged": user.verdict == "diverged", **sweep_summary(sweep, best, why)}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nandoctor.state import preserved_rng, run_snapshot
+from nandoctor.sweep.plan import Plan, first_rung
 from nandoctor.sweep.stream import BatchStream
 from nandoctor.sweep.training import BAD, LEARNS, TrainRun, evaluate, train
 
@@ -43,7 +44,7 @@ def nearest_first(rates: list[float], center: float) -> list[float]:
 
 def checkpoints_for(steps: int) -> list[int]:
     """The two rungs: a quarter of the steps for every rate, all of them for the better half."""
-    first = max(2, math.ceil(steps / 4))
+    first = first_rung(steps)
     return [first, steps] if steps > first else [steps]
 
 
@@ -59,6 +60,7 @@ class Sweep:
     fresh_batches: int = 0
     distinct_batches: int = 0
     heldout_batches: int = 0
+    plan: dict[str, Any] = field(default_factory=dict)
 
     @property
     def user(self) -> TrainRun:
@@ -68,24 +70,31 @@ class Sweep:
         return next(r for r in self.runs if r.lr == lr)
 
 
-def run_sweep(ctx: Any, rates: list[float], steps: int, clip: float | None,
+def run_sweep(ctx: Any, rates: list[float], steps: int | Plan, clip: float | None,
               progress: Callable[[str], None] = lambda message: None,
               budget_s: float | None = None, center: float | None = None,
               stream: BatchStream | None = None, extend: bool = True) -> Sweep:
     """The whole sweep from one snapshot; the model and RNG are restored after each run and at the end.
 
-    With ``budget_s``, a run that would end past the budget (judged by the time per step so far)
-    is not started; the user's rate (``center``) always runs first. ``extend=False`` keeps
-    exactly the rates given.
+    ``steps``: a :class:`~nandoctor.sweep.plan.Plan` (how many steps, how many rates continued),
+    or a number of steps with the full schedule. With
+    ``budget_s``, a run that would end past the budget (judged by the time per step so far) is
+    not started; the user's rate (``center``) always runs first. ``extend=False`` keeps exactly
+    the rates given. The user's run, the stream and the checkpoints stay in ``ctx.shared["sweep_user"]``
+    (the steps probe reads them rather than training the user's rate again).
     """
     import torch
 
     settings = ctx.settings
+    plan = steps if isinstance(steps, Plan) else Plan(steps=steps, continued=None, guard_steps=steps)
     center = center if center is not None else ctx.setup.lr
-    checkpoints = checkpoints_for(steps)
+    if plan.starting_rates is not None and extend:  # rates the user listed are all run
+        rates = sorted(nearest_first(rates, center)[:plan.starting_rates])
+    checkpoints = checkpoints_for(plan.steps)
     stream = stream or BatchStream(ctx, settings.sweep_stream_batches)
     snapshot = run_snapshot(ctx)
-    result = Sweep(runs=[], user_lr=center, checkpoints=checkpoints, heldout_batches=len(stream.heldout))
+    result = Sweep(runs=[], user_lr=center, checkpoints=checkpoints, heldout_batches=len(stream.heldout),
+                   plan=plan.to_dict())
     runs: dict[float, TrainRun] = {}
     began = time.monotonic()
 
@@ -117,7 +126,7 @@ def run_sweep(ctx: Any, rates: list[float], steps: int, clip: float | None,
             if extend:
                 _extend(runs, center, settings, result, lambda rate: run(rate, checkpoints[:1]), affordable)
             if len(checkpoints) > 1:
-                for rate in _better_half(runs, center, checkpoints[0]):
+                for rate in _better_half(runs, center, checkpoints[0], plan.continued):
                     if not affordable(checkpoints[-1]):
                         result.not_continued.append(rate)
                         runs[rate].cut = "not continued: time budget"
@@ -128,6 +137,8 @@ def run_sweep(ctx: Any, rates: list[float], steps: int, clip: float | None,
                         r.cut = f"worse half after {checkpoints[0]} steps"
         finally:
             snapshot.restore()
+    if center in runs:
+        ctx.shared["sweep_user"] = (runs[center], stream, checkpoints)
     result.runs = sorted(runs.values(), key=lambda r: r.lr)
     result.fresh_batches, result.distinct_batches = stream.fresh_read, stream.distinct
     return result
@@ -178,10 +189,12 @@ def _clearly_best(runs: dict[float, TrainRun], ordered: list[float], edge: int, 
     return score < theirs - tie_margin(score, mine.start_score, settings)
 
 
-def _better_half(runs: dict[float, TrainRun], center: float, steps: int) -> list[float]:
-    """The rates continued past the first rung: the better half of the stable ones, and the user's."""
+def _better_half(runs: dict[float, TrainRun], center: float, steps: int, most: int | None = None) -> list[float]:
+    """The rates continued past the first rung: the better half of the stable ones (at most
+    ``most``), and the user's."""
     usable = sorted((r for r in runs.values() if r.verdict not in BAD), key=lambda r: r.score_at(steps))
-    keep = {r.lr for r in usable[:max(1, math.ceil(len(usable) / 2))]}
+    half = max(1, math.ceil(len(usable) / 2))
+    keep = {r.lr for r in usable[:half if most is None else min(half, most)]}
     if center in runs and runs[center].verdict not in BAD:
         keep.add(center)
     return nearest_first(sorted(keep), center)
@@ -226,7 +239,7 @@ def sweep_rates(setup: Any, settings: Any) -> list[float]:
 def sweep_summary(sweep: Any, best: Any, why: str) -> dict[str, Any]:
     """The sweep as plain data: what ``lr-sweep`` prints and what the dynamics probe keeps as raw."""
     return {"user_run_lr": sweep.user.lr, "recommended_lr": best.lr if best else None, "why": why,
-            "checkpoints": sweep.checkpoints, "steps_run": sweep.steps_run,
+            "checkpoints": sweep.checkpoints, "steps_run": sweep.steps_run, "plan": sweep.plan,
             "batches": {"distinct_training": sweep.distinct_batches, "fresh_read": sweep.fresh_batches,
                         "heldout": sweep.heldout_batches},
             "grid_extended": sweep.extended, "rates_not_run": sweep.dropped,

@@ -23,6 +23,7 @@ class BatchStream:
         cached = list(ctx.batches)
         self.heldout = cached[-1:] if len(cached) > 1 else []
         self._train = cached[:-1] if len(cached) > 1 else cached
+        self._indices = list(range(len(self._train)))  # each training batch's index in ``data``
         self._device = ctx.setup.device
         self._limit = max(limit, len(self._train))
         self._skip = len(cached)
@@ -44,6 +45,7 @@ class BatchStream:
             batches = list(itertools.islice(self._iterator, count))
         except Exception:  # a loader that cannot be read again: train on the cached batches
             batches = []
+        self._indices += range(self._skip + self.fresh_read, self._skip + self.fresh_read + len(batches))
         self._train += [to_device(b, self._device) for b in batches]
         self.fresh_read += len(batches)
         if len(batches) < count:
@@ -53,6 +55,10 @@ class BatchStream:
         if step >= len(self._train) and len(self._train) < self._limit:
             self._read_more(min(max(step + 1 - len(self._train), 8), self._limit - len(self._train)))
         return self._train[step % len(self._train)]
+
+    def data_index(self, step: int) -> int:
+        """The index in ``data`` of the batch step ``step`` trains on (call after ``train(step)``)."""
+        return self._indices[step % len(self._train)]
 
     @property
     def distinct(self) -> int:

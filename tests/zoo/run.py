@@ -13,7 +13,9 @@ def diagnose(spec: dict) -> dict:
     from nandoctor.settings import Settings
     from nandoctor.spec import validate
 
-    parts = run_probes(validate(spec, "zoo:build"), Settings(), sorted(PROBES, key=lambda p: p.order),
+    from tests.conftest import on_test_device
+
+    parts = run_probes(validate(on_test_device(spec), "zoo:build"), Settings(), sorted(PROBES, key=lambda p: p.order),
                        progress=lambda message: None, debug=False)
     return build_report("zoo:build", parts)
 

@@ -1,0 +1,110 @@
+"""How many steps the sweep can afford, planned from the work of one training step, not from a clock.
+
+A clock would make the same spec give different reports on a busy machine; the floating-point
+operations of a training step are a property of the model and its batch. The plan assumes a
+speed per device kind (``sweep_cpu_gflops``, ``sweep_gpu_gflops``) and takes the longest
+schedule whose estimated cost fits ``sweep_plan_s`` at that speed: the full schedule for a small
+model; fewer steps per rate and fewer rates continued to the second rung for a large one. The
+wall-clock budget (``sweep_budget_s``) stays as the guard for a speed guessed too high.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# (share of sweep_steps, rates continued past the first rung besides the user's (None: the better
+# half), starting rates kept nearest the user's (None: the whole grid)); the first that fits is taken
+SCHEDULES = ((1.0, None, None), (0.75, None, None), (0.5, None, None), (0.5, 2, None), (0.375, 2, None),
+             (0.25, 2, None), (0.25, 1, None), (0.25, 1, 7))
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: int  # the rates continued to the end train this many steps; every rate a quarter of them
+    continued: int | None  # rates continued past the first rung besides the user's (None: the better half)
+    starting_rates: int | None = None  # the starting grid's rates nearest the user's kept (None: all)
+    guard_steps: int = 0  # the steps probe trains the user's configuration this many steps
+    step_gflop: float | None = None  # one forward + backward, counted; None when it could not be
+    assumed_gflops: float | None = None
+    affordable_steps: float | None = None
+    scaled: bool = False  # shorter than the full schedule
+    full_steps: int = 0  # the full schedule's steps (sweep_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def first_rung(steps: int) -> int:
+    """Every rate trains this many steps before the worse half stops."""
+    return max(2, math.ceil(steps / 4))
+
+
+def estimated_steps(steps: int, continued: int | None, rates: int) -> int:
+    """Optimizer steps of a schedule: every rate (and two grid extensions) to the first rung, the
+    continued ones and the user's own rate replayed to the end."""
+    kept = math.ceil(rates / 2) if continued is None else min(continued, rates)
+    return (rates + 2) * first_rung(steps) + (kept + 1) * steps
+
+
+def step_gflop(ctx: Any) -> float | None:
+    """GFLOP of one training step on the first cached batch: a counted forward (no gradient) x 3.
+
+    The caller restores buffers the forward may move (batch-norm statistics). None when the
+    forward cannot be counted (it needs gradients, or the counter does not know an op)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nandoctor.sweep.training import autocast
+
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter, autocast(ctx):
+            ctx.loss(ctx.batches[0])
+        total = counter.get_total_flops()
+    except Exception:  # the plan falls back on the wall-clock guard
+        return None
+    return 3.0 * total / 1e9 if total > 0 else None
+
+
+def plan_sweep(ctx: Any, rates: int, steps: int | None = None) -> Plan:
+    """The schedule for ``rates`` starting rates; ``steps`` given (``lr-sweep --steps``) is kept as asked."""
+    settings = ctx.settings
+    guard = settings.guard_steps
+    if steps is not None:
+        return Plan(steps=steps, continued=None, guard_steps=guard)
+    if "sweep_plan" in ctx.shared:
+        return ctx.shared["sweep_plan"]
+    from nandoctor.state import run_snapshot
+
+    snapshot = run_snapshot(ctx)  # taken before the counted forward moves any buffer
+    gflop = step_gflop(ctx)
+    snapshot.restore()
+    speed = settings.sweep_gpu_gflops if ctx.setup.device.type == "cuda" else settings.sweep_cpu_gflops
+    full = settings.sweep_steps
+    plan = Plan(steps=full, continued=None, guard_steps=guard, step_gflop=gflop, assumed_gflops=speed, full_steps=full)
+    if gflop is not None:
+        affordable = settings.sweep_plan_s * speed / gflop
+        for share, continued, starting in SCHEDULES:
+            length = max(4, round(full * share))
+            scaled = share < 1.0 or continued is not None or starting is not None
+            # scaled down, the steps probe reads the sweep's run of the user's rate instead of its own
+            plan = Plan(steps=length, continued=continued, starting_rates=starting,
+                        guard_steps=length if scaled else guard, step_gflop=gflop, assumed_gflops=speed,
+                        affordable_steps=affordable, scaled=scaled, full_steps=full)
+            if estimated_steps(length, continued, min(rates, starting or rates)) <= affordable:
+                break
+    ctx.shared["sweep_plan"] = plan
+    return plan
+
+
+def plan_note(plan: dict[str, Any]) -> str | None:
+    """One sentence for a shortened plan (None for the full schedule): why, and how to ask for more."""
+    if not plan.get("scaled"):
+        return None
+    kept = "the better half" if plan["continued"] is None else f"{plan['continued']} best"
+    grid = f", the {plan['starting_rates']} starting rates nearest yours" if plan.get("starting_rates") else ""
+    return (f"the sweep was shortened for this model's size ({plan['step_gflop']:.3g} GFLOP a step, planned at "
+            f"{plan['assumed_gflops']:g} GFLOP/s): {plan['steps']} steps, {kept} and yours continued{grid}; "
+            f"`nandoctor lr-sweep SPEC --steps {plan['full_steps']}` judges the rates over longer runs")

@@ -1,0 +1,107 @@
+"""The sweep's plan: from the counted FLOPs of a step, the same on every run; a large model gets a
+shorter schedule (fewer steps, fewer rates continued, a narrower starting grid) that diagnose and
+lr-sweep share, and the steps probe reads the sweep's run of the user's rate instead of its own."""
+
+import torch
+
+from nandoctor.render.sweep import render_sweep
+from nandoctor.runner import open_context, run_probes, select_probes
+from nandoctor.settings import Settings
+from nandoctor.spec import validate
+from nandoctor.sweep.command import sweep_report
+from nandoctor.sweep.grid import sweep_rates
+from nandoctor.sweep.plan import SCHEDULES, estimated_steps, plan_sweep, step_gflop
+from tests.fixtures import dynamics as fx
+from tests.test_steps import build as steps_fixture
+
+# a machine this slow makes even the tiny fixtures "large": the shortest schedule
+SLOW = {"sweep_cpu_gflops": 1e-6}
+
+
+def plan_for(built, **settings):
+    torch.manual_seed(0)
+    setup = validate(built, "test")
+    chosen = Settings(**settings)
+    with open_context(setup, chosen) as ctx:
+        return plan_sweep(ctx, len(sweep_rates(setup, chosen)))
+
+
+def probes_on(built, names, **settings):
+    torch.manual_seed(0)
+    parts = run_probes(validate(built, "test"), Settings(**settings), select_probes(names, None, lambda m: None),
+                       progress=lambda m: None)
+    return parts["probes"], [f.to_dict() for f in parts["findings"]]
+
+
+def test_a_small_model_gets_the_full_schedule_and_the_plan_is_the_same_every_run():
+    first, second = plan_for(fx.adamw_right()), plan_for(fx.adamw_right())
+    assert first == second
+    assert (first.steps, first.continued, first.starting_rates, first.scaled) == (32, None, None, False)
+    assert first.step_gflop > 0 and first.guard_steps == Settings().guard_steps
+
+
+def test_counted_flops_grow_with_the_batch_and_counting_leaves_batch_norm_statistics_alone():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.BatchNorm1d(64), torch.nn.Linear(64, 2))
+
+    def gflop(rows):
+        data = [(torch.randn(rows, 8), torch.randint(0, 2, (rows,))) for _ in range(3)]
+        setup = validate({"model": model, "data": data, "loss": fx.xy_ce}, "test")
+        with open_context(setup, Settings()) as ctx:
+            return step_gflop(ctx)
+
+    small, large = gflop(16), gflop(64)
+    assert large == 4 * small
+    before = model[1].running_mean.clone()  # step_gflop alone leaves restoring to its caller; the plan restores
+    setup = validate({"model": model, "data": [(torch.randn(4, 8) + 5, torch.zeros(4, dtype=torch.long))] * 2,
+                      "loss": fx.xy_ce}, "test")
+    with open_context(setup, Settings()) as ctx:
+        plan_sweep(ctx, 9)
+    assert torch.equal(model[1].running_mean, before)
+
+
+def test_a_large_model_gets_a_shorter_schedule_that_still_judges_seven_rates():
+    plan = plan_for(fx.adamw_right(), **SLOW)
+    steps, continued, starting = SCHEDULES[-1]
+    assert plan.scaled and (plan.continued, plan.starting_rates) == (continued, starting)
+    assert plan.steps == round(Settings().sweep_steps * steps) and plan.guard_steps == plan.steps
+    # each shorter schedule costs less than the one before it
+    costs = [estimated_steps(round(32 * share), kept, min(9, first or 9)) for share, kept, first in SCHEDULES]
+    assert costs == sorted(costs, reverse=True)
+
+    raw, _ = probes_on(fx.adamw_right(), ["dynamics"], **SLOW)
+    dynamics = raw["dynamics"]
+    assert dynamics["plan"]["scaled"] and dynamics["checkpoints"] == [2, 8]
+    assert len(dynamics["runs"]) >= 7
+    finished = [r for r in dynamics["runs"] if r["steps_run"] == 8]
+    assert 1 <= len(finished) <= 2  # the best one, and the user's own
+
+
+def test_diagnose_and_lr_sweep_share_the_shorter_plan_and_its_recommendation():
+    raw, findings = probes_on(fx.adamw_ten_times_high(), ["dynamics"], **SLOW)
+    assert [f["code"] for f in findings] == ["lr_too_high"]
+    torch.manual_seed(0)
+    report = sweep_report("test", validate(fx.adamw_ten_times_high(), "test"), Settings(**SLOW), None, None)
+    assert report["plan"] == raw["dynamics"]["plan"]
+    assert report["recommended_lr"] == raw["dynamics"]["recommended_lr"]
+    # a verdict from shortened runs says so, and how to ask for longer ones
+    assert "plan: the sweep was shortened" in render_sweep(report) and "--steps 32" in render_sweep(report)
+    assert all("shortened" in f["fix"]["advice"] for f in findings if f["code"].startswith("lr_"))
+    assert "plan:" not in render_sweep(sweep_report("test", validate(fx.adamw_right(), "test"), Settings(), None, None))
+
+
+def test_the_steps_probe_reads_the_sweeps_run_when_the_plan_is_short_and_trains_its_own_otherwise():
+    raw, _ = probes_on(fx.adamw_right(), ["dynamics", "steps"], **SLOW)
+    assert raw["steps"]["read_from"] and raw["steps"]["steps_run"] == 8
+    raw, _ = probes_on(fx.adamw_right(), ["dynamics", "steps"])
+    assert "read_from" not in raw["steps"] and raw["steps"]["steps_run"] == Settings().guard_steps
+
+
+def test_a_nan_in_the_sweeps_run_of_the_users_rate_is_traced_from_that_run():
+    """The hand-written log loss of test_steps goes NaN inside the sweep's run of the user's rate: the
+    steps probe replays those steps and names the op and line, without training that rate again."""
+    raw, findings = probes_on(steps_fixture(), ["dynamics", "steps"])
+    steps = raw["steps"]
+    assert steps["read_from"] and steps["nonfinite_step"] is not None
+    assert steps["trace"]["op"] == "aten::log" and steps["trace"]["kind"] == "unsafe op"
+    assert findings[0]["code"] == "forward_nonfinite"
+    assert findings[0]["evidence"]["after_steps"] == steps["nonfinite_step"]
