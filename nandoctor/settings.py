@@ -57,6 +57,7 @@ class Settings:
         if merged["batches"] < 1:
             raise UsageError("setting 'batches' must be at least 1")
         object.__setattr__(self, "_values", merged)
+        object.__setattr__(self, "_defaults", {name: setting.default for name, setting in table.items()})
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -69,6 +70,10 @@ class Settings:
 
     def replace(self, **changes: Any) -> "Settings":
         return Settings(**dict(self._values, **changes))
+
+    def is_default(self, name: str) -> bool:
+        """The setting has its declared default (it was not asked for)."""
+        return self._values[name] == self.__dict__["_defaults"][name]
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self._values)

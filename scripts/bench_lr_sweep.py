@@ -9,7 +9,7 @@ the optimizer steps the sweep ran, and
 
 (everything beyond the plain steps: held-out scoring, restores, reading batches).
 
-    python scripts/bench_lr_sweep.py [--steps N] [--threads 2] [--batch 16] [--length 128]
+    python scripts/bench_lr_sweep.py [--steps N] [--threads 2] [--batch 16] [--length 128] [--cuda 1 [--read-every K]]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 from torch.nn import functional as F
@@ -69,10 +70,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--cuda", type=int, default=0, help="1: run on the GPU")
+    parser.add_argument("--read-every", type=int, default=0, help="the sweep_read_every setting (GPU; default: its default)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    setup = validate(build(args.batch, args.length), "bench")
-    settings = Settings()
+    device = torch.device("cuda" if args.cuda else "cpu")
+    setup = validate(dict(build(args.batch, args.length), device=str(device)), "bench")
+    settings = Settings(sweep_read_every=args.read_every) if args.read_every else Settings()
     params = sum(p.numel() for p in setup.model.parameters())
     with open_context(setup, settings) as ctx:
         start = time.perf_counter()
@@ -83,10 +87,13 @@ def main() -> None:
         sweep_s = time.perf_counter() - start
         best, why = recommend(sweep, settings)
     snapshot = {k: v.clone() for k, v in setup.model.state_dict().items()}
-    step_s = plain_step_time(setup, setup.data)
+    model = setup.model.to(device)
+    step_s = plain_step_time(SimpleNamespace(model=model), [(x.to(device), y.to(device)) for x, y in setup.data[:6]])
     setup.model.load_state_dict(snapshot)
     full = [r.lr for r in sweep.runs if r.reached >= sweep.checkpoints[-1]]
-    print(f"model: {params / 1e6:.1f}M parameters, batch {args.batch}x{args.length}, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name() if args.cuda else f"{torch.get_num_threads()} threads"
+    print(f"model: {params / 1e6:.1f}M parameters, batch {args.batch}x{args.length}, {where}, "
+          f"read-back every {settings.sweep_read_every if args.cuda else 1} step(s)")
     print(f"rates judged: {len(sweep.runs)} ({', '.join(f'{r.lr:.3g}' for r in sweep.runs)}); "
           f"{len(full)} to {sweep.checkpoints[-1]} steps, the rest to {sweep.checkpoints[0]} or until they diverged")
     print(f"recommended: {best.lr if best else None} ({why})")

@@ -50,7 +50,7 @@ def test_counted_flops_grow_with_the_batch_and_counting_leaves_batch_norm_statis
             return step_gflop(ctx)
 
     small, large = gflop(16), gflop(64)
-    assert large == 4 * small
+    assert large == 4 * small and small == 3 * 2 * 16 * (8 * 64 + 64 * 2) / 1e9  # forward x 3: the step
     before = model[1].running_mean.clone()  # step_gflop alone leaves restoring to its caller; the plan restores
     setup = validate({"model": model, "data": [(torch.randn(4, 8) + 5, torch.zeros(4, dtype=torch.long))] * 2,
                       "loss": fx.xy_ce}, "test")
@@ -94,6 +94,8 @@ def test_the_steps_probe_reads_the_sweeps_run_when_the_plan_is_short_and_trains_
     assert raw["steps"]["read_from"] and raw["steps"]["steps_run"] == 8
     raw, _ = probes_on(fx.adamw_right(), ["dynamics", "steps"])
     assert "read_from" not in raw["steps"] and raw["steps"]["steps_run"] == Settings().guard_steps
+    raw, _ = probes_on(fx.adamw_right(), ["dynamics", "steps"], guard_steps=12, **SLOW)  # diagnose --steps 12
+    assert "read_from" not in raw["steps"] and raw["steps"]["steps_run"] == 12
 
 
 def test_a_nan_in_the_sweeps_run_of_the_users_rate_is_traced_from_that_run():
@@ -105,3 +107,23 @@ def test_a_nan_in_the_sweeps_run_of_the_users_rate_is_traced_from_that_run():
     assert steps["trace"]["op"] == "aten::log" and steps["trace"]["kind"] == "unsafe op"
     assert findings[0]["code"] == "forward_nonfinite"
     assert findings[0]["evidence"]["after_steps"] == steps["nonfinite_step"]
+
+
+def test_convolutions_and_attention_are_counted_as_well_as_linear_layers():
+    class ConvAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(4, 8, 3)  # (2, 4, 10) -> (2, 8, 8)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.conv(x).transpose(1, 2)  # (2, 8 positions, 8 channels)
+            h = torch.nn.functional.scaled_dot_product_attention(h, h, h)
+            return self.head(h.mean(1))
+
+    data = [(torch.randn(2, 4, 10), torch.randint(0, 3, (2,))) for _ in range(2)]
+    setup = validate({"model": ConvAttention(), "data": data, "loss": fx.xy_ce}, "test")
+    with open_context(setup, Settings()) as ctx:
+        counted = step_gflop(ctx) * 1e9 / 3
+    conv, attention, head = 2 * (2 * 8 * 8) * (4 * 3), 4 * (2 * 8 * 8) * 8, 2 * 2 * 8 * 3
+    assert counted == conv + attention + head

@@ -105,6 +105,8 @@ class DynamicsProbe(Probe):
         Setting("grad_growth", 100.0, "... or its gradient norm grows this many times over the first step's"),
         Setting("blowup_rise", 10.0, "a run stops early once its loss is this many times the start's scale above it"),
         Setting("collapse_spread", 0.05, "a run collapsed when its outputs' spread across samples falls below this share of the start's"),
+        Setting("sweep_read_every", 8, "on a GPU, the sweep reads losses and gradient norms back once every this many steps "
+                                       "(each read waits for the device; a diverging run is cut up to that many steps late)"),
         Setting("amp_skip_limit", 20, "fp16: consecutive GradScaler-skipped steps (the scale calibrating) before a run counts as diverged"),
         Setting("lr_worse_gap", 0.3, "lr_too_high/low: the user's rate misses this share of the best rate's fall in held-out loss ..."),
         Setting("lr_worse_loss", 0.1, "... and ends this share above the best rate's held-out loss"),

@@ -135,16 +135,15 @@ class ForwardProbe(Probe):
                       else "Negative ids reach the embedding: check the id mapping / padding value.")
             return Finding("index_out_of_range", Severity.CRITICAL, title,
                            Where(module=crash.module, source=crash.source), evidence, Fix(advice=advice))
+        place = ("the loss function" if crash.module is None else f"the model ({crash.kind})" if crash.module == ""
+                 else f"module {crash.module!r} ({crash.kind})")
         if _device_error(crash.message):
-            return Finding("device_mismatch", Severity.CRITICAL,
-                           f"module {crash.module!r} mixes devices: {crash.message}",
+            return Finding("device_mismatch", Severity.CRITICAL, f"{place} mixes devices: {crash.message}",
                            Where(module=crash.module, source=crash.source), evidence,
                            Fix(advice="Create tensors inside forward with device=x.device, or register "
                                       "them as buffers so model.to() moves them."))
         op = ops.crash.op if ops is not None and ops.crash is not None else None
         evidence["op"] = op
-        place = ("the loss function" if crash.module is None else f"the model ({crash.kind})" if crash.module == ""
-                 else f"module {crash.module!r} ({crash.kind})")
         return Finding("forward_error", Severity.CRITICAL,
                        f"{place} raised {crash.exc_type}" + (f" in {op}" if op else "") + f": {crash.message}",
                        Where(module=crash.module, op=op, source=crash.source), evidence,

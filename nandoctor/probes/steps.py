@@ -141,7 +141,8 @@ class StepsProbe(Probe):
         """The sweep's run of the user's rate answers the question: it went non-finite, or trained
         as many steps as wanted, or a large model scaled the plan down (then the sweep's steps are
         all it can afford; a small model trains on here, to trace a NaN that comes later)."""
-        return user.nonfinite_step is not None or len(user.losses) >= wanted or (plan is not None and plan.scaled)
+        return (user.nonfinite_step is not None or len(user.losses) >= wanted
+                or (plan is not None and plan.scaled and wanted == plan.steps))
 
     def _from_sweep(self, ctx: Any, user: Any, stream: Any, checkpoints: list[int]) -> ProbeResult:
         """The sweep already trained the user's configuration: read its run, and trace its NaN/Inf step."""

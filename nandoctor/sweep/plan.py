@@ -48,24 +48,63 @@ def estimated_steps(steps: int, continued: int | None, rates: int) -> int:
     return (rates + 2) * first_rung(steps) + (kept + 1) * steps
 
 
-def step_gflop(ctx: Any) -> float | None:
-    """GFLOP of one training step on the first cached batch: a counted forward (no gradient) x 3.
+def _matmul_flops(out: Any, inner: int) -> float:
+    return 2.0 * out.numel() * inner
 
-    The caller restores buffers the forward may move (batch-norm statistics). None when the
-    forward cannot be counted (it needs gradients, or the counter does not know an op)."""
+
+def _flops(name: str, args: tuple, kwargs: dict, out: Any) -> float:
+    """Multiply-adds x 2 of one torch function call; 0 for what is not a matrix product or convolution."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+
+    if not isinstance(out, torch.Tensor):
+        out = out[0] if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor) else None
+        if out is None:
+            return 0.0
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if name == "linear" and len(tensors) >= 2:
+        return _matmul_flops(out, tensors[1].shape[-1])
+    if name in ("matmul", "mm", "bmm", "__matmul__", "__rmatmul__") and len(tensors) >= 2:
+        first = tensors[0] if name != "__rmatmul__" else tensors[1]
+        return _matmul_flops(out, first.shape[-1])
+    if name in ("addmm", "baddbmm", "addbmm") and len(tensors) >= 3:
+        return _matmul_flops(out, tensors[1].shape[-1])
+    if name.startswith("conv_transpose") and len(tensors) >= 2:
+        return 2.0 * tensors[0].numel() * tensors[1][0].numel()
+    if name.startswith("conv") and len(tensors) >= 2:
+        return 2.0 * out.numel() * tensors[1][0].numel()
+    if name == "scaled_dot_product_attention" and len(tensors) >= 2:
+        query, key = tensors[0], tensors[1]
+        return 4.0 * query.numel() * key.shape[-2]
+    return 0.0
+
+
+def step_gflop(ctx: Any) -> float | None:
+    """GFLOP of one training step on the first cached batch: the matrix products and convolutions of
+    a forward (no gradient), counted at the torch-function level, x 3 for the backward.
+
+    A torch-function mode, not a dispatch mode: the first dispatch mode in a process costs seconds
+    of imports inside torch. The caller restores buffers the forward may move (batch-norm
+    statistics). None when nothing could be counted (the forward needs gradients, or its products
+    are ops this does not know, such as a fused RNN)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
 
     from nandoctor.sweep.training import autocast
 
+    total = [0.0]
+
+    class Counter(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            total[0] += _flops(getattr(func, "__name__", ""), args, kwargs or {}, out)
+            return out
+
     try:
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter, autocast(ctx):
+        with torch.no_grad(), Counter(), autocast(ctx):
             ctx.loss(ctx.batches[0])
-        total = counter.get_total_flops()
     except Exception:  # the plan falls back on the wall-clock guard
         return None
-    return 3.0 * total / 1e9 if total > 0 else None
+    return 3.0 * total[0] / 1e9 if total[0] > 0 else None
 
 
 def plan_sweep(ctx: Any, rates: int, steps: int | None = None) -> Plan:
@@ -77,6 +116,8 @@ def plan_sweep(ctx: Any, rates: int, steps: int | None = None) -> Plan:
     if "sweep_plan" in ctx.shared:
         return ctx.shared["sweep_plan"]
     from nandoctor.state import run_snapshot
+
+    asked = not settings.is_default("guard_steps")
 
     snapshot = run_snapshot(ctx)  # taken before the counted forward moves any buffer
     gflop = step_gflop(ctx)
@@ -90,8 +131,9 @@ def plan_sweep(ctx: Any, rates: int, steps: int | None = None) -> Plan:
             length = max(4, round(full * share))
             scaled = share < 1.0 or continued is not None or starting is not None
             # scaled down, the steps probe reads the sweep's run of the user's rate instead of its own
+            # (unless steps were asked for: diagnose --steps)
             plan = Plan(steps=length, continued=continued, starting_rates=starting,
-                        guard_steps=length if scaled else guard, step_gflop=gflop, assumed_gflops=speed,
+                        guard_steps=length if scaled and not asked else guard, step_gflop=gflop, assumed_gflops=speed,
                         affordable_steps=affordable, scaled=scaled, full_steps=full)
             if estimated_steps(length, continued, min(rates, starting or rates)) <= affordable:
                 break

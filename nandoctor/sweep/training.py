@@ -185,7 +185,11 @@ def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     use_scaler = ctx.setup.amp == "fp16" and ctx.setup.device.type == "cuda"
     scaler = torch.amp.GradScaler(ctx.setup.device.type) if use_scaler else None
-    skipped_in_a_row = 0
+    # a read-back waits for the device: on a GPU, read a few steps at once (a diverging run is then
+    # cut up to that many steps late, its state thrown away all the same)
+    read_every = 1 if ctx.setup.device.type == "cpu" else max(1, ctx.settings.sweep_read_every)
+    pending: list[Any] = []
+    calibrating = [0]  # GradScaler steps skipped in a row
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
         with autocast(ctx):
@@ -194,37 +198,48 @@ def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float 
         if scaler:
             scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else math.inf)
-        loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()  # one sync a step
-        run.losses.append(loss_value)
-        run.grad_norms.append(norm_value)
-        if run.initial_loss is None:
-            run.initial_loss = loss_value
-        if scaler and math.isfinite(loss_value) and not math.isfinite(norm_value):
-            # the scale is still calibrating: GradScaler skips this step and lowers the scale
-            run.skipped_steps += 1
-            skipped_in_a_row += 1
-            scaler.step(optimizer)
-            scaler.update()
-            if skipped_in_a_row <= ctx.settings.amp_skip_limit:
-                continue
-        skipped_in_a_row = 0
-        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-            run.nonfinite_step = step
-            break
-        if scaler:
+        pending.append(torch.stack([loss.detach().float(), norm.float().to(loss.device)]))
+        if scaler:  # it skips a step whose gradients are not finite, and lowers the scale
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
-        if blew_up(run, ctx.settings):
-            run.blowup_step = step
-            run.cut = f"stopped at step {step + 1}: the loss rose far above its start"
+        if len(pending) < read_every and step + 1 < steps and step + 1 not in checkpoints:
+            continue
+        values = torch.stack(pending).tolist()  # one sync for the steps since the last read-back
+        pending = []
+        if _stopped(run, values, scaler is not None, calibrating, ctx.settings):
             break
         if step + 1 in checkpoints and stream.heldout:
             run.heldout[step + 1], run.spread[step + 1] = evaluate(ctx, stream.heldout)
     run.unseen_steps = min(stream.distinct, len(run.losses))
     classify(run, ctx.settings)
     return run
+
+
+def _stopped(run: TrainRun, values: list[list[float]], scaled: bool, calibrating: list[int], limits: Any) -> bool:
+    """Record the steps read back (loss, gradient norm before clipping); True at the first that ends the
+    run: non-finite (past GradScaler's calibration) or the loss far above its start."""
+    for loss_value, norm_value in values:
+        step = len(run.losses)
+        run.losses.append(loss_value)
+        run.grad_norms.append(norm_value)
+        if run.initial_loss is None:
+            run.initial_loss = loss_value
+        if scaled and math.isfinite(loss_value) and not math.isfinite(norm_value):
+            run.skipped_steps += 1  # the scale is still calibrating: GradScaler skipped this step
+            calibrating[0] += 1
+            if calibrating[0] <= limits.amp_skip_limit:
+                continue
+        calibrating[0] = 0
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            run.nonfinite_step = step
+            return True
+        if blew_up(run, limits):
+            run.blowup_step = step
+            run.cut = f"stopped at step {step + 1}: the loss rose far above its start"
+            return True
+    return False
 
 
 def blew_up(run: TrainRun, limits: Any) -> bool:
