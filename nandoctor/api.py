@@ -210,11 +210,12 @@ def _rates(lrs: Sequence[float] | str | None) -> list[float] | None:
 
 def lr_sweep(spec: SpecLike, *, overrides: Overrides = None, lrs: Sequence[float] | str | None = None,
              steps: int | None = None, batches: int | None = None, seed: int | None = None,
+             settings: str | Path | Mapping[str, Any] | None = None,
              progress: Progress = True, name: str | None = None) -> SweepReport:
-    """Train ``steps`` steps (default: the ``sweep_steps`` setting) at each rate (default: two
-    decades each way of the spec's ``lr``, extended where the loss says) from the same start, as
-    the user trains (optimizer, clipping, precision)."""
-    from nandoctor.settings import load_settings
+    """Train ``steps`` steps (default: planned from the model's size, as ``diagnose`` plans them) at
+    each rate (default: two decades each way of the spec's ``lr``, extended where the loss says)
+    from the same start, as the user trains (optimizer, clipping, precision). ``settings``: a YAML
+    file or a mapping of probe settings, as ``diagnose`` takes them."""
     from nandoctor.sweep.command import sweep_report
 
     if steps is not None and steps < 2:
@@ -222,9 +223,9 @@ def lr_sweep(spec: SpecLike, *, overrides: Overrides = None, lrs: Sequence[float
     say = progress_printer(progress)
     with caller_state_kept(spec):
         rates = _rates(lrs)
-        settings = load_settings(None, {"batches": batches, "seed": seed})
-        setup = load(spec, overrides, settings.seed, say, name)
-        return SweepReport.from_dict(sweep_report(name or spec_label(spec), setup, settings, rates, steps))
+        chosen = _settings(settings, {"batches": batches, "seed": seed})
+        setup = load(spec, overrides, chosen.seed, say, name)
+        return SweepReport.from_dict(sweep_report(name or spec_label(spec), setup, chosen, rates, steps))
 
 
 def feature_stats(paths: str | Path | Sequence[str | Path], *, columns: Sequence[str] | str | None = None,

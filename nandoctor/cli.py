@@ -285,7 +285,8 @@ def lr_sweep(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     lrs: Optional[str] = typer.Option(None, "--lrs", help="comma-separated rates (default: two decades each way of the spec's lr)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="training steps per rate that reaches the end (default: the sweep_steps setting)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="training steps per rate that reaches the end (default: planned from the model's size, as diagnose plans them)"),
+    settings_file: Optional[str] = typer.Option(None, "--settings", help="YAML file of probe settings (see configs/probes.yaml)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write loss and gradient-norm curves to this PNG"),
     fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
@@ -298,7 +299,8 @@ def lr_sweep(
         from nandoctor import api
 
         check_writable(out, plot)
-        result = api.lr_sweep(spec, overrides=set_, lrs=lrs, steps=steps, batches=batches, seed=seed)
+        result = api.lr_sweep(spec, overrides=set_, lrs=lrs, steps=steps, batches=batches, seed=seed,
+                              settings=settings_file)
         if plot is not None:
             result.plot(plot)
             typer.echo(f"nandoctor: wrote {plot}", err=True)

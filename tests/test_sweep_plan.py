@@ -2,6 +2,8 @@
 shorter schedule (fewer steps, fewer rates continued, a narrower starting grid) that diagnose and
 lr-sweep share, and the steps probe reads the sweep's run of the user's rate instead of its own."""
 
+import json
+
 import torch
 
 from nandoctor.render.sweep import render_sweep
@@ -127,3 +129,19 @@ def test_convolutions_and_attention_are_counted_as_well_as_linear_layers():
         counted = step_gflop(ctx) * 1e9 / 3
     conv, attention, head = 2 * (2 * 8 * 8) * (4 * 3), 4 * (2 * 8 * 8) * 8, 2 * 2 * 8 * 3
     assert counted == conv + attention + head
+
+
+def test_lr_sweep_takes_the_settings_file_diagnose_takes(tmp_path):
+    from typer.testing import CliRunner
+
+    from nandoctor.cli import app
+
+    settings = tmp_path / "slow.yaml"
+    settings.write_text("sweep_cpu_gflops: 0.000001\n")
+    spec = f"{fx.__file__}:adamw_ten_times_high"
+    result = CliRunner().invoke(app, ["lr-sweep", spec, "--settings", str(settings), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["plan"]["scaled"] and report["checkpoints"] == [2, 8]
+    missing = CliRunner().invoke(app, ["lr-sweep", spec, "--settings", str(tmp_path / "none.yaml")])
+    assert missing.exit_code == 2 and "no such settings file" in missing.output

@@ -7,6 +7,8 @@ the pure-torch cases (LSTM, U-Net, MLP) always run.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.zoo import ZOO
@@ -24,7 +26,10 @@ KNOWN_MISSES = {
 
 def _param(case):
     miss = KNOWN_MISSES.get(case.id)
-    return pytest.param(case, id=case.id, marks=[pytest.mark.xfail(strict=True, reason=miss)] if miss else [])
+    # strict on the CPU, where CI runs; on a GPU (NANDOCTOR_TEST_DEVICE=cuda) the ViT's numerics differ
+    # and the finding fired on an H100: a known borderline, not a fix
+    strict = not os.environ.get("NANDOCTOR_TEST_DEVICE")
+    return pytest.param(case, id=case.id, marks=[pytest.mark.xfail(strict=strict, reason=miss)] if miss else [])
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in ZOO])

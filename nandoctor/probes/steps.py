@@ -25,7 +25,7 @@ from nandoctor.probes.base import Fact, Fold, Probe, ProbeResult, Setting
 from nandoctor.probes.forward import first_nonfinite_call
 from nandoctor.errors import InternalError, UsageError, describe
 from nandoctor.state import run_snapshot
-from nandoctor.sweep.training import autocast, make_optimizer, train
+from nandoctor.sweep.training import autocast, fresh_optimizer, train
 
 # Ops that turn finite inputs into NaN/Inf at a point of their domain (not by overflow).
 UNSAFE_AT_A_POINT = {
@@ -48,10 +48,14 @@ def _op_base(op: str | None) -> str:
 
 def train_steps(ctx: Any, steps: int, budget_s: float) -> dict[str, Any]:
     """Up to ``steps`` steps from the current weights; stops at the first NaN/Inf loss or gradient norm."""
+    with fresh_optimizer(ctx, ctx.setup.lr) as optimizer:
+        return _train_steps(ctx, optimizer, steps, budget_s)
+
+
+def _train_steps(ctx: Any, optimizer: Any, steps: int, budget_s: float) -> dict[str, Any]:
     import torch
 
     setup = ctx.setup  # the modules keep the modes they arrived in, as the user trains them
-    optimizer = make_optimizer(ctx, setup.lr)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scaler = torch.amp.GradScaler("cuda") if setup.amp == "fp16" and setup.device.type == "cuda" else None
     losses, norms, began = [], [], time.monotonic()

@@ -11,7 +11,8 @@ stops at once when it diverges.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,18 @@ def make_optimizer(ctx: Any, lr: float):
     return factory(params, lr)
 
 
+@contextmanager
+def fresh_optimizer(ctx: Any, lr: float) -> Iterator[Any]:
+    """The user's optimizer for one run, its state dropped on exit. An optimizer sits in a reference
+    cycle: without this, its state (two copies of the weights for Adam) would live beside the next
+    run's until the garbage collector came round."""
+    optimizer = make_optimizer(ctx, lr)
+    try:
+        yield optimizer
+    finally:
+        optimizer.state.clear()
+
+
 def evaluate(ctx: Any, batches: list[Any]) -> tuple[float | None, float | None]:
     """Mean loss on ``batches`` (no gradient, buffers restored), and the spread of the outputs across samples.
 
@@ -181,7 +194,18 @@ def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float 
         start = dict(zip(("loss", "spread"), evaluate(ctx, stream.heldout)))
     run.heldout_initial, run.spread_initial = start["loss"], start["spread"]
     run.heldout_batches = len(stream.heldout)
-    optimizer = make_optimizer(ctx, lr)
+    with fresh_optimizer(ctx, lr) as optimizer:
+        _run_steps(ctx, stream, run, optimizer, checkpoints)
+    run.unseen_steps = min(stream.distinct, len(run.losses))
+    classify(run, ctx.settings)
+    return run
+
+
+def _run_steps(ctx: Any, stream: Any, run: TrainRun, optimizer: Any, checkpoints: list[int]) -> None:
+    """The steps of one run, recorded in ``run``; held-out scoring at each checkpoint."""
+    import torch
+
+    steps, clip = checkpoints[-1], run.clip
     params = [p for group in optimizer.param_groups for p in group["params"]]
     use_scaler = ctx.setup.amp == "fp16" and ctx.setup.device.type == "cuda"
     scaler = torch.amp.GradScaler(ctx.setup.device.type) if use_scaler else None
@@ -212,9 +236,6 @@ def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float 
             break
         if step + 1 in checkpoints and stream.heldout:
             run.heldout[step + 1], run.spread[step + 1] = evaluate(ctx, stream.heldout)
-    run.unseen_steps = min(stream.distinct, len(run.losses))
-    classify(run, ctx.settings)
-    return run
 
 
 def _stopped(run: TrainRun, values: list[list[float]], scaled: bool, calibrating: list[int], limits: Any) -> bool:
