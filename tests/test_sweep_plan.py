@@ -145,3 +145,22 @@ def test_lr_sweep_takes_the_settings_file_diagnose_takes(tmp_path):
     assert report["plan"]["scaled"] and report["checkpoints"] == [2, 8]
     missing = CliRunner().invoke(app, ["lr-sweep", spec, "--settings", str(tmp_path / "none.yaml")])
     assert missing.exit_code == 2 and "no such settings file" in missing.output
+
+
+def test_a_fused_recurrent_layer_is_counted_at_every_position_and_its_hook_removed():
+    class Recurrent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(32, 64, batch_first=True)
+            self.head = torch.nn.Linear(64, 2)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    model = Recurrent()
+    data = [(torch.randn(8, 50, 32), torch.randint(0, 2, (8,))) for _ in range(2)]
+    setup = validate({"model": model, "data": data, "loss": fx.xy_ce}, "test")
+    with open_context(setup, Settings()) as ctx:
+        counted = step_gflop(ctx) * 1e9 / 3
+    assert counted == 2 * (8 * 50) * 4 * 64 * (32 + 64) + 2 * 8 * 64 * 2  # four gates, input and hidden weights
+    assert not any(m._forward_hooks for m in model.modules())

@@ -85,7 +85,7 @@ def step_gflop(ctx: Any) -> float | None:
     A torch-function mode, not a dispatch mode: the first dispatch mode in a process costs seconds
     of imports inside torch. The caller restores buffers the forward may move (batch-norm
     statistics). None when nothing could be counted (the forward needs gradients, or its products
-    are ops this does not know, such as a fused RNN)."""
+    are ops this does not know)."""
     import torch
     from torch.overrides import TorchFunctionMode
 
@@ -99,11 +99,25 @@ def step_gflop(ctx: Any) -> float | None:
             total[0] += _flops(getattr(func, "__name__", ""), args, kwargs or {}, out)
             return out
 
+    def recurrent(module: Any, args: tuple, output: Any) -> None:
+        """A fused RNN kernel is one call the mode does not see: its weights meet every position."""
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
+            positions = args[0].numel() // args[0].shape[-1]
+        elif args and hasattr(args[0], "data") and isinstance(args[0].data, torch.Tensor):  # a PackedSequence
+            positions = args[0].data.shape[0]
+        else:
+            return
+        total[0] += 2.0 * positions * sum(p.numel() for n, p in module.named_parameters() if n.startswith("weight_"))
+
+    handles = [m.register_forward_hook(recurrent) for m in ctx.model.modules() if isinstance(m, torch.nn.RNNBase)]
     try:
         with torch.no_grad(), Counter(), autocast(ctx):
             ctx.loss(ctx.batches[0])
     except Exception:  # the plan falls back on the wall-clock guard
         return None
+    finally:
+        for handle in handles:
+            handle.remove()
     return 3.0 * total[0] / 1e9 if total[0] > 0 else None
 
 
