@@ -3,7 +3,10 @@
 Rows: architectures. Columns: the healthy twin, then each fault. A cell is ✓ or ✗, the first two
 finding codes (for a healthy case: the critical/warning findings, or "healthy"), and the seconds.
 
-    PYTHONPATH=. python scripts/zoo_table.py [--arch bert,mlp] [--reports DIR]
+    PYTHONPATH=. python scripts/zoo_table.py [--arch bert,mlp] [--reports DIR] [--set NAME=VALUE ...]
+
+``--set sweep_cpu_gflops=0.000001`` runs every case under the shortest sweep plan, as a large
+model on a CPU would get it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ def main() -> None:
     parser.add_argument("--arch", help="comma-separated architectures (default: all)")
     parser.add_argument("--fault", help="comma-separated faults, 'healthy' for the twin (default: all)")
     parser.add_argument("--reports", help="write each case's JSON report into this folder")
+    parser.add_argument("--set", dest="settings", action="append", default=[], help="a probe setting, NAME=VALUE")
     args = parser.parse_args()
+    settings = {name: float(value) for name, _, value in (item.partition("=") for item in args.settings)}
     archs = args.arch.split(",") if args.arch else ARCHS
     faults = args.fault.split(",") if args.fault else None
     cells: dict[tuple[str, str], str] = {}
@@ -41,7 +46,7 @@ def main() -> None:
             cells[(case.arch, column)] = f"skipped (no {', '.join(missing)})"
             continue
         try:
-            report, seconds = run_case(case)
+            report, seconds = run_case(case, settings)
             ok, codes = judge(case, report)
         except Exception as exc:  # a crash is a failed cell, not a failed table
             report, seconds, ok, codes = None, 0.0, False, f"raised {type(exc).__name__}: {exc}"[:80]

@@ -4,6 +4,7 @@ lr-sweep share, and the steps probe reads the sweep's run of the user's rate ins
 
 import json
 
+import pytest
 import torch
 
 from nandoctor.render.sweep import render_sweep
@@ -164,3 +165,21 @@ def test_a_fused_recurrent_layer_is_counted_at_every_position_and_its_hook_remov
         counted = step_gflop(ctx) * 1e9 / 3
     assert counted == 2 * (8 * 50) * 4 * 64 * (32 + 64) + 2 * 8 * 64 * 2  # four gates, input and hidden weights
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_short_runs_make_too_low_and_no_signal_hints_not_warnings():
+    """Over 8 steps a higher rate nearly always looks better: under a shortened plan the tiny BERT
+    of the zoo at its healthy rate drew an lr_too_low warning, and an LSTM too low drew a critical
+    loss_plateau. Both are info there; the verdict comes from what short runs can show."""
+    pytest.importorskip("transformers")
+    from tests.zoo import ZOO
+    from tests.zoo.run import judge
+
+    case = next(c for c in ZOO if c.id == "bert-healthy")
+    torch.manual_seed(0)
+    parts = run_probes(validate(case.build(), "zoo"), Settings(**SLOW), select_probes(["dynamics"], None, lambda m: None),
+                       progress=lambda m: None)
+    found = [f.to_dict() for f in parts["findings"]]
+    assert parts["probes"]["dynamics"]["plan"]["scaled"]
+    assert judge(case, {"findings": found})[0], found
+    assert all(f["severity"] == "info" for f in found if f["code"] in ("lr_too_low", "loss_plateau"))

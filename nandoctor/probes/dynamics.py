@@ -132,8 +132,10 @@ class DynamicsProbe(Probe):
         clip_findings, raw["clip"] = self._clip(ctx, sweep, stream)
         findings += clip_findings + plateau
         note = plan_note(sweep.plan)
-        if note:  # a verdict from short runs says so
-            findings = [replace(f, evidence={**f.evidence, "sweep_plan": note},
+        if note:  # a verdict from short runs says so; short runs favour the higher rates (a slower one has
+            # had no time) and give the label control little to go on: "too low" and "no signal" are hints
+            findings = [replace(f, severity=Severity.INFO if f.code in ("lr_too_low", "loss_plateau") else f.severity,
+                                evidence={**f.evidence, "sweep_plan": note},
                                 fix=replace(f.fix, advice=f"{f.fix.advice} Note: {note}.")) for f in findings]
         dropped = sweep.dropped + sweep.not_continued
         incomplete = None

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 
-def diagnose(spec: dict) -> dict:
+def diagnose(spec: dict, settings: dict | None = None) -> dict:
     from nandoctor.probes import PROBES
     from nandoctor.runner import build_report, run_probes
     from nandoctor.settings import Settings
@@ -15,7 +15,7 @@ def diagnose(spec: dict) -> dict:
 
     from tests.conftest import on_test_device
 
-    parts = run_probes(validate(on_test_device(spec), "zoo:build"), Settings(), sorted(PROBES, key=lambda p: p.order),
+    parts = run_probes(validate(on_test_device(spec), "zoo:build"), Settings(**(settings or {})), sorted(PROBES, key=lambda p: p.order),
                        progress=lambda message: None, debug=False)
     return build_report("zoo:build", parts)
 
@@ -44,7 +44,7 @@ def judge(case: Any, report: dict) -> tuple[bool, str]:
     return hit, ", ".join(f"{f['code']}" for f in top) or "no findings"
 
 
-def run_case(case: Any) -> tuple[dict, float]:
+def run_case(case: Any, settings: dict | None = None) -> tuple[dict, float]:
     """Seed as the CLI does, build, diagnose; the report and the seconds taken."""
     import torch
 
@@ -54,7 +54,7 @@ def run_case(case: Any) -> tuple[dict, float]:
         torch.manual_seed(0)
         start = time.monotonic()
         spec = case.build()
-        report = diagnose(spec)
+        report = diagnose(spec, settings)
         return report, time.monotonic() - start
     finally:
         torch.set_num_threads(threads)
