@@ -263,3 +263,17 @@ def test_fp16_steps_skipped_while_the_scale_drops_are_counted_not_divergence():
     with open_context(setup, Settings()) as ctx:
         run = train(ctx, BatchStream(ctx, 64), 1e-2, [20], None)
     assert run.skipped_steps > 0 and run.nonfinite_step is None and run.verdict == LEARNS, run.to_dict()
+
+
+def test_scaler_skips_count_as_divergence_only_past_the_limit_in_a_row():
+    """The bookkeeping behind the CUDA GradScaler path, checked on plain numbers (no GPU needed)."""
+    from nandoctor.sweep.training import TrainRun, _stopped
+
+    limits = Settings(amp_skip_limit=2)
+    inf = float("inf")
+    run = TrainRun(lr=1e-3, clip=None, steps=8)
+    assert not _stopped(run, [[1.0, inf], [1.0, inf], [1.0, 0.5], [1.0, inf], [1.0, inf]], True, limits)
+    assert run.skipped_steps == 4 and run.nonfinite_step is None
+    assert _stopped(run, [[1.0, inf]], True, limits) and run.nonfinite_step == 5  # the third in a row
+    unscaled = TrainRun(lr=1e-3, clip=None, steps=8)
+    assert _stopped(unscaled, [[1.0, 0.5], [1.0, inf]], False, limits) and unscaled.nonfinite_step == 1

@@ -125,7 +125,7 @@ class DynamicsProbe(Probe):
         raw: dict[str, Any] = {"user_lr": setup.lr, **sweep_summary(sweep, best, why)}
         lr_findings = self._lr(ctx, sweep, best, why)
         # which rate "wins" on noise says nothing: a control that finds no signal drops the warnings
-        droppable = [f for f in lr_findings if f.severity != Severity.CRITICAL and "is too" in f.title]
+        droppable = [f for f in lr_findings if "compared_at_steps" in f.evidence]  # judged against another rate
         plateau, raw["control"] = self._plateau(ctx, sweep, best, stream, needed=bool(droppable))
         no_signal = raw["control"].get("signal") is False
         findings = [f for f in lr_findings if not (no_signal and any(f is d for d in droppable))]

@@ -48,11 +48,7 @@ def estimated_steps(steps: int, continued: int | None, rates: int) -> int:
     return (rates + 2) * first_rung(steps) + (kept + 1) * steps
 
 
-def _matmul_flops(out: Any, inner: int) -> float:
-    return 2.0 * out.numel() * inner
-
-
-def _flops(name: str, args: tuple, kwargs: dict, out: Any) -> float:
+def _flops(name: str, args: tuple, out: Any) -> float:
     """Multiply-adds x 2 of one torch function call; 0 for what is not a matrix product or convolution."""
     import torch
 
@@ -61,13 +57,14 @@ def _flops(name: str, args: tuple, kwargs: dict, out: Any) -> float:
         if out is None:
             return 0.0
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    # a matrix product: two FLOPs per output element and inner index
     if name == "linear" and len(tensors) >= 2:
-        return _matmul_flops(out, tensors[1].shape[-1])
+        return 2.0 * out.numel() * tensors[1].shape[-1]
     if name in ("matmul", "mm", "bmm", "__matmul__", "__rmatmul__") and len(tensors) >= 2:
         first = tensors[0] if name != "__rmatmul__" else tensors[1]
-        return _matmul_flops(out, first.shape[-1])
+        return 2.0 * out.numel() * first.shape[-1]
     if name in ("addmm", "baddbmm", "addbmm") and len(tensors) >= 3:
-        return _matmul_flops(out, tensors[1].shape[-1])
+        return 2.0 * out.numel() * tensors[1].shape[-1]
     if name.startswith("conv_transpose") and len(tensors) >= 2:
         return 2.0 * tensors[0].numel() * tensors[1][0].numel()
     if name.startswith("conv") and len(tensors) >= 2:
@@ -96,7 +93,7 @@ def step_gflop(ctx: Any) -> float | None:
     class Counter(TorchFunctionMode):
         def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
             out = func(*args, **(kwargs or {}))
-            total[0] += _flops(getattr(func, "__name__", ""), args, kwargs or {}, out)
+            total[0] += _flops(getattr(func, "__name__", ""), args, out)
             return out
 
     def recurrent(module: Any, args: tuple, output: Any) -> None:

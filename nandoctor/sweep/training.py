@@ -213,7 +213,6 @@ def _run_steps(ctx: Any, stream: Any, run: TrainRun, optimizer: Any, checkpoints
     # cut up to that many steps late, its state thrown away all the same)
     read_every = 1 if ctx.setup.device.type == "cpu" else max(1, ctx.settings.sweep_read_every)
     pending: list[Any] = []
-    calibrating = [0]  # GradScaler steps skipped in a row
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
         with autocast(ctx):
@@ -232,13 +231,18 @@ def _run_steps(ctx: Any, stream: Any, run: TrainRun, optimizer: Any, checkpoints
             continue
         values = torch.stack(pending).tolist()  # one sync for the steps since the last read-back
         pending = []
-        if _stopped(run, values, scaler is not None, calibrating, ctx.settings):
+        if _stopped(run, values, scaler is not None, ctx.settings):
             break
         if step + 1 in checkpoints and stream.heldout:
             run.heldout[step + 1], run.spread[step + 1] = evaluate(ctx, stream.heldout)
 
 
-def _stopped(run: TrainRun, values: list[list[float]], scaled: bool, calibrating: list[int], limits: Any) -> bool:
+def _calibrating(loss_value: float, norm_value: float) -> bool:
+    """A step GradScaler skips while its scale comes down: a finite loss, gradients that overflowed."""
+    return math.isfinite(loss_value) and not math.isfinite(norm_value)
+
+
+def _stopped(run: TrainRun, values: list[list[float]], scaled: bool, limits: Any) -> bool:
     """Record the steps read back (loss, gradient norm before clipping); True at the first that ends the
     run: non-finite (past GradScaler's calibration) or the loss far above its start."""
     for loss_value, norm_value in values:
@@ -247,12 +251,12 @@ def _stopped(run: TrainRun, values: list[list[float]], scaled: bool, calibrating
         run.grad_norms.append(norm_value)
         if run.initial_loss is None:
             run.initial_loss = loss_value
-        if scaled and math.isfinite(loss_value) and not math.isfinite(norm_value):
-            run.skipped_steps += 1  # the scale is still calibrating: GradScaler skipped this step
-            calibrating[0] += 1
-            if calibrating[0] <= limits.amp_skip_limit:
-                continue
-        calibrating[0] = 0
+        if scaled and _calibrating(loss_value, norm_value):
+            run.skipped_steps += 1
+            window = limits.amp_skip_limit + 1
+            recent = list(zip(run.losses[-window:], run.grad_norms[-window:]))
+            if len(recent) < window or not all(_calibrating(*pair) for pair in recent):
+                continue  # fewer than amp_skip_limit + 1 skipped in a row
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             run.nonfinite_step = step
             return True
