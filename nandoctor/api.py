@@ -185,23 +185,24 @@ def diagnose(spec: SpecLike, *, overrides: Overrides = None, probes: Sequence[st
     mapping) whose keys the fixes name, ``budget_s`` a time budget. Raises
     :class:`nandoctor.UsageError` for bad input.
     """
+    from nandoctor.probes import training_probes
     from nandoctor.runner import build_report, run_probes, select_probes
 
     say = progress_printer(progress)
     with caller_state_kept(spec):
         chosen_settings = _settings(settings, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if,
                                                "guard_steps": steps})
-        chosen = select_probes(list(probes), list(skip) + (["dynamics", "steps"] if quick else []), progress=say)
+        chosen = select_probes(list(probes), list(skip) + (training_probes() if quick else []), progress=say)
         config_values = _config(config)
         setup = load(spec, overrides, chosen_settings.seed, say, name)
         if config_values is not None:
             setup.config = config_values
         parts = run_probes(setup, chosen_settings, chosen, progress=say, debug=debug, budget_s=budget_s)
-        return Report.from_dict(build_report(name or spec_label(spec), parts))
+        return build_report(name or spec_label(spec), parts)
 
 
 def _rates(lrs: Sequence[float] | str | None) -> list[float] | None:
-    from nandoctor.sweep.command import parse_rates
+    from nandoctor.sweep_report import parse_rates
 
     if lrs is None or isinstance(lrs, str):
         return parse_rates(lrs)
@@ -216,7 +217,7 @@ def lr_sweep(spec: SpecLike, *, overrides: Overrides = None, lrs: Sequence[float
     each rate (default: two decades each way of the spec's ``lr``, extended where the loss says)
     from the same start, as the user trains (optimizer, clipping, precision). ``settings``: a YAML
     file or a mapping of probe settings, as ``diagnose`` takes them."""
-    from nandoctor.sweep.command import sweep_report
+    from nandoctor.sweep_report import sweep_report
 
     if steps is not None and steps < 2:
         raise UsageError("--steps must be at least 2")

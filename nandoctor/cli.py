@@ -133,19 +133,10 @@ def write_output(path: Optional[Path], text: str) -> None:
         typer.echo(f"nandoctor: error: could not write {path}: {exc.strerror or exc}", err=True)
 
 
-def exit_code(report: dict, fail_on: str) -> int:
-    """1 when a finding is at or above ``fail_on``; else 3 when the run is incomplete; else 0."""
-    from nandoctor.findings import at_or_above
-
-    if any(at_or_above(f["severity"], fail_on) for f in report["findings"]):
-        return 1
-    return 3 if report["verdict"] == "incomplete" else 0
-
-
 def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_file: Optional[str],
                probes: list[str], skip: list[str], debug: bool, config: Optional[str] = None,
-               budget_s: Optional[float] = None):
-    """The API's diagnose; returns (report dict, config document, config text)."""
+               budget_s: Optional[float] = None, quick: bool = False):
+    """The API's diagnose; returns (report, config document, config text)."""
     from nandoctor import api
 
     document = text = None
@@ -153,10 +144,10 @@ def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_
         from nandoctor.config import load_config, plain
 
         document, text = load_config(config)
-    report = api.diagnose(spec, overrides=overrides, probes=probes, skip=skip, settings=settings_file,
+    report = api.diagnose(spec, overrides=overrides, probes=probes, skip=skip, quick=quick, settings=settings_file,
                           config=None if document is None else plain(document), budget_s=budget_s,
                           debug=debug, **settings_values)
-    return report.to_dict(), document, text
+    return report, document, text
 
 
 @app.command()
@@ -188,22 +179,19 @@ def diagnose(
             raise UsageError(f"--write-fixed would overwrite the input config {config}: pass --in-place to allow it")
         report, document, text = _diagnosis(
             spec, set_, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if, "steps": steps}, settings_file,
-            probe, skip + (["dynamics", "steps"] if quick else []), debug, config)
+            probe, skip, debug, config, quick=quick)
         if document is not None and (write_fixed is not None or in_place):
             from nandoctor.config import apply_fixes, write_fixed as write
 
-            _, missing = apply_fixes(document, report["findings"])
+            _, missing = apply_fixes(document, report.findings)
             target = str(write_fixed) if write_fixed is not None else config
             diff = write(document, text, config, target, in_place)
             typer.echo(diff or f"nandoctor: no fix applies to {config}; {target} is a copy", err=True)
             for key in missing:
                 typer.echo(f"nandoctor: {config} has no key {key}: add it (see the finding's advice)", err=True)
-    from nandoctor.render import render
-    from nandoctor.render.common import render_json
-
-    typer.echo(render(report, fmt.value))
-    write_output(out, render_json(report))
-    raise typer.Exit(exit_code(report, fail_on.value))
+    typer.echo(report.render(fmt.value))
+    write_output(out, report.to_json())
+    raise typer.Exit(report.exit_code(fail_on.value))
 
 
 def parse_budget(text: str) -> float:
@@ -240,22 +228,20 @@ def smoke(
     with guarded(debug):
         check_writable(out)
         seconds = parse_budget(budget)
-        report, *_ = _diagnosis(spec, set_, {"batches": batches}, None, [], [] if dynamics else ["dynamics", "steps"],
-                                debug, budget_s=seconds)
-    from nandoctor.render.common import render_json
+        report, *_ = _diagnosis(spec, set_, {"batches": batches}, None, [], [], debug, budget_s=seconds,
+                                quick=not dynamics)
     from nandoctor.render.junit import render_junit
-    from nandoctor.render.markdown import render_markdown
     from nandoctor.render.text import summary_line
 
     took = time.monotonic() - start
-    text = {"text": lambda: summary_line(report, took), "json": lambda: render_json(report),
-            "markdown": lambda: render_markdown(report),
-            "junit": lambda: render_junit(report, fail_on.value, took)}[fmt.value]()
+    text = {"text": lambda: summary_line(report.to_dict(), took), "json": report.to_json,
+            "markdown": lambda: report.render("markdown"),
+            "junit": lambda: render_junit(report.to_dict(), fail_on.value, took)}[fmt.value]()
     typer.echo(text)
     write_output(out, text)
     if fmt != SmokeFormat.text:
-        typer.echo(summary_line(report, took), err=True)
-    raise typer.Exit(exit_code(report, fail_on.value))
+        typer.echo(summary_line(report.to_dict(), took), err=True)
+    raise typer.Exit(report.exit_code(fail_on.value))
 
 
 @app.command()
@@ -328,11 +314,9 @@ def replay(
         check_writable(out)
         report = replay_capture(str(capture), spec, set_, load_settings(None, {"seed": seed}),
                                 progress=lambda m: typer.echo(m, err=True), debug=debug)
-    from nandoctor.render.common import render_json
-    from nandoctor.render.replay import render_replay
-    typer.echo(render_json(report) if fmt == Format.json else render_replay(report))
-    write_output(out, render_json(report))
-    raise typer.Exit(exit_code(report, fail_on.value))
+    typer.echo(report.render(fmt.value))
+    write_output(out, report.to_json())
+    raise typer.Exit(report.exit_code(fail_on.value))
 
 
 @app.command()
@@ -366,7 +350,9 @@ def scan(
     if result["interrupted"]:
         typer.echo("nandoctor: interrupted; the findings above cover the batches scanned so far", err=True)
         raise typer.Exit(130)
-    raise typer.Exit(exit_code(dict(result, verdict="unhealthy" if result["findings"] else "healthy"), fail_on.value))
+    from nandoctor.results import exit_code
+
+    raise typer.Exit(exit_code((f["severity"] for f in result["findings"]), False, fail_on.value))
 
 
 @app.command("feature-stats")

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from nandoctor.findings import CodeDoc
+from nandoctor.probes import PROBES, check_registry
 
 
 def _table() -> dict[str, CodeDoc]:
-    from nandoctor.probes import PROBES
-
+    check_registry()  # a code declared twice is an error, not one silently dropped
     return {doc.code: doc for probe in PROBES for doc in probe.codes}
 
 

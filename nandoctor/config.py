@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -131,11 +131,11 @@ def _convert(old: Any, new: Any) -> Any:
     return new
 
 
-def apply_fixes(doc: Any, findings: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+def apply_fixes(doc: Any, findings: Iterable[Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """Set each fix's dotted keys in ``doc`` (first finding wins); returns changes and unknown keys."""
     changes, missing, done = [], [], set()
     for finding in findings:
-        for dotted, value in finding["fix"]["config"].items():
+        for dotted, value in finding.fix.config.items():
             if dotted in done:
                 continue
             done.add(dotted)
@@ -150,7 +150,7 @@ def apply_fixes(doc: Any, findings: list[dict[str, Any]]) -> tuple[list[dict[str
                 continue
             old = node[parts[-1]]
             node[parts[-1]] = _convert(old, value)
-            changes.append({"key": dotted, "old": plain(old), "new": plain(node[parts[-1]]), "code": finding["code"]})
+            changes.append({"key": dotted, "old": plain(old), "new": plain(node[parts[-1]]), "code": finding.code})
     return changes, missing
 
 

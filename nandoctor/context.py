@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nandoctor.findings import Setting
 from nandoctor.loss import LossResult, compute_loss
-from nandoctor.settings import Settings
 from nandoctor.spec import Setup
+
+if TYPE_CHECKING:  # the table of settings is gathered above the probes; the context only holds it
+    from nandoctor.settings import Settings
+
+RUN_SETTINGS = (
+    Setting("seed", 0, "seeds torch before each probe, so the same spec gives the same report"),
+    Setting("batches", 4, "batches read once from `data` and reused by every probe"),
+)
 
 
 @dataclass
@@ -17,7 +25,6 @@ class RunContext:
     setup: Setup
     batches: list[Any]
     settings: Settings
-    facts: dict[str, Any] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,10 +1,14 @@
-"""Findings: the plain data every probe returns and every renderer reads, and the code docs."""
+"""Findings: the plain data every probe returns and every renderer reads; the declarations of codes and settings.
+
+A code (:class:`CodeDoc`) and a threshold (:class:`Setting`) are declared by the module that
+produces or reads them; the registry (``nandoctor.settings``, ``nandoctor.codes``) gathers them.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import Any
 
 SEVERITY_ORDER = ("info", "warning", "critical")
@@ -76,17 +80,48 @@ class Finding:
         return data
 
 
+class Stage(IntEnum):
+    """Where a code sits in the causal chain, cause first: what is wrong before training starts
+    (devices, init, data) explains the forward pass, which explains the backward pass, which
+    explains the dynamics. The ranking sorts by it, so a cause ranks above its symptoms."""
+
+    DEVICES = 0
+    INIT = 1
+    DATA = 2
+    INPUT_SCALE = 3
+    FORWARD_ERROR = 4
+    FORWARD_VALUES = 5
+    PRECISION = 6
+    ACTIVATION_SCALE = 7
+    SATURATION = 8
+    DEAD_UNITS = 9
+    LOSS_VALUES = 10
+    BACKWARD_VALUES = 11
+    LOSS_BALANCE = 12
+    GRADIENT_SCALE = 13
+    GRADIENT_FLOW = 14
+    CLIPPING = 15
+    RATE_TOO_HIGH = 16
+    RATE_TOO_LOW = 17
+    NO_SIGNAL = 18
+
+
 @dataclass(frozen=True)
 class CodeDoc:
-    """A finding code's documentation (``nandoctor explain CODE``) and its stage in the causal chain.
-
-    ``stage`` orders findings cause-first: what is wrong before training starts (devices, init,
-    inputs) explains the forward pass, which explains the backward pass, then the dynamics.
-    """
+    """A finding code's documentation (``nandoctor explain CODE``) and its :class:`Stage`."""
 
     code: str
-    stage: int
+    stage: Stage
     meaning: str
     why: str
     example: str
     fix: str
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One tunable threshold: its name in ``--settings FILE``, its default and what it means."""
+
+    name: str
+    default: Any
+    meaning: str

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nandoctor.findings import Finding, Fix, Severity, Where, at_or_above
+from nandoctor import __version__
+from nandoctor.errors import UsageError
+from nandoctor.findings import FAIL_LEVELS, Finding, Fix, Severity, Where, at_or_above
 
 
 def finding_from_dict(data: Mapping[str, Any]) -> Finding:
@@ -27,28 +29,43 @@ def finding_from_dict(data: Mapping[str, Any]) -> Finding:
                    fix=Fix(config=dict(fix.get("config") or {}), advice=fix.get("advice", "")))
 
 
+def exit_code(severities: Iterable[str], incomplete: bool, fail_on: str = "critical") -> int:
+    """The contract's exit code: 1 for a finding at or above ``fail_on``, 3 incomplete, else 0."""
+    if fail_on not in FAIL_LEVELS:
+        raise UsageError(f"fail_on must be one of {', '.join(FAIL_LEVELS)}, got {fail_on!r}")
+    if any(at_or_above(severity, fail_on) for severity in severities):
+        return 1
+    return 3 if incomplete else 0
+
+
 @dataclass(frozen=True)
 class Report:
     """A diagnosis: the verdict, the ranked findings (most likely root cause first), coverage.
 
-    ``str(report)`` is the terminal report, ``report._repr_markdown_()`` what a notebook shows,
-    ``report.to_dict()`` / ``to_json()`` the JSON report of docs/reference.md §2.
+    The runner builds it from its findings; the CLI, the API and every renderer take this one
+    object. ``str(report)`` is the terminal report, ``report._repr_markdown_()`` what a notebook
+    shows, ``report.to_dict()`` / ``to_json()`` the JSON report of docs/reference.md §2.
+    ``sections`` holds what a command adds to the report (``replay``).
     """
 
     spec: str
     verdict: str
     findings: tuple[Finding, ...]
     coverage: dict[str, Any]
-    probes: dict[str, Any] = field(repr=False, compare=False)  # raw numbers, NaN among them
-    _data: dict[str, Any] = field(repr=False, compare=False)
+    probes: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # raw numbers, NaN among them
+    sections: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    version: str = field(default=__version__, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Report":
-        """A report from its JSON form (``json.load`` of ``--out``, or the runner's dict)."""
+        """A report from its JSON form (``json.load`` of ``--out``)."""
         data = copy.deepcopy(dict(data))
+        known = {"nandoctor_version", "spec", "verdict", "findings", "coverage", "probes"}
         return cls(spec=data.get("spec", ""), verdict=data["verdict"],
                    findings=tuple(finding_from_dict(f) for f in data["findings"]),
-                   coverage=data.get("coverage") or {}, probes=data.get("probes") or {}, _data=data)
+                   coverage=data.get("coverage") or {}, probes=data.get("probes") or {},
+                   sections={k: v for k, v in data.items() if k not in known},
+                   version=data.get("nandoctor_version", __version__))
 
     @property
     def healthy(self) -> bool:
@@ -56,23 +73,23 @@ class Report:
 
     def exit_code(self, fail_on: str = "critical") -> int:
         """The CLI's exit code: 1 for a finding at or above ``fail_on``, 3 incomplete, else 0."""
-        if any(at_or_above(f.severity.value, fail_on) for f in self.findings):
-            return 1
-        return 3 if self.verdict == "incomplete" else 0
+        return exit_code((f.severity.value for f in self.findings), self.verdict == "incomplete", fail_on)
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self._data)
+        return copy.deepcopy({"nandoctor_version": self.version, "spec": self.spec, "verdict": self.verdict,
+                              "findings": [f.to_dict() for f in self.findings], "coverage": self.coverage,
+                              "probes": self.probes, **self.sections})
 
     def to_json(self) -> str:
         from nandoctor.render.common import render_json
 
-        return render_json(self._data)
+        return render_json(self.to_dict())
 
     def render(self, fmt: str = "text") -> str:
-        """``text``, ``json`` or ``markdown``."""
+        """``text``, ``json`` or ``markdown`` (a replay's report renders with its replay section)."""
         from nandoctor.render import render
 
-        return render(self._data, fmt)
+        return render(self.to_dict(), fmt)
 
     def __str__(self) -> str:
         return self.render("text")

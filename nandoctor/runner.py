@@ -8,12 +8,12 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from nandoctor import __version__
 from nandoctor.batches import check_feature_names, read_batches, to_device
 from nandoctor.context import RunContext
 from nandoctor.errors import InternalError, UsageError, describe
 from nandoctor.probes import PROBES, with_dependencies
 from nandoctor.ranking import rank, verdict
+from nandoctor.results import Report
 from nandoctor.settings import Settings
 from nandoctor.spec import Setup
 from nandoctor.state import ModelSnapshot, preserved_model, preserved_rng, preserved_torch_globals, run_snapshot
@@ -145,7 +145,6 @@ def run_probes(setup: Setup, settings: Settings, probes: list[Any],
     start = time.monotonic()
     facts: dict[Any, Any] = {}
     with open_context(setup, settings, progress) as ctx:
-        ctx.facts = facts
         snapshot = run_snapshot(ctx)
         for number, probe_class in enumerate(probes, 1):
             probe = probe_class()
@@ -178,16 +177,10 @@ def run_probes(setup: Setup, settings: Settings, probes: list[Any],
     return {"findings": rank(findings), "probes": raw, "coverage": coverage}
 
 
-def build_report(spec: str, parts: dict[str, Any]) -> dict[str, Any]:
-    """The JSON report of the contract (§2)."""
+def build_report(spec: str, parts: dict[str, Any], **sections: Any) -> Report:
+    """The report of one run: its ranked findings, coverage and raw probe results (plus a command's sections)."""
     findings = parts["findings"]
     coverage = parts.get("coverage") or {"batches_checked": None, "batches_total": None,
                                          "probes_run": [], "probes_not_run": {}}
-    return {
-        "nandoctor_version": __version__,
-        "spec": spec,
-        "verdict": verdict(findings, complete=not coverage["probes_not_run"]),
-        "findings": [f.to_dict() for f in findings],
-        "coverage": coverage,
-        "probes": parts["probes"],
-    }
+    return Report(spec=spec, verdict=verdict(findings, complete=not coverage["probes_not_run"]),
+                  findings=tuple(findings), coverage=coverage, probes=parts["probes"], sections=sections)

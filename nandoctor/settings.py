@@ -1,7 +1,10 @@
-"""Probe settings: the run's own (seed, batches) plus every threshold the probes declare.
+"""Settings: every threshold, gathered from where it is declared, and the values of one run.
 
-Defaults come from the registry (each probe's ``settings``); ``configs/probes.yaml`` is the
-same table written out (a test keeps them equal); ``--settings FILE`` overrides any of them.
+Each setting is declared by the module that reads it: the run's own (seed, batches) by the
+context, the traced pass's by ``measure.trace``, the sweep's by ``sweep.limits``, and each
+probe's on the probe. ``configs/probes.yaml`` is the table written out (a test keeps them
+equal); ``--settings FILE`` overrides any of them. Two declarations of one name are a bug in
+nandoctor, found when the table is gathered.
 """
 
 from __future__ import annotations
@@ -9,25 +12,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nandoctor.errors import UsageError
-from nandoctor.probes.base import Setting
+from nandoctor import context, probes
+from nandoctor.errors import InternalError, UsageError
+from nandoctor.findings import Setting
+from nandoctor.measure import trace
+from nandoctor.sweep import limits
 
-RUN_SETTINGS = (
-    Setting("seed", 0, "seeds torch before each probe, so the same spec gives the same report"),
-    Setting("batches", 4, "batches read once from `data` and reused by every probe"),
-)
 _CHOICES = {"amp_what_if": ("", "fp16", "bf16")}
 
 
 def declared() -> list[Setting]:
-    """Every setting: the run's, then each registered probe's, in registry order."""
-    from nandoctor.probes import PROBES
-
-    seen, table = set(), []
-    for setting in RUN_SETTINGS + tuple(s for probe in PROBES for s in probe.settings):
-        if setting.name not in seen:
-            seen.add(setting.name)
-            table.append(setting)
+    """Every setting: the run's, the traced pass's, the sweep's, then each registered probe's."""
+    table = [*context.RUN_SETTINGS, *trace.SETTINGS, *limits.SETTINGS,
+             *(s for probe in probes.PROBES for s in probe.settings)]
+    names = [setting.name for setting in table]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InternalError(f"settings declared twice: {', '.join(twice)}")
     return table
 
 

@@ -20,7 +20,7 @@ def diagnose_setup(result, settings=None, probes=None):
     setup = validate(on_test_device(result), "test:build")
     parts = run_probes(setup, settings or Settings(), probes or sorted(PROBES, key=lambda p: p.order),
                        progress=lambda message: None, debug=True)
-    return build_report("test:build", parts)
+    return build_report("test:build", parts).to_dict()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from nandoctor.cli import app
 from nandoctor.runner import open_context, run_probes, select_probes
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
-from nandoctor.sweep.command import sweep_report
+from nandoctor.sweep_report import sweep_report
 from nandoctor.sweep.grid import default_grid, recommend, run_sweep
 from nandoctor.sweep.stream import BatchStream
 from nandoctor.sweep.training import BAD, COLLAPSED, LEARNS, train

@@ -116,7 +116,7 @@ def test_a_probe_that_crashes_makes_the_run_incomplete_never_a_finding(broken_pr
     built = double_setup()
     parts = run_probes(validate(built, "t:b"), Settings(), [p for p in PROBES if p.name != "dynamics"],
                        progress=lambda message: None)
-    report = build_report("t:b", parts)
+    report = build_report("t:b", parts).to_dict()
     assert report["verdict"] == "incomplete" and report["findings"] == []
     missed = report["coverage"]["probes_not_run"]
     assert set(missed) == {"broken_hook", "broken"}

@@ -23,7 +23,13 @@ CONTRACT_CODES = [
     "backward_nonfinite", "activation_explosion", "exploding_gradients", "vanishing_gradients", "saturation",
     "dead_units", "lr_too_high", "lr_too_low", "loss_component_nonfinite", "loss_component_explosion",
     "amp_overflow", "grad_clip_too_aggressive", "loss_plateau", "device_mismatch", "label_out_of_range",
+    "no_gradient_path", "target_out_of_range", "loss_shape_mismatch", "rank_divergence",
 ]
+# Codes the 0.3 contract added whose detectors are open work: nandoctor declares a code only with a
+# detector, a fixture that raises it and a healthy twin. Each flips its strict xfail below when it lands.
+NOT_YET_DETECTED = {"no_gradient_path": "issue 17", "target_out_of_range": "issue 17",
+                    "loss_shape_mismatch": "issue 17", "rank_divergence": "issue 18"}
+DETECTED = [code for code in CONTRACT_CODES if code not in NOT_YET_DETECTED]
 
 
 def invoke(*args):
@@ -83,7 +89,7 @@ def test_missing_key_is_named_with_what_to_add(tmp_path, diagnose):
 
 def test_explain_lists_and_explains_every_code():
     listing = invoke("explain").stdout
-    for code in CONTRACT_CODES:
+    for code in DETECTED:
         assert code in listing
         text = invoke("explain", code).stdout
         assert all(part in text for part in ("What it means:", "Why it breaks:", "Example:", "Fix:"))
@@ -98,14 +104,20 @@ def test_contract_codes_match_the_shared_contract():
     section = contract.read_text().split("### Root-cause codes", 1)[1].split("\n## ", 1)[0]
     table = [line.split("|")[1].strip().strip("`") for line in section.splitlines() if line.startswith("| `")]
     assert set(table) == set(CONTRACT_CODES)
-    assert set(CONTRACT_CODES) <= set(CODES)
+    assert set(DETECTED) <= set(CODES)
+
+
+@pytest.mark.parametrize("code", sorted(NOT_YET_DETECTED))
+@pytest.mark.xfail(strict=True, reason="a 0.3 contract code whose detector is open work")
+def test_contract_code_not_yet_detected(code):
+    assert code in CODES
 
 
 
 
 def test_every_code_has_a_fixture_that_raises_it_and_a_twin():
     covered = {case.code for case in all_cases().values()}
-    assert set(CONTRACT_CODES) <= covered, set(CONTRACT_CODES) - covered
+    assert set(DETECTED) <= covered, set(DETECTED) - covered
     assert set(CODES) <= covered  # also the codes nandoctor added (forward_error, backward_error)
 
 

@@ -11,7 +11,7 @@ from nandoctor.render.sweep import render_sweep
 from nandoctor.runner import open_context, run_probes, select_probes
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
-from nandoctor.sweep.command import sweep_report
+from nandoctor.sweep_report import sweep_report
 from nandoctor.sweep.grid import sweep_rates
 from nandoctor.sweep.plan import SCHEDULES, estimated_steps, plan_sweep, step_gflop
 from tests.fixtures import dynamics as fx

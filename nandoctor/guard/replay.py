@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nandoctor.batches import to_device
 from nandoctor.config import fix_config
@@ -24,7 +24,8 @@ from nandoctor.loss import compute_loss
 from nandoctor.spec import Setup, call_build, parse_overrides, resolve_function, validate
 from nandoctor.state import preserved_rng
 
-NOT_REPLAYED = ["dynamics", "steps"]  # they train from the start; the replay is about this one step
+if TYPE_CHECKING:
+    from nandoctor.results import Report
 
 
 def load_replay_setup(payload: dict[str, Any], spec: str | None, overrides: list[str], seed: int) -> tuple[str, Setup]:
@@ -150,8 +151,9 @@ def _lr_finding(setup: Setup, payload: dict[str, Any]) -> list[Finding]:
 
 
 def replay(path: str, spec: str | None, overrides: list[str], settings: Any,
-           progress: Callable[[str], None], debug: bool = False) -> dict[str, Any]:
+           progress: Callable[[str], None], debug: bool = False) -> "Report":
     """Load, re-run, check and diagnose a capture; the report of ``diagnose`` plus a ``replay`` section."""
+    from nandoctor.probes import training_probes
     from nandoctor.runner import build_report, on_device, run_probes, select_probes
 
     payload = load_capture(path)
@@ -165,20 +167,14 @@ def replay(path: str, spec: str | None, overrides: list[str], settings: Any,
         notes.append("the failing step did not fail again in the replay: the failure depends on something the "
                      "capture does not hold (data-loader workers, non-deterministic kernels, a changed spec)")
     setup.data = [payload["batches"][-1]]
-    parts = run_probes(setup, settings.replace(batches=1), select_probes(None, [n for n in NOT_REPLAYED if _known(n)]),
+    # the probes that train from the start are left out: the replay is about this one step
+    parts = run_probes(setup, settings.replace(batches=1), select_probes(None, training_probes()),
                        progress=progress, debug=debug)
     parts["findings"] = _rank(parts["findings"] + _lr_finding(setup, payload))
-    report = build_report(spec, parts)
-    report["replay"] = {"capture": str(path), "reason": payload.get("reason"), "step": payload["step"],
-                        "window_start": payload.get("window_start"), "reproduced": again, "steps": steps,
-                        "changes": changes(payload.get("ring") or []), "notes": notes}
-    return report
-
-
-def _known(name: str) -> bool:
-    from nandoctor.probes import probe_names
-
-    return name in probe_names()
+    return build_report(spec, parts, replay={
+        "capture": str(path), "reason": payload.get("reason"), "step": payload["step"],
+        "window_start": payload.get("window_start"), "reproduced": again, "steps": steps,
+        "changes": changes(payload.get("ring") or []), "notes": notes})
 
 
 def _rank(findings: list[Finding]) -> list[Finding]:

@@ -17,12 +17,18 @@ from typing import Any
 
 from nandoctor.batches import iter_tensors
 from nandoctor.errors import InternalError, UsageError, describe, first_line
-from nandoctor.findings import is_finite
+from nandoctor.findings import Setting, is_finite
 from nandoctor.measure.activity import Activity, ActivityRecorder
 from nandoctor.measure.hooks import UserFacing, module_names, ours
 from nandoctor.measure.ops import installed_package_of, user_source_of
 from nandoctor.measure.stats import count_nonfinite, float_tensors, range_stats, rng_state
 from nandoctor.measure.labels import LabelRangeError, label_range_mode, may_hold_labels
+
+SETTINGS = (
+    Setting("saturation_derivative", 0.01,
+            "saturation: a tanh/sigmoid/softsign output counts as in the flat tail where its local derivative "
+            "is below this fraction of the peak"),
+)
 
 
 @dataclass

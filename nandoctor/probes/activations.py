@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
-from nandoctor.probes.base import Fact, Setting, Probe, ProbeResult
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
+from nandoctor.probes.base import Fact, Phase, Probe, ProbeResult, Setting
 from nandoctor.measure.trace import ModuleCall, traced
 
 
@@ -17,10 +17,10 @@ def leaf_profile(calls: list[ModuleCall]) -> list[ModuleCall]:
 class ActivationsProbe(Probe):
     name = "activations"
     description = "activation scale (abs-max, RMS) per module; flags growth by orders of magnitude"
-    order = 40
+    phase = Phase.ACTIVITY
     requires = (Fact.FORWARD_OK,)
     codes = (
-        CodeDoc("activation_explosion", 7,
+        CodeDoc("activation_explosion", Stage.ACTIVATION_SCALE,
                 "activations stay finite but their scale grows large through the layers",
                 "Large activations saturate nonlinearities, overflow in half precision and "
                 "make gradients explode.",

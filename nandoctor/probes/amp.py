@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from nandoctor.config import fix_config
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where, is_finite
-from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is_finite
+from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
 from nandoctor.measure.ops import OpPass, locate_nonfinite_op
 from nandoctor.measure.trace import ForwardPass, forward_pass
 
@@ -34,11 +34,11 @@ def _overflowing_component(full: ForwardPass, half: ForwardPass) -> str | None:
 class AmpProbe(Probe):
     name = "amp"
     description = "forward under the user's autocast precision beside float32: overflow or NaN only in half precision"
-    order = 25
+    phase = Phase.FORWARD
     requires = (Fact.FORWARD_RUNS,)
     provides = (Fact.AUTOCAST_RUNS,)
     codes = (
-        CodeDoc("amp_overflow", 6,
+        CodeDoc("amp_overflow", Stage.PRECISION,
                 "finite in float32, but overflows or turns NaN under the user's autocast precision",
                 "float16 tops out at 65,504: large logits or attention scores become Inf, then NaN.",
                 "Contrastive logits divided by a temperature of 0.07 under fp16 autocast.",

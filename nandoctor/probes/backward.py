@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.grad_origin import find_gradient_origin
-from nandoctor.probes.base import Fact, Probe, ProbeResult
+from nandoctor.probes.base import Fact, Phase, Probe, ProbeResult
 from nandoctor.measure.trace import BatchTrace, traced
 
 # Autograd ops whose gradient is non-finite at a point where their value is finite.
@@ -43,16 +43,16 @@ def _parameter_near(trace: BatchTrace, module: str | None) -> str | None:
 class BackwardProbe(Probe):
     name = "backward"
     description = "where gradients first turn NaN/Inf in the backward pass while the forward is finite"
-    order = 30
+    phase = Phase.BACKWARD
     requires = (Fact.FORWARD_OK,)
     provides = (Fact.BACKWARD_OK,)
     codes = (
-        CodeDoc("backward_nonfinite", 11,
+        CodeDoc("backward_nonfinite", Stage.BACKWARD_VALUES,
                 "the forward pass is finite but gradients turn NaN/Inf",
                 "The optimizer step writes NaN into the weights; the next forward is NaN.",
                 "x.norm() of an all-zero vector: finite value, NaN gradient (0/0).",
                 "Add eps inside the op named in the finding (sqrt(x + eps), clamp before acos)."),
-        CodeDoc("backward_error", 11,
+        CodeDoc("backward_error", Stage.BACKWARD_VALUES,
                 "loss.backward() raised an exception",
                 "No gradient, no step: usually an in-place op modified a tensor autograd saved.",
                 "x += 1 on the output of a sigmoid that backward needs.",

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import Any, ClassVar
 
-from nandoctor.findings import CodeDoc, Finding
+from nandoctor.findings import CodeDoc, Finding, Setting
 
 
 class Fact(str, Enum):
@@ -22,15 +22,6 @@ class Fact(str, Enum):
     FORWARD_OK = "forward_ok"  # ... and every output and the loss are finite
     BACKWARD_OK = "backward_ok"  # the backward pass runs and every gradient is finite
     AUTOCAST_RUNS = "autocast_runs"  # the forward runs at the precision the user trains with
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One tunable threshold: its name in ``--settings FILE``, its default and what it means."""
-
-    name: str
-    default: Any
-    meaning: str
 
 
 @dataclass(frozen=True)
@@ -68,17 +59,45 @@ class ProbeResult:
     incomplete: str | None = None  # why the probe stopped short of its whole job (time budget)
 
 
+class Phase(IntEnum):
+    """When a probe runs. Probes of one phase run in registry order (``probes.PROBES``); the
+    registry checks that every fact a probe needs is provided by a probe that runs before it."""
+
+    DATA = 10  # the batches, the parameters and the labels, before anything runs
+    FORWARD = 20  # the forward pass and the loss
+    BACKWARD = 30  # the gradients of one step
+    ACTIVITY = 40  # what the traced pass recorded: activations, saturation, dead units, gradient scale
+    TRAINING = 60  # steps of training: the LR sweep and the user's own configuration
+
+
+class Cost(str, Enum):
+    """What a probe costs: ``--quick``, ``smoke`` and ``replay`` run only the probes that do not train."""
+
+    PASSES = "passes"  # a few forward/backward passes over the cached batches
+    TRAINS = "trains"  # trains the model from its start for many steps
+
+
 class Probe:
-    """Base class: subclasses set the class attributes and implement :meth:`run`."""
+    """Base class: subclasses set the class attributes and implement :meth:`run`.
+
+    ``order`` is the phase's number unless a probe sets its own (a probe added by a test).
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
+    phase: ClassVar[Phase] = Phase.ACTIVITY
     order: ClassVar[int]
+    cost: ClassVar[Cost] = Cost.PASSES
     requires: ClassVar[tuple[Fact, ...]] = ()
     provides: ClassVar[tuple[Fact, ...]] = ()
     codes: ClassVar[tuple[CodeDoc, ...]] = ()
     settings: ClassVar[tuple[Setting, ...]] = ()
     folds: ClassVar[tuple[Fold, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "order" not in cls.__dict__:
+            cls.order = int(cls.phase)
 
     def run(self, ctx: Any) -> ProbeResult:  # pragma: no cover - every probe overrides it
         raise NotImplementedError

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from nandoctor.config import fix_config
-from nandoctor.findings import CodeDoc, is_finite, Finding, Fix, Severity, Where
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is_finite
 from nandoctor.measure.grad_origin import find_gradient_origin
 from nandoctor.measure.ops import locate_nonfinite_op
 from nandoctor.probes.backward import OP_ADVICE
-from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult, loss_side
+from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting, loss_side
 from nandoctor.measure.trace import traced
 
 
@@ -47,15 +47,15 @@ def component_gradients(ctx: Any, batch: Any) -> dict[str, dict[str, float]]:
 class ComponentsProbe(Probe):
     name = "components"
     description = "each named loss component's value and own gradient norm: NaN terms, dominant terms"
-    order = 35
+    phase = Phase.BACKWARD
     requires = (Fact.FORWARD_RUNS,)
     codes = (
-        CodeDoc("loss_component_nonfinite", 10,
+        CodeDoc("loss_component_nonfinite", Stage.LOSS_VALUES,
                 "one named loss component produces NaN/Inf (value or gradient)",
                 "One bad term poisons the total loss and every gradient.",
                 "A contrastive term dividing embeddings by a norm that is zero for some rows.",
                 "Add eps to the named component's divisions/norms (F.normalize(x, eps=1e-6))."),
-        CodeDoc("loss_component_explosion", 12,
+        CodeDoc("loss_component_explosion", Stage.LOSS_BALANCE,
                 "one named loss component's gradient dwarfs the rest",
                 "The other components' signal is lost; clipping scales it away.",
                 "An acyclicity term trace(A³) at weight 0.1 beside a reconstruction loss.",

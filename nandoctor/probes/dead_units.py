@@ -10,8 +10,8 @@ from typing import Any
 
 from nandoctor.measure.activity import RELU_FAMILY
 from nandoctor.measure.trace import traced
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
-from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
+from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
 
 __all__ = ["DeadUnitsProbe", "RELU_FAMILY"]
 
@@ -19,10 +19,10 @@ __all__ = ["DeadUnitsProbe", "RELU_FAMILY"]
 class DeadUnitsProbe(Probe):
     name = "dead_units"
     description = "share of ReLU-family units that never activate on the cached batches, per module"
-    order = 46
+    phase = Phase.ACTIVITY
     requires = (Fact.FORWARD_RUNS,)
     codes = (
-        CodeDoc("dead_units", 9,
+        CodeDoc("dead_units", Stage.DEAD_UNITS,
                 "a large share of ReLU-like units never activate",
                 "A unit that is zero for every input gets no gradient and never recovers.",
                 "Linear layers whose biases start at -5 before a ReLU.",

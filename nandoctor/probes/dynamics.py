@@ -15,9 +15,9 @@ from dataclasses import replace
 from typing import Any
 
 from nandoctor.config import fix_config
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.trace import traced
-from nandoctor.probes.base import Fact, Fold, Probe, ProbeResult, Setting
+from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, Setting
 from nandoctor.state import run_snapshot
 from nandoctor.sweep.grid import Sweep, recommend, run_sweep, sweep_rates, sweep_summary
 from nandoctor.sweep.plan import plan_note, plan_sweep
@@ -58,25 +58,26 @@ def _table(sweep: Sweep) -> dict[str, Any]:
 class DynamicsProbe(Probe):
     name = "dynamics"
     description = "LR sweep judged on held-out batches: LR too high/low, clipping, labels against a shuffled control"
-    order = 60
+    phase = Phase.TRAINING
+    cost = Cost.TRAINS
     requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK, Fact.AUTOCAST_RUNS)
     codes = (
-        CodeDoc("lr_too_high", 16,
+        CodeDoc("lr_too_high", Stage.RATE_TOO_HIGH,
                 "the learning rate sweep shows the user's rate diverges or is unstable where a lower one trains",
                 "Each step overshoots; the loss climbs or goes NaN.",
                 "AdamW at 1e-3 on a transformer whose gradients reach 4e8.",
                 "Use the recommended rate from the sweep."),
-        CodeDoc("lr_too_low", 17,
+        CodeDoc("lr_too_low", Stage.RATE_TOO_LOW,
                 "the loss barely moves at the user's rate where a higher one trains stably",
                 "Training wastes compute or never leaves the initial plateau.",
                 "SGD at 1e-5.",
                 "Use the recommended rate from the sweep."),
-        CodeDoc("grad_clip_too_aggressive", 15,
+        CodeDoc("grad_clip_too_aggressive", Stage.CLIPPING,
                 "clipping scales nearly every step's gradient down by a large factor",
                 "Every update is shrunk to max_norm: effectively a much smaller LR.",
                 "clip_grad_norm_(max_norm=1.0) where gradient norms are in the thousands.",
                 "Raise max_norm to about the observed median norm, and fix what makes norms large."),
-        CodeDoc("loss_plateau", 18,
+        CodeDoc("loss_plateau", Stage.NO_SIGNAL,
                 "the loss stays at its random-guess baseline and does not decrease",
                 "The model learns nothing: often labels disconnected from inputs, or a dead signal path.",
                 "Labels shuffled apart from their inputs: training fits them no better than permuted ones.",
@@ -88,26 +89,7 @@ class DynamicsProbe(Probe):
     )
 
     settings = (
-        Setting("sweep_steps", 32, "LR sweep (diagnose and lr-sweep): steps for the rates that reach the end; every rate runs a quarter of them"),
-        Setting("sweep_decades_down", 2, "... the first grid: half-decade rates from user_lr / 10**down ..."),
-        Setting("sweep_decades_up", 2, "... to user_lr * 10**up; it grows while the best rate is on an edge ..."),
-        Setting("sweep_max_decades", 6, "... up to this many decades from user_lr either way"),
-        Setting("sweep_plan_s", 30.0, "... planned to take about this many seconds: steps per rate, rates continued and the grid shrink "
-                                      "for a model whose counted FLOPs per step would not fit at the assumed speed below"),
-        Setting("sweep_cpu_gflops", 100.0, "... the assumed training speed on a CPU, GFLOP/s (the plan is the same on every run)"),
-        Setting("sweep_gpu_gflops", 20000.0, "... and on a GPU"),
-        Setting("sweep_budget_s", 120.0, "... in diagnose: runs that would end past this many seconds are dropped (the verdict is then incomplete)"),
-        Setting("sweep_stream_batches", 64, "... training batches read from data and cached (the same sequence for every rate), then repeated"),
-        Setting("tie_tolerance", 0.03, "recommendation: rates whose held-out loss is within this share of the best rate's fall from the start tie; the largest wins"),
-        Setting("learns_drop", 0.05, "a run learns when its held-out loss falls by at least this share of the start"),
-        Setting("diverged_rise", 0.5, "a run diverged when its loss ends this share above its start"),
-        Setting("spike_rise", 2.0, "a run is unstable when a step's loss rises this many times the start's scale above it"),
-        Setting("grad_growth", 100.0, "... or its gradient norm grows this many times over the first step's"),
-        Setting("blowup_rise", 10.0, "a run stops early once its loss is this many times the start's scale above it"),
-        Setting("collapse_spread", 0.05, "a run collapsed when its outputs' spread across samples falls below this share of the start's"),
-        Setting("sweep_read_every", 8, "on a GPU, the sweep reads losses and gradient norms back once every this many steps "
-                                       "(each read waits for the device; a diverging run is cut up to that many steps late)"),
-        Setting("amp_skip_limit", 20, "fp16: consecutive GradScaler-skipped steps (the scale calibrating) before a run counts as diverged"),
+        Setting("sweep_budget_s", 120.0, "LR sweep in diagnose: runs that would end past this many seconds are dropped (the verdict is then incomplete)"),
         Setting("lr_worse_gap", 0.3, "lr_too_high/low: the user's rate misses this share of the best rate's fall in held-out loss ..."),
         Setting("lr_worse_loss", 0.1, "... and ends this share above the best rate's held-out loss"),
         Setting("plateau_margin", 0.02, "loss_plateau: real targets beat targets permuted across samples by less than this share of the start"),

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.findings import CodeDoc, is_finite, Finding, Fix, Severity, Where
-from nandoctor.probes.base import Fact, Fold, Probe, ProbeResult, inside_module
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is_finite
+from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, inside_module
 from nandoctor.measure.ops import OpPass, locate_nonfinite_op
 from nandoctor.measure.trace import BatchTrace, ModuleCall, traced
 
@@ -71,16 +71,16 @@ def _fmt(value: float | None) -> str:
 class ForwardProbe(Probe):
     name = "forward"
     description = "first module whose forward turns finite numbers into NaN/Inf, or that raises"
-    order = 20
+    phase = Phase.FORWARD
     requires = ()
     provides = (Fact.FORWARD_RUNS, Fact.FORWARD_OK)
     codes = (
-        CodeDoc("forward_error", 4,
+        CodeDoc("forward_error", Stage.FORWARD_ERROR,
                 "the model's forward (or the loss function) raised an exception",
                 "Training cannot start; the message and the module that raised say why.",
                 "A shape mismatch between an encoder's output and a head's Linear.",
                 "Fix the module named in the finding; the message is the one torch raised."),
-        CodeDoc("forward_nonfinite", 5,
+        CodeDoc("forward_nonfinite", Stage.FORWARD_VALUES,
                 "a module's forward turns finite inputs into NaN/Inf; where.module is the first such module",
                 "Once an activation is NaN the loss and every gradient are NaN.",
                 "torch.log(torch.softmax(x)) where softmax underflows to 0, giving log(0) = -inf.",

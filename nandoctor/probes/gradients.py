@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
-from nandoctor.probes.base import Fact, Fold, Setting, Probe, ProbeResult
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
+from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
 from nandoctor.probes.parameters import owner
 from nandoctor.measure.trace import traced
 
@@ -19,15 +19,15 @@ from nandoctor.measure.trace import traced
 class GradientsProbe(Probe):
     name = "gradients"
     description = "per-parameter gradient norms; flags exploding and vanishing gradients"
-    order = 50
+    phase = Phase.ACTIVITY
     requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK)
     codes = (
-        CodeDoc("exploding_gradients", 13,
+        CodeDoc("exploding_gradients", Stage.GRADIENT_SCALE,
                 "gradient norms are very large at the user's settings",
                 "Huge updates throw the weights far away; Adam's state fills with extremes.",
                 "qkv_proj.weight with grad_norm=432,542,528 at LR 1e-3.",
                 "Normalize inputs and targets, add normalization layers, lower the LR; clip as a guard."),
-        CodeDoc("vanishing_gradients", 14,
+        CodeDoc("vanishing_gradients", Stage.GRADIENT_FLOW,
                 "gradients are zero or vanishingly small for all or most parameters",
                 "Parameters without gradient never change: the model cannot learn.",
                 "A 20-layer sigmoid MLP: gradients shrink by 4x per layer.",

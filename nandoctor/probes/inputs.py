@@ -15,8 +15,8 @@ from typing import Any
 
 from nandoctor.batches import dense, iter_tensors
 from nandoctor.featurestats.columns import ColumnSummary, FlagLimits, StreamingColumn
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
-from nandoctor.probes.base import Fold, Probe, ProbeResult, Setting
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
+from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult, Setting
 from nandoctor.measure.consumers import Consumer, first_consumers
 from nandoctor.measure.trace import traced
 
@@ -133,20 +133,20 @@ def still_flagged(consumer: Consumer, limits: FlagLimits) -> list[int] | None:
 class InputsProbe(Probe):
     name = "inputs"
     description = "NaN/Inf and scale of every float input feature; integer ids against embedding sizes"
-    order = 5
+    phase = Phase.DATA
     requires = ()
     codes = (
-        CodeDoc("nonfinite_input", 2,
+        CodeDoc("nonfinite_input", Stage.DATA,
                 "a batch holds NaN or Inf",
                 "NaN inputs make every downstream activation, loss and gradient NaN.",
                 "A feature column with missing values that were never imputed.",
                 "Impute or drop missing values in the data pipeline; assert torch.isfinite on batches."),
-        CodeDoc("index_out_of_range", 2,
+        CodeDoc("index_out_of_range", Stage.DATA,
                 "integer ids in a batch fall outside an embedding's num_embeddings (or below 0)",
                 "On the CPU the forward raises IndexError; on CUDA a device-side assert kills the process.",
                 "A tokenizer with 35,000 ids feeding nn.Embedding(32000, d).",
                 "Set num_embeddings to max id + 1 (vocabulary size), or remap the ids."),
-        CodeDoc("unnormalized_input", 3,
+        CodeDoc("unnormalized_input", Stage.INPUT_SCALE,
                 "an input feature's scale is far from unit (raw times, counts, ids fed as floats)",
                 "Large inputs give large activations and gradients; the first layer's weights "
                 "see one feature and ignore the rest.",

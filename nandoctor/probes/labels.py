@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.trace import traced
-from nandoctor.probes.base import Fold, Probe, ProbeResult
+from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult
 
 
 class LabelsProbe(Probe):
     name = "labels"
     description = "classification targets against the class count of the loss that reads them"
-    order = 15
+    phase = Phase.DATA
     requires = ()
     codes = (
-        CodeDoc("label_out_of_range", 2,
+        CodeDoc("label_out_of_range", Stage.DATA,
                 "classification targets fall outside the range the loss accepts (below 0, or at/above "
                 "the number of classes), other than its ignore index",
                 "cross_entropy indexes the logits with each label: on the CPU it raises inside the loss, "

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where, is_finite
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is_finite
 from nandoctor.measure.trace import traced
-from nandoctor.probes.base import Fold, Probe, ProbeResult, owns_tensor
+from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult, owns_tensor
 
 
 def owner(qualified_name: str) -> str:
@@ -43,15 +43,15 @@ def _forward_stays_finite(ctx: Any) -> bool:
 class ParametersProbe(Probe):
     name = "parameters"
     description = "NaN/Inf in parameters or buffers at init; parameters and buffers on different devices"
-    order = 10
+    phase = Phase.DATA
     requires = ()
     codes = (
-        CodeDoc("device_mismatch", 0,
+        CodeDoc("device_mismatch", Stage.DEVICES,
                 "parameters, buffers or batch tensors sit on different devices",
                 "Ops on tensors from two devices raise, or silently copy every step.",
                 "A buffer created in forward() on the CPU while the model lives on the GPU.",
                 "Create tensors with device=x.device; register them as buffers so .to() moves them."),
-        CodeDoc("nonfinite_init", 1,
+        CodeDoc("nonfinite_init", Stage.INIT,
                 "a parameter or buffer holds NaN/Inf before any step",
                 "Every output that touches it is NaN from the first step.",
                 "Normalization statistics computed from an empty calibration set (mean of nothing = NaN).",

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Where
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.trace import float_tensors, traced
-from nandoctor.probes.base import Fact, Setting, Fold, Probe, ProbeResult
+from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
 
 MAX_CHECKED = 8  # modules that look pinned and get the gradient control
 
@@ -102,10 +102,10 @@ def _grad_norm_under(ctx: Any, module: str) -> float | None:
 class SaturationProbe(Probe):
     name = "saturation"
     description = "outputs pinned at a clamp bound or in the flat tails of tanh/sigmoid, so gradients die"
-    order = 45
+    phase = Phase.ACTIVITY
     requires = (Fact.FORWARD_RUNS,)
     codes = (
-        CodeDoc("saturation", 8,
+        CodeDoc("saturation", Stage.SATURATION,
                 "outputs pinned at a clamp bound or saturated nonlinearity, so gradients die",
                 "A clamped or saturated output has zero gradient: the layers behind it stop learning.",
                 "A critic score clamped at ±1000 from the first batch.",
@@ -120,9 +120,6 @@ class SaturationProbe(Probe):
     settings = (
         Setting("saturation_warning", 0.5, "saturation: share of a module's outputs at a bound for a warning"),
         Setting("saturation_critical", 0.9, "... and for a critical finding"),
-        Setting("saturation_derivative", 0.01,
-                "... a tanh/sigmoid/softsign output counts as in the flat tail where its local derivative "
-                "is below this fraction of the peak"),
         Setting("saturation_passed", 0.01,
                 "... other modules: pinned outputs count as blocking when they pass back, per element, less "
                 "than this fraction of the gradient their module's other outputs pass"),

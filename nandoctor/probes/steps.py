@@ -21,7 +21,7 @@ from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.measure.grad_origin import find_gradient_origin
 from nandoctor.measure.trace import trace_batch
 from nandoctor.probes.backward import OP_ADVICE
-from nandoctor.probes.base import Fact, Fold, Probe, ProbeResult, Setting
+from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, Setting
 from nandoctor.probes.forward import first_nonfinite_call
 from nandoctor.errors import InternalError, UsageError, describe
 from nandoctor.state import run_snapshot
@@ -105,12 +105,11 @@ def _overflow(cause: Finding, symptom: Finding) -> bool:
 class StepsProbe(Probe):
     name = "steps"
     description = "trains the user's own configuration some steps; a NaN/Inf at step k is traced to its op and line"
-    order = 62
+    phase = Phase.TRAINING
+    cost = Cost.TRAINS
     requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK)
     settings = (
-        Setting("guard_steps", 40, "diagnose --steps: training steps of the user's own configuration "
-                                   "(rate, optimizer, clipping, precision) before a NaN/Inf is looked for"),
-        Setting("guard_budget_s", 60.0, "... those steps stop after this many seconds"),
+        Setting("guard_budget_s", 60.0, "diagnose --steps: those steps stop after this many seconds"),
     )
     folds = (Fold("lr_too_high", "forward_nonfinite", _overflow), Fold("lr_too_high", "backward_nonfinite", _overflow))
 

@@ -17,7 +17,7 @@ def diagnose(spec: dict, settings: dict | None = None) -> dict:
 
     parts = run_probes(validate(on_test_device(spec), "zoo:build"), Settings(**(settings or {})), sorted(PROBES, key=lambda p: p.order),
                        progress=lambda message: None, debug=False)
-    return build_report("zoo:build", parts)
+    return build_report("zoo:build", parts).to_dict()
 
 
 def where_matches(found: dict, expected: dict | None) -> bool:

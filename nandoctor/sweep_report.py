@@ -1,4 +1,4 @@
-"""``nandoctor lr-sweep``: the sweep as a command, its table and its plot."""
+"""``nandoctor lr-sweep``: the sweep as a command over one run context, its table and its plot."""
 
 from __future__ import annotations
 
