@@ -1,4 +1,5 @@
-"""The layout holds: no import cycle, small documented modules, a probe is one file + one line."""
+"""The layout holds: imports go down the pipeline, no cycle, small documented modules, a setting is
+declared where it is read, a probe is one file + one line."""
 
 import ast
 import json
@@ -21,15 +22,119 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """Modules of the package that ``path`` imports, at any depth (function-level imports too)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+def _import_nodes(path: Path) -> list[tuple[int, str]]:
+    """(line, module) for each module of the package that ``path`` imports, at any depth (function-level
+    imports too; ``from nandoctor import probes`` names ``nandoctor.probes``). Imports under
+    ``if TYPE_CHECKING:`` are type hints, not dependencies: they are left out."""
+    tree = ast.parse(path.read_text())
+    hints = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+             for n in ast.walk(node)}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in hints:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nandoctor"):
-            found.add(node.module)
+            found.append((node.lineno, node.module))
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names
+                      if (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").is_file()
+                      or (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/") / "__init__.py").is_file()]
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("nandoctor"))
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("nandoctor")]
     return found
+
+
+def _imports(path: Path) -> set[str]:
+    return {module for _, module in _import_nodes(path)}
+
+
+# The pipeline, first to last: a module imports only from its own layer or the layers before it.
+# Render sits before results: a Report renders itself (``str(report)``), and renderers format the
+# report's plain data. The "run" layer drives a whole command over the layers below it.
+LAYERS = [
+    ("foundation", ["nandoctor", "nandoctor.errors", "nandoctor.findings", "nandoctor.state", "nandoctor.batches",
+                    "nandoctor.conventions", "nandoctor.config", "nandoctor.examples", "nandoctor.featurestats.columns"]),
+    ("spec", ["nandoctor.spec", "nandoctor.loss", "nandoctor.guard", "nandoctor.integrations"]),
+    ("context", ["nandoctor.context", "nandoctor.step"]),
+    ("measure/sweep", ["nandoctor.measure", "nandoctor.sweep", "nandoctor.featurestats"]),
+    ("probes", ["nandoctor.probes", "nandoctor.codes", "nandoctor.settings"]),
+    ("ranking", ["nandoctor.ranking"]),
+    ("render", ["nandoctor.render"]),
+    ("results", ["nandoctor.results"]),
+    ("run", ["nandoctor.runner", "nandoctor.sweep_report", "nandoctor.scan", "nandoctor.guard.replay"]),
+    ("cli/api", ["nandoctor.api", "nandoctor.cli", "nandoctor.__main__"]),
+]
+
+
+def _layer(module: str) -> int:
+    """The layer of the longest prefix that names ``module`` (``nandoctor.guard.replay`` before ``nandoctor.guard``)."""
+    matches = [(len(prefix), rank) for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+               if module == prefix or module.startswith(prefix + ".")]
+    assert matches, f"{module} is in no layer of LAYERS: add it where it belongs"
+    return max(matches)[1]
+
+
+def test_imports_only_go_down_the_pipeline():
+    climbing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        for line, imported in _import_nodes(path):
+            if _layer(imported) > _layer(module):
+                climbing.append(f"{path.relative_to(PACKAGE.parent)}:{line} {module} ({LAYERS[_layer(module)][0]}) "
+                                f"imports {imported} ({LAYERS[_layer(imported)][0]})")
+    assert not climbing, "imports that climb back up the pipeline:\n" + "\n".join(climbing)
+
+
+def _unit(module: str) -> str:
+    """Modules of one package share their settings, except probes: each probe can be taken out alone."""
+    parent = module.rpartition(".")[0]
+    return module if parent in ("nandoctor", "nandoctor.probes") or not parent else parent
+
+
+def _settings_read(path: Path, names: set[str]) -> set[str]:
+    """Setting names the module reads: ``<...>.settings.NAME``, ``settings.NAME``, ``limits.NAME``,
+    ``settings.is_default("NAME")``."""
+    read = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in names:
+            owner = node.value
+            owner_name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if owner_name in ("settings", "limits"):
+                read.add(node.attr)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "is_default" and node.args \
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value in names:
+            read.add(node.args[0].value)
+    return read
+
+
+def test_a_setting_is_declared_where_it_is_read():
+    """Reading a threshold that only another probe declares breaks when that probe is taken out."""
+    import nandoctor.context
+    import nandoctor.measure.trace
+    import nandoctor.sweep.limits
+
+    run_settings = {s.name for s in nandoctor.context.RUN_SETTINGS}  # they travel with the context every probe gets
+    declared_in = {}
+    declared_in.update({s.name: "nandoctor.measure.trace" for s in nandoctor.measure.trace.SETTINGS})
+    declared_in.update({s.name: "nandoctor.sweep.limits" for s in nandoctor.sweep.limits.SETTINGS})
+    declared_in.update({s.name: probe.__module__ for probe in PROBES for s in probe.settings})
+    graph = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+
+    def reachable(module: str) -> set[str]:
+        seen, todo = set(), [module]
+        while todo:
+            current = todo.pop()
+            if current not in seen:
+                seen.add(current)
+                todo += [d for d in graph.get(current, ()) if d in graph]
+        return {_unit(m) for m in seen}
+
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        for name in sorted(_settings_read(path, set(declared_in)) - run_settings):
+            if _unit(declared_in[name]) not in reachable(module):
+                wrong.append(f"{module} reads {name}, declared in {declared_in[name]}, which it does not import")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_no_import_cycle_inside_the_package():

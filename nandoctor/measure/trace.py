@@ -24,7 +24,9 @@ from nandoctor.measure.ops import installed_package_of, user_source_of
 from nandoctor.measure.stats import count_nonfinite, float_tensors, range_stats, rng_state
 from nandoctor.measure.labels import LabelRangeError, label_range_mode, may_hold_labels
 
-SETTINGS = (
+SETTINGS = (  # read by the probes that judge this pass's recordings
+    Setting("grad_norm_warning", 1e3, "exploding_gradients: global gradient norm for a warning (and the least "
+                                      "norm at which loss_component_explosion blames a component)"),
     Setting("saturation_derivative", 0.01,
             "saturation: a tanh/sigmoid/softsign output counts as in the flat tail where its local derivative "
             "is below this fraction of the peak"),

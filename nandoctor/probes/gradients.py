@@ -41,8 +41,7 @@ class GradientsProbe(Probe):
     )
 
     settings = (
-        Setting("grad_norm_warning", 1e3, "exploding_gradients: global gradient norm for a warning"),
-        Setting("grad_norm_critical", 1e5, "... and for a critical finding"),
+        Setting("grad_norm_critical", 1e5, "exploding_gradients: global gradient norm for a critical finding"),
         Setting("grad_rms_vanishing", 1e-10, "vanishing_gradients: gradient RMS below this counts as no gradient"),
         Setting("vanishing_share", 0.9, "... for at least this share of the parameters (by element count)"),
         Setting("vanishing_depth_ratio", 1e-6,
