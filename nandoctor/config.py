@@ -12,18 +12,31 @@ from __future__ import annotations
 import difflib
 import io
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nandoctor.errors import UsageError, first_line
 
-USUAL_NAMES = {
-    "lr": ("lr", "learning_rate", "learningrate", "base_lr", "max_lr"),
-    "grad_clip": ("grad_clip", "gradient_clip_val", "max_norm", "clip_grad_norm", "grad_clip_norm",
-                  "gradient_clip", "clip_norm", "max_grad_norm"),
-    "amp": ("amp", "use_amp", "precision", "mixed_precision"),
-    "dropout": ("dropout", "dropout_rate", "dropout_p"),
-}
+@dataclass(frozen=True)
+class FixKey:
+    """What a fix tunes (``lr``: the spec's key, as the contract names it) and the names a training
+    config usually gives it (``learning_rate``, ``base_lr``), searched when ``config_keys`` is silent."""
+
+    name: str
+    aliases: tuple[str, ...]
+
+
+LR = FixKey("lr", ("lr", "learning_rate", "learningrate", "base_lr", "max_lr"))
+GRAD_CLIP = FixKey("grad_clip", ("grad_clip", "gradient_clip_val", "max_norm", "clip_grad_norm", "grad_clip_norm",
+                                 "gradient_clip", "clip_norm", "max_grad_norm"))
+AMP = FixKey("amp", ("amp", "use_amp", "precision", "mixed_precision"))
+
+
+def loss_weight(component: str) -> FixKey:
+    """The weight of one named loss component (``loss_weights.<component>``)."""
+    return FixKey(f"loss_weights.{component}", (f"lambda_{component}", f"{component}_weight", f"weight_{component}",
+                                                f"w_{component}", f"{component}_lambda", f"lambda{component}"))
 
 
 def _flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -37,37 +50,29 @@ def _flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _candidates(what: str) -> tuple[str, ...]:
-    if what.startswith("loss_weights."):
-        component = what.split(".", 1)[1]
-        return (f"lambda_{component}", f"{component}_weight", f"weight_{component}", f"w_{component}",
-                f"{component}_lambda", f"lambda{component}")
-    return USUAL_NAMES.get(what, (what,))
-
-
-def config_key(setup: Any, what: str) -> str | None:
+def config_key(setup: Any, what: FixKey) -> str | None:
     """The dotted config key for ``what`` (``lr``, ``grad_clip``, ``loss_weights.dist``), or None."""
-    if what in (setup.config_keys or {}):
-        return setup.config_keys[what]
+    if what.name in (setup.config_keys or {}):
+        return setup.config_keys[what.name]
     if not setup.config:
         return None
     flat = _flatten(setup.config)
-    names = _candidates(what)
-    for name in names:  # the shallowest key with a usual name wins
+    for name in what.aliases:  # the shallowest key with a usual name wins
         matches = sorted((k for k in flat if k.rsplit(".", 1)[-1].lower() == name), key=lambda k: k.count("."))
         if matches:
             return matches[0]
     return None
 
 
-def fix_config(setup: Any, what: str, value: Any) -> tuple[dict[str, Any], str]:
+def fix_config(setup: Any, what: FixKey, value: Any) -> tuple[dict[str, Any], str]:
     """``({key: value}, note)``: the config's key when found, else the spec's key and what to add."""
     key = config_key(setup, what)
     if key is not None:
         return {key: value}, ""
     if setup.config:
-        return {what: value}, f" (no key for {what} found in your config: add one, or map it in config_keys)"
-    return {what: value}, ""
+        return {what.name: value}, (f" (no key for {what.name} found in your config: add one, or map it in "
+                                    "config_keys)")
+    return {what.name: value}, ""
 
 
 def _yaml():

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from nandoctor.batches import to_device
-from nandoctor.config import fix_config
+from nandoctor.config import LR, fix_config
 from nandoctor.errors import UsageError, first_line
 from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.guard.capture import load_capture, set_rng_states
@@ -142,7 +142,7 @@ def _lr_finding(setup: Setup, payload: dict[str, Any]) -> list[Finding]:
     jump = lr_jump(payload.get("ring") or [])
     if jump is None or jump["to_step"] > payload["step"]:
         return []
-    config, note = fix_config(setup, "lr", jump["from"])
+    config, note = fix_config(setup, LR, jump["from"])
     return [Finding("lr_too_high", Severity.CRITICAL,
                     f"{jump['text']}, {payload['step'] - jump['to_step']} step(s) before the failure at step {payload['step']}",
                     Where(), {k: jump[k] for k in ("from", "to", "from_step", "to_step", "ratio")},

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.config import fix_config
+from nandoctor.config import AMP, fix_config
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is_finite
 from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
 from nandoctor.measure.ops import OpPass, locate_nonfinite_op
@@ -101,7 +101,7 @@ class AmpProbe(Probe):
                 f"module {near['module']!r} reaches {near['absmax']:,.4g} in float32, within {1 / ctx.settings.amp_near:g}x of "
                 f"float16's limit 65,504",
                 Where(module=near["module"]), dict(near, precision=precision),
-                Fix(*fix_config(ctx.setup, "amp", "bf16")[:1],
+                Fix(*fix_config(ctx.setup, AMP, "bf16")[:1],
                     advice=f"One larger batch overflows: scale down what {near['module']!r} computes, keep it "
                            "in float32, or use bf16.")))
         if findings and ctx.setup.amp is None:
@@ -150,7 +150,7 @@ class AmpProbe(Probe):
                   component: str | None, ops: OpPass, batch: int) -> Finding:
         (culprit, reference), (full, half) = calls, passes
         limit, site = LIMITS[precision], ops.site
-        config, note = fix_config(ctx.setup, "amp", "bf16") if precision == "fp16" else ({}, "")
+        config, note = fix_config(ctx.setup, AMP, "bf16") if precision == "fp16" else ({}, "")
         evidence = {"precision": precision, "dtype_limit": limit, "batch": batch, "float32_loss": full.loss,
                     "autocast_loss": half.loss, "float32_components": full.components,
                     "autocast_components": half.components, "op": site.op if site else None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.config import fix_config
+from nandoctor.config import fix_config, loss_weight
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is_finite
 from nandoctor.measure.grad_origin import find_gradient_origin
 from nandoctor.measure.ops import locate_nonfinite_op
@@ -155,7 +155,7 @@ class ComponentsProbe(Probe):
             return []
         ratio = top["grad_norm"] / second["grad_norm"]
         suggested = float(f"{top['weight'] * second['grad_norm'] / top['grad_norm']:.1g}")
-        config, note = fix_config(ctx.setup, f"loss_weights.{name}", suggested)
+        config, note = fix_config(ctx.setup, loss_weight(name), suggested)
         return [Finding(
             "loss_component_explosion", Severity.CRITICAL if ratio >= dominance ** 2 else Severity.WARNING,
             f"loss component {name!r}'s gradient is {ratio:,.3g}x that of {second_name!r} "

@@ -14,7 +14,7 @@ import statistics
 from dataclasses import replace
 from typing import Any
 
-from nandoctor.config import fix_config
+from nandoctor.config import GRAD_CLIP, LR, fix_config
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.trace import traced
 from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, Setting
@@ -149,7 +149,7 @@ class DynamicsProbe(Probe):
         if missed < settings.lr_worse_gap or not worse:
             return []
         evidence.update(compared_at_steps=steps, share_of_fall_missed=missed)
-        config, note = fix_config(ctx.setup, "lr", best.lr)
+        config, note = fix_config(ctx.setup, LR, best.lr)
         what = "held-out" if user.heldout_initial is not None else "training"
         numbers = (f"after {steps} steps its {what} loss is {mine:.4g} against {theirs:.4g} at lr {best.lr:.3g} "
                    f"(from {start:.4g}: it misses {missed:.0%} of that fall)")
@@ -174,7 +174,7 @@ class DynamicsProbe(Probe):
         else:
             how, severity = f"is unstable (loss spikes; max grad norm {user.max_grad_norm:.3g})", Severity.WARNING
         if best is not None and best.lr < user.lr:
-            config, note = fix_config(ctx.setup, "lr", best.lr)
+            config, note = fix_config(ctx.setup, LR, best.lr)
             title = (f"training at lr {user.lr:.3g} {how}; {best.lr:.3g} trains "
                      f"(held-out loss {best.start_score:.4g} -> {best.score:.4g})")
             return Finding("lr_too_high", severity, title, Where(), evidence,
@@ -200,7 +200,7 @@ class DynamicsProbe(Probe):
             return [], raw
         suggestion, checked = self._verified_clip(ctx, sweep, stream, statistics.median(norms))
         raw["candidates"] = checked
-        config, note = fix_config(ctx.setup, "grad_clip", suggestion)
+        config, note = fix_config(ctx.setup, GRAD_CLIP, suggestion)
         verified = next((c for c in checked if c["max_norm"] == suggestion and c["verdict"] == LEARNS), None)
         advice = (f"Raise max_norm to {suggestion:g}, near the median gradient norm {raw['median_grad_norm']:.3g}"
                   + (f": a {sweep.checkpoints[-1]}-step run with it learns (held-out loss down {verified['drop']:.0%} "
