@@ -231,3 +231,50 @@ def test_probe_alone_pulls_in_what_it_needs():
     assert set(report["probes"]) == {"forward", "backward", "gradients"}
     assert "skipped" not in report["probes"]["gradients"]
     assert report["coverage"]["probes_run"] == ["forward", "backward", "gradients"]
+
+
+class DuplicateCodeProbe(Probe):
+    """Declares a code and a setting another probe already declares, and needs a fact nobody provides."""
+
+    name = "duplicate"
+    description = "a test probe"
+    requires = (Fact.AUTOCAST_RUNS,)
+    codes = (CodeDoc("saturation", 99, "again", "", "", ""),)
+    settings = (Setting("grad_norm_critical", 1.0, "again"),)
+
+    def run(self, ctx):
+        return ProbeResult()
+
+
+def test_the_registry_refuses_a_name_twice_and_a_need_nobody_meets():
+    from nandoctor.errors import InternalError
+    from nandoctor.probes import check_registry
+    from nandoctor.probes.amp import AmpProbe
+    from nandoctor.settings import Settings
+
+    check_registry()
+    PROBES.append(DuplicateCodeProbe)
+    try:
+        with pytest.raises(InternalError, match="codes registered twice: saturation"):
+            check_registry()
+        with pytest.raises(InternalError, match="settings registered twice: grad_norm_critical"):
+            check_registry()
+        with pytest.raises(InternalError, match="declared twice: grad_norm_critical"):
+            Settings()
+    finally:
+        PROBES.remove(DuplicateCodeProbe)
+    position = PROBES.index(AmpProbe)
+    PROBES.remove(AmpProbe)  # the only provider of autocast_runs: dynamics needs it
+    try:
+        with pytest.raises(InternalError, match="dynamics needs autocast_runs, which no probe before it provides"):
+            check_registry()
+    finally:
+        PROBES.insert(position, AmpProbe)
+    check_registry()
+
+
+def test_quick_leaves_out_the_probes_that_train():
+    from nandoctor.probes import in_run_order, training_probes
+
+    assert training_probes() == ["dynamics", "steps"]
+    assert in_run_order(PROBES) == PROBES  # the one list is written in the order the probes run

@@ -7,6 +7,7 @@ from typing import Any
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.probes.base import Fact, Phase, Probe, ProbeResult, Setting
 from nandoctor.measure.trace import ModuleCall, traced
+from nandoctor.context import RunContext
 
 
 def leaf_profile(calls: list[ModuleCall]) -> list[ModuleCall]:
@@ -34,7 +35,7 @@ class ActivationsProbe(Probe):
         Setting("activation_first_growth", 100.0, "... the finding names the first layer past this many times the first layer's RMS"),
     )
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         settings = ctx.settings
         profile = leaf_profile(traced(ctx)[0].calls)
         rows = [{"module": c.name, "type": c.kind, "absmax": c.out_absmax, "rms": c.out_rms} for c in profile]

@@ -15,6 +15,7 @@ from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is
 from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
 from nandoctor.measure.ops import OpPass, locate_nonfinite_op
 from nandoctor.measure.trace import ForwardPass, forward_pass
+from nandoctor.context import RunContext
 
 LIMITS = {"fp16": 65504.0, "bf16": 3.3895e38}
 _NO_HALF_KERNEL = ("not implemented for 'Half'", "not implemented for 'BFloat16'",
@@ -54,7 +55,7 @@ class AmpProbe(Probe):
         Setting("amp_near", 0.25, "warn when float32 activations reach this share of float16's largest value"),
     )
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         import torch
 
         precision = ctx.setup.amp or ctx.settings.amp_what_if or None
@@ -146,7 +147,7 @@ class AmpProbe(Probe):
                                   "torch.autocast(..., enabled=False) and float32 inputs."))
 
     @staticmethod
-    def _overflow(ctx: Any, precision: str, calls: tuple, passes: tuple[ForwardPass, ForwardPass],
+    def _overflow(ctx: RunContext, precision: str, calls: tuple, passes: tuple[ForwardPass, ForwardPass],
                   component: str | None, ops: OpPass, batch: int) -> Finding:
         (culprit, reference), (full, half) = calls, passes
         limit, site = LIMITS[precision], ops.site

@@ -8,6 +8,7 @@ from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.grad_origin import find_gradient_origin
 from nandoctor.probes.base import Fact, Phase, Probe, ProbeResult
 from nandoctor.measure.trace import BatchTrace, traced
+from nandoctor.context import RunContext
 
 # Autograd ops whose gradient is non-finite at a point where their value is finite.
 OP_ADVICE = {
@@ -59,7 +60,7 @@ class BackwardProbe(Probe):
                 "Replace the in-place op named in the message with its out-of-place form."),
     )
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         trace = traced(ctx)[-1]
         raw: dict[str, Any] = {"batch": trace.batch_index, "backward_error": trace.backward_error}
         if trace.backward_error and "does not require grad" not in trace.backward_error:

@@ -13,6 +13,7 @@ from enum import Enum, IntEnum
 from typing import Any, ClassVar
 
 from nandoctor.findings import CodeDoc, Finding, Setting
+from nandoctor.context import RunContext
 
 
 class Fact(str, Enum):
@@ -99,5 +100,5 @@ class Probe:
         if "order" not in cls.__dict__:
             cls.order = int(cls.phase)
 
-    def run(self, ctx: Any) -> ProbeResult:  # pragma: no cover - every probe overrides it
+    def run(self, ctx: RunContext) -> ProbeResult:  # pragma: no cover - every probe overrides it
         raise NotImplementedError

@@ -15,10 +15,11 @@ from nandoctor.measure.ops import locate_nonfinite_op
 from nandoctor.probes.backward import OP_ADVICE
 from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting, loss_side
 from nandoctor.measure.trace import traced
+from nandoctor.context import RunContext
 
 
 
-def component_gradients(ctx: Any, batch: Any) -> dict[str, dict[str, float]]:
+def component_gradients(ctx: RunContext, batch: Any) -> dict[str, dict[str, float]]:
     """``{component: {"value", "weight", "grad_norm"}}`` with weighted gradient norms, one sync."""
     import torch
 
@@ -73,7 +74,7 @@ class ComponentsProbe(Probe):
                 "... or a component weighted below another that carries at least this share of the summed gradient norms"),
     )
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         if not traced(ctx)[0].components:  # the shared traced pass already evaluated the loss
             return ProbeResult([], {"skipped": "the loss returns a single scalar, not named components"})
         table: dict[str, dict[str, float]] = {}
@@ -104,7 +105,7 @@ class ComponentsProbe(Probe):
         return ProbeResult(self._explosion(ctx, table), raw)
 
     @staticmethod
-    def _nonfinite(ctx: Any, table: dict, name: str, batch_index: int) -> tuple[Finding, Any]:
+    def _nonfinite(ctx: RunContext, table: dict, name: str, batch_index: int) -> tuple[Finding, Any]:
         """The component's NaN: the op and line that made its value, or the autograd op of its gradient."""
         row = table[name]
         in_value = not is_finite(row["value"])
@@ -136,7 +137,7 @@ class ComponentsProbe(Probe):
                   "clamp before log/sqrt/acos; the other components are finite.")), ops
 
     @staticmethod
-    def _explosion(ctx: Any, table: dict) -> list[Finding]:
+    def _explosion(ctx: RunContext, table: dict) -> list[Finding]:
         dominance = ctx.settings.component_dominance
         ranked = sorted(table.items(), key=lambda kv: -kv[1]["grad_norm"])
         if len(ranked) < 2:

@@ -12,6 +12,7 @@ from nandoctor.measure.activity import RELU_FAMILY
 from nandoctor.measure.trace import traced
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
+from nandoctor.context import RunContext
 
 __all__ = ["DeadUnitsProbe", "RELU_FAMILY"]
 
@@ -39,7 +40,7 @@ class DeadUnitsProbe(Probe):
         Setting("dead_min_samples", 16, "... judged only over at least this many samples"),
     )
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         import torch
 
         alive: dict[str, Any] = {}

@@ -23,6 +23,7 @@ from nandoctor.sweep.grid import Sweep, recommend, run_sweep, sweep_rates, sweep
 from nandoctor.sweep.plan import plan_note, plan_sweep
 from nandoctor.sweep.stream import BatchStream, PermutedStream, target_paths
 from nandoctor.sweep.training import BAD, COLLAPSED, DIVERGED, LEARNS, TrainRun, evaluate, train
+from nandoctor.context import RunContext
 
 
 def nice_below(value: float) -> float:
@@ -97,7 +98,7 @@ class DynamicsProbe(Probe):
         Setting("clip_factor", 10.0, "... by at least this median factor"),
     )
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         settings, setup = ctx.settings, ctx.setup
         stream = BatchStream(ctx, settings.sweep_stream_batches)
         rates = sweep_rates(setup, settings)
@@ -128,7 +129,7 @@ class DynamicsProbe(Probe):
                 finding.evidence["rates_not_judged"] = sorted(dropped)
         return ProbeResult(findings, raw, incomplete=incomplete)
 
-    def _lr(self, ctx: Any, sweep: Sweep, best: TrainRun | None, why: str) -> list[Finding]:
+    def _lr(self, ctx: RunContext, sweep: Sweep, best: TrainRun | None, why: str) -> list[Finding]:
         user, settings = sweep.user, ctx.settings
         evidence = {"user_lr": user.lr, "user_verdict": user.verdict, "user_heldout": user.score,
                     "recommended_lr": best.lr if best else None, "recommended_heldout": best.score if best else None,
@@ -162,7 +163,7 @@ class DynamicsProbe(Probe):
                         evidence, Fix(config, f"Raise the learning rate to {best.lr:.3g}: {why}.{note}"))]
 
     @staticmethod
-    def _too_high_bad(ctx: Any, sweep: Sweep, user: TrainRun, best: TrainRun | None, why: str,
+    def _too_high_bad(ctx: RunContext, sweep: Sweep, user: TrainRun, best: TrainRun | None, why: str,
                       evidence: dict[str, Any]) -> Finding:
         """The user's own rate diverges, is unstable or collapses: always a finding, a better rate or not."""
         if user.nonfinite_step is not None:
@@ -187,7 +188,7 @@ class DynamicsProbe(Probe):
                                   f"trained in {sweep.checkpoints[-1]} steps ({'; '.join(sweep.extended) or 'grid'}), "
                                   f"so also check the findings above (inputs, initialisation, the loss)."))
 
-    def _clip(self, ctx: Any, sweep: Sweep, stream: BatchStream) -> tuple[list[Finding], dict[str, Any]]:
+    def _clip(self, ctx: RunContext, sweep: Sweep, stream: BatchStream) -> tuple[list[Finding], dict[str, Any]]:
         clip, user = ctx.setup.grad_clip, sweep.user
         norms = [g for g in user.grad_norms if math.isfinite(g)]
         if clip is None or not norms or user.verdict == DIVERGED:
@@ -211,7 +212,7 @@ class DynamicsProbe(Probe):
                         Where(), dict(raw, user_drop=user.drop), Fix(config, advice))], raw
 
     @staticmethod
-    def _verified_clip(ctx: Any, sweep: Sweep, stream: BatchStream, median_norm: float) -> tuple[float, list[dict[str, Any]]]:
+    def _verified_clip(ctx: RunContext, sweep: Sweep, stream: BatchStream, median_norm: float) -> tuple[float, list[dict[str, Any]]]:
         """Try max_norm near the median norm, then 10x and 100x lower; keep the largest that learns."""
         import torch
 
@@ -232,7 +233,7 @@ class DynamicsProbe(Probe):
         return (candidates[0] if candidates else ctx.setup.grad_clip * 10), checked
 
     @staticmethod
-    def _plateau(ctx: Any, sweep: Sweep, best: TrainRun | None, stream: BatchStream,
+    def _plateau(ctx: RunContext, sweep: Sweep, best: TrainRun | None, stream: BatchStream,
                  needed: bool = True) -> tuple[list[Finding], dict[str, Any]]:
         """Train the best rate again on targets permuted across samples; no better with real ones: no signal.
 

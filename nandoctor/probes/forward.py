@@ -12,6 +12,7 @@ from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is
 from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, inside_module
 from nandoctor.measure.ops import OpPass, locate_nonfinite_op
 from nandoctor.measure.trace import BatchTrace, ModuleCall, traced
+from nandoctor.context import RunContext
 
 _DEVICE_ERRORS = ("same device", "device type", "Expected all tensors to be on")
 _MATMUL = "a matrix product overflows: scale its inputs down (normalize embeddings, divide scores by sqrt(d))"
@@ -91,7 +92,7 @@ class ForwardProbe(Probe):
         Fold("forward_nonfinite", "loss_component_nonfinite", inside_module),
     )
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         traces = traced(ctx)
         last = traces[-1]
         raw = {"batches_traced": len(traces), "loss": last.loss, "components": last.components,

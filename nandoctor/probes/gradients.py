@@ -14,6 +14,7 @@ from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
 from nandoctor.probes.parameters import owner
 from nandoctor.measure.trace import traced
+from nandoctor.context import RunContext
 
 
 class GradientsProbe(Probe):
@@ -50,7 +51,7 @@ class GradientsProbe(Probe):
         Setting("top_gradients", 10, "rows in the gradient-norm table"),
     )
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         traces = traced(ctx)
         norms: dict[str, float] = {}
         for trace in traces:
@@ -75,7 +76,7 @@ class GradientsProbe(Probe):
         return ProbeResult(findings, raw)
 
     @staticmethod
-    def _exploding(ctx: Any, norms: dict[str, float], global_norm: float, top: list) -> list[Finding]:
+    def _exploding(ctx: RunContext, norms: dict[str, float], global_norm: float, top: list) -> list[Finding]:
         settings = ctx.settings
         if global_norm < settings.grad_norm_warning:
             return []
@@ -95,7 +96,7 @@ class GradientsProbe(Probe):
                        "normalization layers or a bad init (see findings above); clip only as a guard."))]
 
     @staticmethod
-    def _fading(ctx: Any, layers: list[tuple[str, float]]) -> list[Finding]:
+    def _fading(ctx: RunContext, layers: list[tuple[str, float]]) -> list[Finding]:
         """The starved layer closest to the output, against the layers after it."""
         if len(layers) < 3:
             return []
@@ -127,7 +128,7 @@ class GradientsProbe(Probe):
                        "residual connections or normalization layers."))]
 
     @staticmethod
-    def _vanishing(ctx: Any, norms: dict[str, float], numel: dict[str, int], global_norm: float) -> list[Finding]:
+    def _vanishing(ctx: RunContext, norms: dict[str, float], numel: dict[str, int], global_norm: float) -> list[Finding]:
         settings = ctx.settings
         total = sum(numel.values()) or 1
         # a parameter that gets no gradient at all (detached, unused) learns as little as a zero one

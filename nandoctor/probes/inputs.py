@@ -19,6 +19,7 @@ from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult, Setting
 from nandoctor.measure.consumers import Consumer, first_consumers
 from nandoctor.measure.trace import traced
+from nandoctor.context import RunContext
 
 MAX_ROWS = 200_000
 NORMALIZATION_LAYERS = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "LocalResponseNorm")
@@ -160,7 +161,7 @@ class InputsProbe(Probe):
     settings = tuple(Setting(f"input_{f.name}", f.default, f"input/column flags: {meaning}")
                      for f, meaning in zip(fields(FlagLimits), FLAG_MEANINGS))
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         floats, ints = _gather(ctx.batches)
         findings, raw = [], {"features": {}, "integer_tensors": {}}
         embedding_findings, raw["integer_tensors"] = self._embedding_ranges(ctx, ints)
@@ -251,7 +252,7 @@ class InputsProbe(Probe):
             Fix(advice=advice))
 
     @staticmethod
-    def _embedding_ranges(ctx: Any, ints: dict[str, list[Any]]) -> tuple[list[Finding], dict]:
+    def _embedding_ranges(ctx: RunContext, ints: dict[str, list[Any]]) -> tuple[list[Finding], dict]:
         """Ids beyond the rows of an embedding they actually reached (the traced pass's pre-hook).
 
         An integer tensor is never taken for an embedding's ids by its name or by a guess:

@@ -13,6 +13,7 @@ from typing import Any
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.trace import traced
 from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult
+from nandoctor.context import RunContext
 
 
 class LabelsProbe(Probe):
@@ -34,7 +35,7 @@ class LabelsProbe(Probe):
         Fold("label_out_of_range", "forward_error"),
     )
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         for trace in traced(ctx):
             details = trace.crash.labels if trace.crash is not None else None
             if details:

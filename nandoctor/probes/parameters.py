@@ -13,6 +13,7 @@ from typing import Any
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is_finite
 from nandoctor.measure.trace import traced
 from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult, owns_tensor
+from nandoctor.context import RunContext
 
 
 def owner(qualified_name: str) -> str:
@@ -33,7 +34,7 @@ def _additive_mask(tensor: Any) -> bool:
     return bool(((values == 0) | torch.isneginf(values)).all())
 
 
-def _forward_stays_finite(ctx: Any) -> bool:
+def _forward_stays_finite(ctx: RunContext) -> bool:
     """Every module output of the traced batches is finite, and every loss that was computed."""
     traces = traced(ctx)
     return all(call.output_finite for trace in traces for call in trace.calls) and all(
@@ -64,7 +65,7 @@ class ParametersProbe(Probe):
         Fold("device_mismatch", "forward_error"),
     )
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         import torch
 
         tensors = _named_tensors(ctx.model)

@@ -17,11 +17,12 @@ from typing import Any
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.trace import float_tensors, traced
 from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
+from nandoctor.context import RunContext
 
 MAX_CHECKED = 8  # modules that look pinned and get the gradient control
 
 
-def _pinned_rows(ctx: Any) -> list[dict[str, Any]]:
+def _pinned_rows(ctx: RunContext) -> list[dict[str, Any]]:
     """Per module: the smallest share at a bound over its calls in the traced batches."""
     merged: dict[str, dict[str, Any]] = {}
     for trace in traced(ctx):
@@ -33,7 +34,7 @@ def _pinned_rows(ctx: Any) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
-def gradient_passed(ctx: Any, modules: list[str]) -> dict[str, float | None]:
+def gradient_passed(ctx: RunContext, modules: list[str]) -> dict[str, float | None]:
     """Per module: gradient its pinned elements pass back, per element, relative to its free ones.
 
     0 for a hard clamp; about 1 when equal values still pass gradient (a sigmoid at 0.5); None
@@ -92,7 +93,7 @@ def _passed(calls: list[tuple[Any, list[Any]]], torch: Any) -> float | None:
     return pinned / free if free > 0 else float("inf")
 
 
-def _grad_norm_under(ctx: Any, module: str) -> float | None:
+def _grad_norm_under(ctx: RunContext, module: str) -> float | None:
     """Gradient norm of the parameters inside ``module`` (all of them for the root), first step."""
     norms = traced(ctx)[0].grad_norms
     inside = [v for n, v in norms.items() if module == "" or n.startswith(module + ".")]
@@ -125,7 +126,7 @@ class SaturationProbe(Probe):
                 "than this fraction of the gradient their module's other outputs pass"),
     )
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         rows = _pinned_rows(ctx)
         raw: dict[str, Any] = {"modules": rows}
         looks_pinned = [r for r in rows if r["share"] >= ctx.settings.saturation_warning]
