@@ -84,10 +84,17 @@ def imported_for_the_call(folders: list[Path]) -> Iterator[None]:
 
 @contextmanager
 def caller_state_kept(spec: SpecLike) -> Iterator[None]:
-    """RNG streams, torch's global flags and ``sys.modules`` as the caller had them."""
+    """RNG streams, torch's global flags and ``sys.modules`` as the caller had them.
+
+    Inside, gradients are on whatever the caller had (``no_grad``, ``inference_mode``): the probes
+    and the build need them, and a caller's evaluation block must not read as vanishing gradients.
+    """
+    import torch
+
     from nandoctor.state import preserved_rng, preserved_torch_globals
 
-    with imported_for_the_call(_user_folders(spec)), preserved_torch_globals(), preserved_rng():
+    with imported_for_the_call(_user_folders(spec)), preserved_torch_globals(), preserved_rng(), \
+            torch.inference_mode(False), torch.enable_grad():
         yield
 
 

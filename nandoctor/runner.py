@@ -63,7 +63,8 @@ def batches_total(data: Any) -> int | None:
 
 
 def _refuse_meta(model: Any) -> None:
-    """A model wholly on the meta device has shapes but no values: nothing of it can run.
+    """A model wholly on the meta device has shapes but no values, and one built under inference mode
+    has weights that cannot take gradients: nothing of it can be diagnosed.
 
     (Part of a model left on meta is a ``device_mismatch`` finding of the parameters probe.)
     """
@@ -71,6 +72,9 @@ def _refuse_meta(model: Any) -> None:
     if tensors and all(tensor.is_meta for tensor in tensors):
         raise UsageError("the model is on the meta device and holds no values: materialize it "
                          "(model.to_empty(device=...), then load or initialize the weights) before returning it")
+    if any(tensor.is_inference() for tensor in tensors):
+        raise UsageError("the model was built under torch.inference_mode(): its weights cannot take gradients; "
+                         "build it outside that block (torch.no_grad() is fine)")
 
 
 def _initialize_lazy(ctx: RunContext, progress: Callable[[str], None]) -> None:
