@@ -28,3 +28,24 @@ def test_a_model_built_under_inference_mode_is_one_clear_usage_error():
         built = build()
     with pytest.raises(UsageError, match="inference_mode"):
         nandoctor.diagnose(built, quick=True, progress=False)
+
+
+def _frozen_classifier(frozen: bool):
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    for parameter in model.parameters():
+        parameter.requires_grad_(not frozen)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    return {"model": model, "data": [(x, y)] * 4,
+            "loss": lambda m, batch: torch.nn.functional.cross_entropy(m(batch[0]), batch[1])}
+
+
+def test_a_model_with_nothing_trainable_gets_its_finding_and_no_internal_error():
+    report = nandoctor.diagnose(_frozen_classifier(frozen=True), progress=False)
+    assert [f.code for f in report.findings] == ["vanishing_gradients"]
+    assert not report.coverage["probes_not_run"], report.coverage  # no "internal error" for the training probes
+    assert report.probes["dynamics"] == {"skipped": "needs trainable_parameters"}
+    assert "internal error" not in str(report)
+    twin = nandoctor.diagnose(_frozen_classifier(frozen=False), progress=False)
+    assert "dynamics" in twin.coverage["probes_run"] and "steps" in twin.coverage["probes_run"]

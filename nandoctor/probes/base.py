@@ -23,6 +23,7 @@ class Fact(str, Enum):
     FORWARD_OK = "forward_ok"  # ... and every output and the loss are finite
     BACKWARD_OK = "backward_ok"  # the backward pass runs and every gradient is finite
     AUTOCAST_RUNS = "autocast_runs"  # the forward runs at the precision the user trains with
+    TRAINABLE = "trainable_parameters"  # some parameter requires grad: an optimizer has something to step
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class DynamicsProbe(Probe):
     description = "LR sweep judged on held-out batches: LR too high/low, clipping, labels against a shuffled control"
     phase = Phase.TRAINING
     cost = Cost.TRAINS
-    requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK, Fact.AUTOCAST_RUNS)
+    requires = (Fact.TRAINABLE, Fact.FORWARD_OK, Fact.BACKWARD_OK, Fact.AUTOCAST_RUNS)
     codes = (
         CodeDoc("lr_too_high", Stage.RATE_TOO_HIGH,
                 "the learning rate sweep shows the user's rate diverges or is unstable where a lower one trains",

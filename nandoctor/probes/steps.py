@@ -107,7 +107,7 @@ class StepsProbe(Probe):
     description = "trains the user's own configuration some steps; a NaN/Inf at step k is traced to its op and line"
     phase = Phase.TRAINING
     cost = Cost.TRAINS
-    requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK)
+    requires = (Fact.TRAINABLE, Fact.FORWARD_OK, Fact.BACKWARD_OK)
     settings = (
         Setting("guard_budget_s", 60.0, "diagnose --steps: those steps stop after this many seconds"),
     )
