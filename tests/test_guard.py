@@ -88,6 +88,14 @@ def test_lr_spike_is_named_as_the_trigger(tmp_path):
     assert lr["fix"]["config"] == {"lr": 0.01}
 
 
+def test_a_blow_up_in_the_first_steps_trips_against_the_first_loss(tmp_path):
+    with pytest.raises(GuardTripped) as raised:  # lr 1e4 from step 0: the loss leaps at step 1, no median yet
+        train_with_guard(tmp_path, lr_spike_step=0, steps=6, check_every=1)
+    assert raised.value.reason == "loss_spike" and raised.value.step == 1
+    assert "first loss" in str(raised.value)
+    assert train_with_guard(tmp_path, steps=6, check_every=1).tripped is None  # the same loop at its own rate
+
+
 def test_a_healthy_run_writes_nothing_and_leaves_no_hook(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.GELU(), nn.Flatten(), nn.Linear(8 * 10, 1))

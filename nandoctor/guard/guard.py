@@ -80,6 +80,7 @@ class Guard:
         self.ring: list[dict[str, Any]] = []
         self.steps_seen = 0
         self.tripped: dict[str, Any] | None = None  # the first failure: reason, step, capture path
+        self.first_loss: float | None = None  # the yardstick of a spike before the ring holds a median
         self._pending: list[_Pending] = []
         self._current: _Pending | None = None
         self._window_state: dict[str, Any] | None = None
@@ -236,6 +237,11 @@ class Guard:
             median = statistics.median(history)
             if loss > median + self.spike_factor * max(abs(median), 1e-12):
                 return "loss_spike", f" (loss {loss:.4g}, {len(history)}-step median {median:.4g})"
+        elif loss is not None and self.first_loss is not None:  # too few steps for a median: the first loss
+            if loss > self.first_loss + self.spike_factor * max(abs(self.first_loss), 1e-12):
+                return "loss_spike", f" (loss {loss:.4g}, first loss {self.first_loss:.4g})"
+        if loss is not None and self.first_loss is None and math.isfinite(loss):
+            self.first_loss = loss
         return None, ""
 
     def _trip(self, reason: str, detail: str, record: dict[str, Any], steps: list[_Pending],
