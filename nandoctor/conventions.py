@@ -96,28 +96,102 @@ def _positional_count(function: Callable) -> int:
 
 
 def training_step_loss(model: Any, batch: Any, batch_index: int = 0) -> Any:
-    """The ``loss`` callable of a LightningModule: its ``training_step(batch, batch_index)``."""
-    with quiet_lightning_logging():
+    """The ``loss`` callable of a LightningModule: its ``training_step(batch, batch_index)``.
+
+    With manual optimization (``automatic_optimization = False``) the step asks for its optimizers
+    and calls ``manual_backward`` itself: it gets stand-ins that step nothing, and each loss it hands
+    to ``manual_backward`` is a named component (``manual_backward[0]``...): nandoctor does the
+    backward and the step. A single one is the loss.
+    """
+    with quiet_lightning_logging(), _manual_optimization(model) as handed:
         if _positional_count(model.training_step) >= 2:
-            return model.training_step(batch, batch_index)
-        return model.training_step(batch)
+            returned = model.training_step(batch, batch_index)
+        else:
+            returned = model.training_step(batch)
+    if not handed:
+        return returned
+    return handed[0] if len(handed) == 1 else {f"manual_backward[{i}]": loss for i, loss in enumerate(handed)}
+
+
+class _StandInOptimizer:
+    """What ``self.optimizers()`` returns during nandoctor's passes: the user's param groups, no step."""
+
+    def __init__(self, optimizer: Any):
+        self.optimizer = optimizer
+        self.param_groups = optimizer.param_groups if optimizer is not None else []
+
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        return closure() if closure is not None else None  # a closure computes (and hands over) its loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+
+@contextmanager
+def _manual_optimization(model: Any) -> Iterator[list[Any]]:
+    """Stand in for the trainer a manual-optimization step talks to, on the instance, removed after."""
+    handed: list[Any] = []
+    if getattr(model, "automatic_optimization", True) is not False:
+        yield handed
+        return
+    configured = model.configure_optimizers()
+    optimizers = [_StandInOptimizer(o) for o in all_optimizers(configured)] or [_StandInOptimizer(None)]
+    trainable = {p: p.requires_grad for p in model.parameters()}
+
+    def toggle(optimizer: Any) -> None:
+        """As Lightning does: only this optimizer's parameters take gradients from the losses that follow."""
+        mine = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for parameter, wanted in trainable.items():
+            parameter.requires_grad_(wanted and id(parameter) in mine)
+
+    def untoggle(optimizer: Any = None) -> None:
+        for parameter, wanted in trainable.items():
+            parameter.requires_grad_(wanted)
+
+    stand_ins = {
+        "optimizers": lambda use_pl_optimizer=True: optimizers[0] if len(optimizers) == 1 else optimizers,
+        "manual_backward": lambda loss, *args, **kwargs: handed.append(loss),
+        "toggle_optimizer": toggle, "untoggle_optimizer": untoggle,
+    }
+    shadowed = {name: model.__dict__[name] for name in stand_ins if name in model.__dict__}
+    for name, function in stand_ins.items():
+        object.__setattr__(model, name, function)
+    try:
+        yield handed
+    finally:
+        untoggle()
+        for name in stand_ins:
+            model.__dict__.pop(name, None)
+        for name, value in shadowed.items():
+            object.__setattr__(model, name, value)
+
+
+def plays_a_game(model: Any) -> bool:
+    """A manual-optimization LightningModule with several optimizers (a GAN): its losses are players
+    of a game, so no summed loss has to fall and a learning-rate sweep cannot judge its rate."""
+    if not is_lightning_module(model) or getattr(model, "automatic_optimization", True) is not False:
+        return False
+    return len(all_optimizers(model.configure_optimizers())) > 1
+
+
+def all_optimizers(returned: Any) -> list[Any]:
+    """Every optimizer in what ``configure_optimizers()`` returned, in order (see :func:`first_optimizer`)."""
+    import torch
+
+    if isinstance(returned, torch.optim.Optimizer):
+        return [returned]
+    if isinstance(returned, Mapping):
+        return all_optimizers(returned.get("optimizer"))
+    if isinstance(returned, (list, tuple)):
+        return [found for item in returned for found in all_optimizers(item)]
+    return []
 
 
 def first_optimizer(returned: Any) -> Any:
     """The optimizer in what ``configure_optimizers()`` returned: an optimizer, a list or tuple
     of them (or of ``([optimizers], [schedulers])``), a dict with ``"optimizer"``, a list of dicts."""
-    import torch
-
-    if isinstance(returned, torch.optim.Optimizer):
-        return returned
-    if isinstance(returned, Mapping):
-        return first_optimizer(returned.get("optimizer"))
-    if isinstance(returned, (list, tuple)):
-        for item in returned:
-            found = first_optimizer(item)
-            if found is not None:
-                return found
-    return None
+    found = all_optimizers(returned)
+    return found[0] if found else None
 
 
 def group_rate(group: Mapping[str, Any]) -> float:
@@ -126,14 +200,15 @@ def group_rate(group: Mapping[str, Any]) -> float:
     return float(group.get("max_lr", group.get("initial_lr", group["lr"])))
 
 
-def optimizer_like(instance: Any) -> Callable[[Any, float], Any]:
+def optimizer_like(instance: Any, *more: Any) -> Callable[[Any, float], Any]:
     """``factory(params, lr)`` that builds ``instance``'s class with its param groups and
     settings (weight decay per group, betas, momentum...), the rate replaced by ``lr``.
 
-    Groups with different rates keep their ratios to the first group's rate.
+    Groups with different rates keep their ratios to the first group's rate. ``more`` optimizers
+    (a GAN's discriminator's) add their groups: one optimizer steps every parameter.
     """
     cls = type(instance)
-    groups = [dict(group) for group in instance.param_groups]
+    groups = [dict(group) for optimizer in (instance, *more) for group in optimizer.param_groups]
     base = group_rate(groups[0]) if groups else 0.0
 
     def factory(params: Any, lr: float) -> Any:

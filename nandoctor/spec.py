@@ -281,7 +281,7 @@ def apply_conventions(mapping: dict[str, Any], spec: str) -> dict[str, Any]:
         if instance is None:
             raise UsageError(f"{spec}: configure_optimizers() returned no optimizer "
                              f"(got {type(returned).__name__}); give the spec an 'optimizer'")
-        mapping["optimizer"] = conventions.optimizer_like(instance)
+        mapping["optimizer"] = conventions.optimizer_like(*conventions.all_optimizers(returned))
         if mapping.get("lr") is None and instance.param_groups:
             mapping["lr"] = conventions.group_rate(instance.param_groups[0])
     if mapping.get("trainer") is not None:

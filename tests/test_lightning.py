@@ -103,3 +103,65 @@ def test_a_trainer_gives_clipping_and_precision():
     assert (setup.grad_clip, setup.amp) == (0.5, "bf16")
     setup = validate({"model": Classifier(), "data": BlobData(), "trainer": {"precision": "16-mixed"}}, "test")
     assert (setup.grad_clip, setup.amp) == (None, "fp16")
+
+
+class ManualGAN(pl.LightningModule):
+    """Manual optimization with two optimizers, toggled as the Lightning docs do; ``log_of_zero``
+    scores the fakes with a hand-written log(1 - sigmoid) of saturated logits: log(0) = -inf."""
+
+    def __init__(self, log_of_zero=False):
+        super().__init__()
+        self.automatic_optimization = False
+        self.log_of_zero = log_of_zero
+        self.generator = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8))
+        self.discriminator = nn.Sequential(nn.Linear(8, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+
+    def training_step(self, batch, batch_idx):
+        (real,) = batch
+        g_opt, d_opt = self.optimizers()
+        fake = self.generator(torch.randn(real.shape[0], 4))
+        bce = nn.functional.binary_cross_entropy_with_logits
+        ones, zeros = torch.ones(real.shape[0], 1), torch.zeros(real.shape[0], 1)
+        self.toggle_optimizer(d_opt)
+        if self.log_of_zero:
+            d_loss = -torch.log(1 - torch.sigmoid(self.discriminator(fake.detach()) * 1e4)).mean()
+        else:
+            d_loss = bce(self.discriminator(real), ones) + bce(self.discriminator(fake.detach()), zeros)
+        d_opt.zero_grad()
+        self.manual_backward(d_loss)
+        d_opt.step()
+        self.untoggle_optimizer(d_opt)
+        self.toggle_optimizer(g_opt)
+        g_loss = bce(self.discriminator(fake), ones)
+        g_opt.zero_grad()
+        self.manual_backward(g_loss)
+        g_opt.step()
+        self.untoggle_optimizer(g_opt)
+        self.log_dict({"g_loss": g_loss, "d_loss": d_loss})
+
+    def configure_optimizers(self):
+        return [torch.optim.Adam(self.generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+                torch.optim.Adam(self.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))]
+
+
+def _gan(log_of_zero):
+    g = torch.Generator().manual_seed(1)
+    return {"model": ManualGAN(log_of_zero), "data": [(torch.randn(32, 8, generator=g) * 0.5 + 1,) for _ in range(6)]}
+
+
+def test_a_manual_optimization_gan_is_diagnosed_with_the_optimizers_it_asks_for():
+    setup = _gan(log_of_zero=False)
+    model = setup["model"]
+    report = nandoctor.diagnose(setup, progress=False)
+    assert report.verdict == "healthy", [(f.code, f.title) for f in report.findings]
+    assert "forward_error" not in str(report) and not report.coverage["probes_not_run"]
+    assert "game" in report.probes["dynamics"]["skipped"]  # no summed loss of players has to fall
+    assert not {"optimizers", "manual_backward", "toggle_optimizer"} & set(model.__dict__)
+    assert all(p.requires_grad for p in model.parameters())  # toggling undone
+
+
+def test_a_manual_optimization_gan_with_a_log_of_zero_is_found_at_its_line():
+    report = nandoctor.diagnose(_gan(log_of_zero=True), quick=True, progress=False)
+    top = report.findings[0]
+    assert top.code in ("forward_nonfinite", "loss_component_nonfinite"), [(f.code, f.title) for f in report.findings]
+    assert report.exit_code() == 1

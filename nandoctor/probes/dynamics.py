@@ -24,6 +24,7 @@ from nandoctor.sweep.plan import plan_note, plan_sweep
 from nandoctor.sweep.stream import BatchStream, PermutedStream, target_paths
 from nandoctor.sweep.training import BAD, COLLAPSED, DIVERGED, LEARNS, TrainRun, evaluate, train
 from nandoctor.context import RunContext
+from nandoctor.conventions import plays_a_game
 
 
 def nice_below(value: float) -> float:
@@ -100,6 +101,9 @@ class DynamicsProbe(Probe):
 
     def run(self, ctx: RunContext) -> ProbeResult:
         settings, setup = ctx.settings, ctx.setup
+        if plays_a_game(ctx.model):
+            return ProbeResult([], {"skipped": "the training step steps several optimizers by hand (a game, as in a "
+                                               "GAN): no summed loss has to fall, so no rate is judged by it"})
         stream = BatchStream(ctx, settings.sweep_stream_batches)
         rates = sweep_rates(setup, settings)
         sweep = run_sweep(ctx, rates, plan_sweep(ctx, len(rates)), setup.grad_clip,
