@@ -8,6 +8,9 @@ callable, and a file that holds one is refused.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import keyword
 import os
 import random
 from collections.abc import Mapping
@@ -20,12 +23,27 @@ FORMAT = "nandoctor-capture"
 VERSION = 1
 
 
+STRUCT = "__nandoctor_struct__"  # marks a namedtuple or dataclass batch kept as its name and fields
+
+
 def plain(obj: Any) -> Any:
-    """Tensors moved to the CPU inside plain dicts, lists and tuples (a BatchEncoding becomes a dict)."""
+    """Tensors moved to the CPU inside plain dicts, lists and tuples (a BatchEncoding becomes a dict).
+
+    A namedtuple or dataclass batch keeps its type's name and fields as data (:func:`restored`
+    rebuilds a stand-in with the same fields): loading it never imports the user's type.
+    """
+    import dataclasses
+
     import torch
 
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {STRUCT: "dataclass", "name": type(obj).__name__, "fields": fields}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return {STRUCT: "namedtuple", "name": type(obj).__name__,
+                "fields": {name: plain(value) for name, value in zip(obj._fields, obj)}}
     if isinstance(obj, Mapping):
         return {key: plain(value) for key, value in obj.items()}
     if isinstance(obj, tuple):
@@ -35,6 +53,28 @@ def plain(obj: Any) -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     return repr(obj)  # anything else would need code to load: keep only what it was
+
+
+def restored(obj: Any) -> Any:
+    """:func:`plain`'s namedtuples and dataclasses as stand-ins of the same name and fields (attribute
+    and position access as before; the user's methods are not there)."""
+    if isinstance(obj, Mapping) and obj.get(STRUCT) in ("namedtuple", "dataclass") and isinstance(obj.get("fields"), Mapping):
+        fields = {key: restored(value) for key, value in obj["fields"].items()}
+        name = str(obj.get("name", ""))
+        if not all(_safe_name(n) for n in (name, *fields)):
+            return fields
+        if obj[STRUCT] == "namedtuple":
+            return collections.namedtuple(name, list(fields))(**fields)
+        return dataclasses.make_dataclass(name, list(fields))(**fields)
+    if isinstance(obj, Mapping):
+        return {key: restored(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(restored(value) for value in obj)
+    return obj
+
+
+def _safe_name(name: Any) -> bool:
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_")
 
 
 def rng_states() -> dict[str, Any]:
@@ -107,6 +147,8 @@ def load_capture(path: str | os.PathLike) -> dict[str, Any]:
         raise UsageError(f"{path} is a torch file but not a nandoctor capture (written by nandoctor.Guard)")
     if payload.get("version", 0) > VERSION:
         raise UsageError(f"{path} was written by a newer nandoctor (capture version {payload['version']})")
+    if isinstance(payload.get("batches"), list):
+        payload["batches"] = [restored(batch) for batch in payload["batches"]]
     return payload
 
 
