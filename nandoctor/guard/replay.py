@@ -21,7 +21,7 @@ from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.guard.capture import load_capture, set_rng_states
 from nandoctor.guard.history import changes, lr_jump
 from nandoctor.loss import compute_loss
-from nandoctor.spec import Setup, call_build, parse_overrides, resolve_function, validate
+from nandoctor.spec import Setup, load, parse_overrides
 from nandoctor.state import preserved_rng
 
 NOT_REPLAYED = ["dynamics", "steps"]  # they train from the start; the replay is about this one step
@@ -29,17 +29,12 @@ NOT_REPLAYED = ["dynamics", "steps"]  # they train from the start; the replay is
 
 def load_replay_setup(payload: dict[str, Any], spec: str | None, overrides: list[str], seed: int) -> tuple[str, Setup]:
     """The spec's setup (from ``--spec`` or the capture's record) with the captured weights loaded."""
-    import torch
-
     spec = spec or payload.get("spec")
     if not spec:
         raise UsageError("the capture records no spec: pass --spec path/to/file.py:build (the build function "
                          "of the run that wrote it)")
-    kwargs = dict(payload.get("spec_args") or {})
-    kwargs.update(parse_overrides(overrides))
-    function, user_file = resolve_function(spec)
-    torch.manual_seed(seed)
-    setup = validate(call_build(function, kwargs, spec, user_file), spec)
+    kwargs = {**(payload.get("spec_args") or {}), **parse_overrides(overrides)}
+    setup = load(spec, kwargs, seed, progress=lambda message: None)
     try:
         setup.model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
