@@ -17,26 +17,19 @@ from typing import Any, Union
 
 from nandoctor.errors import UsageError
 from nandoctor.results import FeatureStats, Report, SweepReport, finding_from_dict
+from nandoctor.spec import Overrides, SpecLike, load, spec_label, stderr_progress
 
 __all__ = ["diagnose", "lr_sweep", "feature_stats", "load", "Report", "SweepReport", "FeatureStats",
            "finding_from_dict", "caller_state_kept"]
 
-#: What ``diagnose`` and ``lr_sweep`` accept: a SPEC string (``"model.py:build"``), the mapping
-#: (or object) a build function returns, or the build function itself.
-SpecLike = Union[str, Mapping[str, Any], Callable[..., Any], Any]
 #: ``True`` prints progress on stderr, ``False`` is silent, a callable receives each line.
 Progress = Union[bool, Callable[[str], None]]
-Overrides = Union[Mapping[str, Any], Sequence[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def progress_printer(progress: Progress) -> Callable[[str], None]:
     if callable(progress):
         return progress
-    return _stderr if progress else (lambda message: None)
+    return stderr_progress if progress else (lambda message: None)
 
 
 # ----------------------------------------------------------------- leaving the caller as found
@@ -99,60 +92,6 @@ def caller_state_kept(spec: SpecLike) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------- the setup
-
-
-def _kwargs(overrides: Overrides) -> dict[str, Any]:
-    from nandoctor.spec import parse_overrides
-
-    if overrides is None:
-        return {}
-    if isinstance(overrides, Mapping):
-        bad = [k for k in overrides if not (isinstance(k, str) and k.isidentifier())]
-        if bad:
-            raise UsageError(f"overrides must be keyword names, got {bad!r}")
-        return dict(overrides)
-    if isinstance(overrides, str):
-        return parse_overrides([overrides])
-    return parse_overrides(list(overrides))
-
-
-def spec_label(spec: SpecLike) -> str:
-    """How the report names a spec that is not a SPEC string."""
-    if isinstance(spec, str):
-        return spec
-    if callable(spec) and not isinstance(spec, Mapping) and hasattr(spec, "__qualname__"):
-        return f"{getattr(spec, '__module__', '?')}:{spec.__qualname__}"
-    return "<python>"
-
-
-def load(spec: SpecLike, overrides: Overrides = None, seed: int = 0,
-         progress: Callable[[str], None] = _stderr, name: str | None = None) -> Any:
-    """A validated :class:`nandoctor.spec.Setup` from any :data:`SpecLike`.
-
-    A SPEC string or a build function is called with torch seeded to ``seed`` (the same spec
-    builds the same model); a mapping is already built and is taken as it is.
-    """
-    import torch
-
-    from nandoctor.spec import call_build, resolve_function, validate
-
-    label = name or spec_label(spec)
-    kwargs = _kwargs(overrides)
-    if isinstance(spec, str):
-        progress(f"nandoctor: loading {label}")
-        function, user_file = resolve_function(spec)
-    elif isinstance(spec, Mapping) or (hasattr(spec, "model") and hasattr(spec, "data")):
-        if kwargs:
-            raise UsageError("overrides are passed to a build function; this spec is already built")
-        return validate(spec, label)
-    elif callable(spec):
-        progress(f"nandoctor: loading {label}")
-        function, user_file = spec, None
-    else:
-        raise UsageError(f"expected a SPEC string, a build function or a mapping with 'model' and "
-                         f"'data', got {type(spec).__name__}")
-    torch.manual_seed(seed)
-    return validate(call_build(function, kwargs, label, user_file), label)
 
 
 def _settings(settings: str | Path | Mapping[str, Any] | None, explicit: dict[str, Any]) -> Any:

@@ -339,7 +339,7 @@ def scan(
         check_writable(out)
         if (max_batches is not None and max_batches < 1) or not extreme_factor > 1:
             raise UsageError("--max-batches must be at least 1 and --extreme-factor above 1")
-        from nandoctor.api import load
+        from nandoctor.spec import load
         setup = load(spec, set_, seed or 0)
         result = {"nandoctor_version": __version__, "spec": spec,
                   **run_scan(setup, max_batches, with_backward, extreme_factor, ProgressBar(sys.stderr))}

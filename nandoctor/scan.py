@@ -2,11 +2,12 @@
 
 Per batch, on the device: each float input's per-sample largest |value| (NaN/Inf and extreme
 values), the ids reaching every embedding and the targets reaching every cross-entropy/NLL
-loss (intercepted with a TorchFunctionMode, checked against the table size / class count and
-replaced by safe ones, so a bad id never hits a CUDA device assert), and the loss itself. The
-queued values are read back every few batches in one synchronisation. A bad id or target is
-traced to its sample through the batch tensor that shares its storage; a non-finite loss with
-clean inputs is traced by re-running the batch's samples one at a time.
+loss (intercepted with a TorchFunctionMode, checked against the table size / class count, the
+targets by measure/labels.py as the traced pass reads them, and replaced by safe ones, so a bad
+id never hits a CUDA device assert), and the loss itself. The queued values are read back every
+few batches in one synchronisation. A bad id or target is traced to its sample through the
+batch tensor that shares its storage; a non-finite loss with clean inputs is traced by
+re-running the batch's samples one at a time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from nandoctor.batches import iter_tensors, to_device
 from nandoctor.errors import UsageError, describe
 from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.loss import compute_loss
+from nandoctor.measure.labels import LossTargets, loss_targets
 
 READ_BACK_EVERY = 8  # batches whose device-side checks are read back together
 MAX_LISTED = 1000  # problems listed one by one; the findings count all of them
@@ -57,8 +59,6 @@ class _Queued:
 class _Lookups:
     """Intercepts embeddings and classification losses; checks and makes safe their ids / targets."""
 
-    LOSSES = ("cross_entropy", "nll_loss")
-
     def __init__(self, batch: Any, queued: _Queued):
         import torch
         from torch.nn import functional as F
@@ -67,44 +67,43 @@ class _Lookups:
         self.torch, self.queued = torch, queued
         self.sources = {t.untyped_storage().data_ptr(): (path, t) for path, t in iter_tensors(batch)
                         if not t.is_floating_point() and t.numel()}
-        self.signatures = {F.embedding: inspect.signature(F.embedding), F.cross_entropy: inspect.signature(F.cross_entropy),
-                           F.nll_loss: inspect.signature(F.nll_loss)}
+        self.embedding = (F.embedding, inspect.signature(F.embedding))
         outer = self
 
         class Mode(TorchFunctionMode):
             def __torch_function__(self, func, types, args=(), kwargs=None):
                 kwargs = kwargs or {}
-                if func in outer.signatures:
-                    args, kwargs = outer.check(func, args, kwargs)
+                if func is outer.embedding[0]:
+                    args, kwargs = outer.check_ids(args, kwargs)
+                else:
+                    targets = loss_targets(func, args, kwargs)
+                    if targets is not None:
+                        args, kwargs = outer.check_labels(targets)
                 return func(*args, **kwargs)
 
         self.mode = Mode()
 
-    def check(self, func: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        torch = self.torch
-        bound = self.signatures[func].bind(*args, **kwargs)
-        is_embedding = func.__name__ == "embedding"
-        key, other = ("input", "weight") if is_embedding else ("target", "input")
-        values = bound.arguments.get(key)
-        if not isinstance(values, torch.Tensor) or values.is_floating_point() or not values.numel():
-            return args, kwargs  # class probabilities as targets, or nothing to check
-        reference = bound.arguments[other]
-        limit = int(reference.shape[0] if is_embedding else (reference.shape[1] if reference.dim() > 1 else reference.shape[0]))
-        ignore = None if is_embedding else bound.arguments.get("ignore_index", -100)
+    def check_ids(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        bound = self.embedding[1].bind(*args, **kwargs)
+        ids = bound.arguments.get("input")
+        if not isinstance(ids, self.torch.Tensor) or ids.is_floating_point() or not ids.numel():
+            return args, kwargs
+        limit = int(bound.arguments["weight"].shape[0])
+        bound.arguments["input"] = self._queue("index_out_of_range", ids, limit, lambda t: (t < 0) | (t >= limit))
+        return bound.args, bound.kwargs
 
-        def bad_of(tensor: Any) -> Any:
-            outside = (tensor < 0) | (tensor >= limit)
-            return outside & (tensor != ignore) if ignore is not None else outside
+    def check_labels(self, targets: LossTargets) -> tuple[tuple, dict]:
+        return targets.with_target(self._queue("label_out_of_range", targets.target, targets.classes, targets.outside))
 
+    def _queue(self, code: str, values: Any, limit: int, bad_of: Callable[[Any], Any]) -> Any:
+        """Queue the count of bad values (and which samples hold them); the values made safe."""
         bad = bad_of(values)
         path, source = self.sources.get(values.untyped_storage().data_ptr(), (None, None))
         per_sample = None
         if source is not None and source.dim() and self.queued.size and source.shape[0] == self.queued.size:
             per_sample = bad_of(source).reshape(source.shape[0], -1).any(1)
-        code = "index_out_of_range" if is_embedding else "label_out_of_range"
         self.queued.lookups.append((code, path, limit, bad.sum(), per_sample))
-        bound.arguments[key] = torch.where(bad, torch.zeros_like(values), values)  # safe: never a device assert
-        return bound.args, bound.kwargs
+        return self.torch.where(bad, self.torch.zeros_like(values), values)  # safe: never a device assert
 
 
 def batch_size(batch: Any) -> int | None:

@@ -1,7 +1,8 @@
 """Load a user's training setup from a build SPEC (docs/reference.md §1).
 
-SPEC is ``path/to/file.py:function`` or ``package.module:function``. Every way it can be
-wrong raises :class:`UsageError` with one line that says what to change.
+SPEC is ``path/to/file.py:function`` or ``package.module:function``; ``load`` builds the setup
+for the CLI, the Python API and ``nandoctor replay``. Every way it can be wrong raises
+:class:`UsageError` with one line that says what to change.
 """
 
 from __future__ import annotations
@@ -13,17 +14,22 @@ import math
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from nandoctor.errors import UsageError, describe
 
 AMP_CHOICES = (None, "fp16", "bf16")
 _SETUP_KEYS = ("model", "data", "loss", "loss_weights", "optimizer", "lr", "grad_clip", "amp",
                "feature_names", "config", "config_keys", "device", "trainer")
+
+#: What ``load`` takes: a SPEC string (``"model.py:build"``), a build function or what one returns
+#: (a mapping or an object); ``Overrides``: its keyword arguments, a mapping or ``--set`` pairs.
+SpecLike = Union[str, Mapping[str, Any], Callable[..., Any], Any]
+Overrides = Union[Mapping[str, Any], Sequence[str], None]
 
 
 @dataclass
@@ -54,16 +60,20 @@ def parse_value(text: str) -> Any:
     import yaml
 
     try:
-        value = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    return value
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["steps=3", "lr=1e-3"]`` -> ``{"steps": 3, "lr": 0.001}``."""
+def parse_overrides(pairs: Overrides) -> dict[str, Any]:
+    """``["steps=3", "lr=1e-3"]`` (or one such string) -> ``{"steps": 3, "lr": 0.001}``; a mapping as it is."""
+    if isinstance(pairs, Mapping):
+        bad = [k for k in pairs if not (isinstance(k, str) and k.isidentifier())]
+        if bad:
+            raise UsageError(f"overrides must be keyword names, got {bad!r}")
+        return dict(pairs)
     kwargs: dict[str, Any] = {}
-    for pair in pairs:
+    for pair in [pairs] if isinstance(pairs, str) else pairs or []:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
@@ -187,8 +197,7 @@ def _as_mapping(result: Any, spec: str) -> dict[str, Any]:
                      "with at least 'model' and 'data'")
 
 
-# keys of the contract (§1), and names people use for them: a misspelt key is ignored, so say so
-_KNOWN_KEYS = _SETUP_KEYS
+# names people use for the contract's keys (§1): a misspelt key is ignored, so say so
 _KEY_ALIASES = {
     "learning_rate": "lr", "lr_rate": "lr", "max_norm": "grad_clip", "clip": "grad_clip",
     "gradient_clip_val": "grad_clip", "clip_grad_norm": "grad_clip", "precision": "amp",
@@ -203,9 +212,9 @@ def warn_unknown_keys(mapping: Mapping, spec: str) -> None:
     """A key nandoctor does not read is ignored: warn on stderr, naming the nearest known key."""
     import difflib
 
-    candidates = list(_KNOWN_KEYS) + list(_KEY_ALIASES)
+    candidates = list(_SETUP_KEYS) + list(_KEY_ALIASES)
     for key in mapping:
-        if not isinstance(key, str) or key in _KNOWN_KEYS:
+        if not isinstance(key, str) or key in _SETUP_KEYS:
             continue
         close = difflib.get_close_matches(key.lower(), candidates, n=1, cutoff=0.75)
         hint = f" (did you mean {_KEY_ALIASES.get(close[0], close[0])!r}?)" if close else ""
@@ -357,8 +366,34 @@ def _resolve_device(requested: Any, model: Any, spec: str):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_setup(spec: str, overrides: list[str] | None = None) -> Setup:
-    """SPEC + ``--set`` pairs -> a validated :class:`Setup`."""
-    kwargs = parse_overrides(overrides or [])
-    function, user_file = resolve_function(spec)
-    return validate(call_build(function, kwargs, spec, user_file), spec)
+def stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def spec_label(spec: SpecLike) -> str:
+    """How the report names a spec that is not a SPEC string."""
+    if isinstance(spec, str):
+        return spec
+    if callable(spec) and not isinstance(spec, Mapping) and hasattr(spec, "__qualname__"):
+        return f"{getattr(spec, '__module__', '?')}:{spec.__qualname__}"
+    return "<python>"
+
+
+def load(spec: SpecLike, overrides: Overrides = None, seed: int = 0,
+         progress: Callable[[str], None] = stderr_progress, name: str | None = None) -> Setup:
+    """A validated :class:`Setup` from any :data:`SpecLike`: a build is called with torch seeded to
+    ``seed`` (the same spec builds the same model); a mapping is already built and taken as it is."""
+    import torch
+
+    label, kwargs = name or spec_label(spec), parse_overrides(overrides)
+    if isinstance(spec, Mapping) or (hasattr(spec, "model") and hasattr(spec, "data")):
+        if kwargs:
+            raise UsageError("overrides are passed to a build function; this spec is already built")
+        return validate(spec, label)
+    if not isinstance(spec, str) and not callable(spec):
+        raise UsageError(f"expected a SPEC string, a build function or a mapping with 'model' and "
+                         f"'data', got {type(spec).__name__}")
+    progress(f"nandoctor: loading {label}")
+    function, user_file = resolve_function(spec) if isinstance(spec, str) else (spec, None)
+    torch.manual_seed(seed)
+    return validate(call_build(function, kwargs, label, user_file), label)

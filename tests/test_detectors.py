@@ -227,6 +227,8 @@ def _classifier_setup(labels, ignore_index=-100, loss="cross_entropy"):
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
     if loss == "cross_entropy":
         fn = lambda m, b: F.cross_entropy(m(b[0]), b[1], ignore_index=ignore_index)  # noqa: E731
+    elif loss == "keywords":
+        fn = lambda m, b: F.cross_entropy(input=m(b[0]), target=b[1], ignore_index=ignore_index)  # noqa: E731
     else:
         fn = lambda m, b: F.nll_loss(F.log_softmax(m(b[0]), -1), b[1])  # noqa: E731
     return {"model": model, "data": [(x, torch.tensor(labels))], "loss": fn}
@@ -243,6 +245,31 @@ def test_negative_labels_are_out_of_range(diagnose):
 def test_nll_loss_labels_at_the_class_count(diagnose):
     top = diagnose(_classifier_setup([0, 4, 1, 2], loss="nll"))["findings"][0]
     assert top["code"] == "label_out_of_range" and top["evidence"]["classes"] == 4
+
+
+def test_keyword_cross_entropy_labels_at_the_class_count(diagnose):
+    report = diagnose(_classifier_setup([0, 1, 2, 3, 4, 1, 0, 3], loss="keywords"))
+    top = report["findings"][0]
+    assert top["code"] == "label_out_of_range" and top["where"]["sample"] == 4, _codes(report)
+    assert top["evidence"]["classes"] == 4 and top["evidence"]["range"] == [0, 4]
+
+
+def test_keyword_cross_entropy_labels_in_range_are_not_out_of_range(diagnose):
+    report = diagnose(_classifier_setup([0, 1, 2, 3, 2, 1, 0, 3], loss="keywords"))
+    assert "label_out_of_range" not in [f["code"] for f in report["findings"]], _codes(report)
+    report = diagnose(_classifier_setup([0, 1, 7, 3], ignore_index=7, loss="keywords"))
+    assert "label_out_of_range" not in [f["code"] for f in report["findings"]], _codes(report)
+
+
+def test_a_loss_call_reads_the_same_positional_or_keyword():
+    from nandoctor.measure.labels import loss_targets
+
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 5, 2, 7])
+    for args, kwargs in [((logits, labels, None, None, 7), {}), ((), {"input": logits, "target": labels, "ignore_index": 7})]:
+        targets = loss_targets(F.cross_entropy, args, kwargs)
+        assert (targets.loss, targets.classes, targets.ignore_index) == ("cross_entropy", 3, 7)
+        assert targets.outside(targets.target).tolist() == [False, True, False, False]
+    assert loss_targets(F.cross_entropy, (logits, torch.rand(4, 3)), {}) is None  # class probabilities
 
 
 def test_ignore_index_is_not_out_of_range(diagnose):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from contextlib import ExitStack
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 
 from nandoctor.cli import app, write_output
 from nandoctor.findings import Finding, Severity, Where
-from nandoctor.measure.hooks import hooked_forward
+from nandoctor.measure.hooks import module_names, ours
 from nandoctor.probes import PROBES
 from nandoctor.probes.base import Fact, Probe, ProbeResult
 from tests.test_leaves_no_trace import QUICK
@@ -71,6 +72,17 @@ def test_a_float64_model_keeps_values_beyond_float32_range(diagnose):
     report = diagnose(built, probes=QUICK)
     assert not any(f["code"].startswith("forward") for f in report["findings"]), report["findings"]
     assert report["coverage"]["probes_not_run"] == {}
+
+
+def hooked_forward(ctx, hook):
+    """The loss without gradients over the cached batches, ``hook(name, module, output)`` guarded as ours."""
+    names = module_names(ctx.model)
+    call = ours(lambda module, args, output: hook(names[id(module)], module, output))
+    with ExitStack() as handles, torch.no_grad():
+        for module in ctx.model.modules():
+            handles.enter_context(module.register_forward_hook(call))
+        for batch in ctx.batches:
+            ctx.loss(batch)
 
 
 class BrokenHookProbe(Probe):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nandoctor.errors import UsageError
-from nandoctor.spec import load_setup, parse_overrides, parse_value
+from nandoctor.spec import load, parse_overrides, parse_value
 
 SPECS = Path(__file__).parent / "specs"
 
@@ -27,7 +27,7 @@ def test_overrides_need_key_equals_value():
 
 
 def test_file_spec_with_sibling_import_and_overrides():
-    setup = load_setup(f"{SPECS}/good_spec.py:build", ["steps=3", "lr=1e-4", "amp=fp16", "fixed=true"])
+    setup = load(f"{SPECS}/good_spec.py:build", ["steps=3", "lr=1e-4", "amp=fp16", "fixed=true"])
     assert len(setup.data) == 3 and setup.lr == 1e-4 and setup.amp == "fp16"
     assert setup.config == {"fixed": True, "name": "x"}
     assert setup.device == torch.device("cpu") and setup.grad_clip is None
@@ -36,14 +36,14 @@ def test_file_spec_with_sibling_import_and_overrides():
 
 def test_relative_file_spec(monkeypatch):
     monkeypatch.chdir(SPECS.parent)
-    assert load_setup("specs/good_spec.py:build").lr == 1e-3
+    assert load("specs/good_spec.py:build").lr == 1e-3
 
 
 def test_module_spec_and_object_form(monkeypatch):
     monkeypatch.chdir(SPECS)
-    setup = load_setup("good_spec:build_object")
+    setup = load("good_spec:build_object")
     assert isinstance(setup.model, torch.nn.Linear) and setup.loss is not None
-    assert load_setup("nandoctor.examples.healthy:build").lr == 1e-3
+    assert load("nandoctor.examples.healthy:build").lr == 1e-3
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -60,16 +60,16 @@ def test_module_spec_and_object_form(monkeypatch):
 ])
 def test_bad_specs_raise_one_clear_line(spec, message):
     with pytest.raises(UsageError, match=message) as info:
-        load_setup(spec)
+        load(spec)
     assert "\n" not in str(info.value)
 
 
 def test_error_points_into_the_users_file():
     with pytest.raises(UsageError) as info:
-        load_setup(f"{SPECS}/good_spec.py:build_raises")
+        load(f"{SPECS}/good_spec.py:build_raises")
     assert "good_spec.py:" in str(info.value)
 
 
 def test_unknown_set_key_is_a_usage_error():
     with pytest.raises(UsageError, match="does not accept"):
-        load_setup(f"{SPECS}/good_spec.py:build", ["batch_size=3"])
+        load(f"{SPECS}/good_spec.py:build", ["batch_size=3"])

@@ -21,7 +21,7 @@ from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.guard.capture import load_capture, set_rng_states
 from nandoctor.guard.history import changes, lr_jump
 from nandoctor.loss import compute_loss
-from nandoctor.spec import Setup, call_build, parse_overrides, resolve_function, validate
+from nandoctor.spec import Setup, load, parse_overrides
 from nandoctor.state import preserved_rng
 
 if TYPE_CHECKING:
@@ -30,17 +30,12 @@ if TYPE_CHECKING:
 
 def load_replay_setup(payload: dict[str, Any], spec: str | None, overrides: list[str], seed: int) -> tuple[str, Setup]:
     """The spec's setup (from ``--spec`` or the capture's record) with the captured weights loaded."""
-    import torch
-
     spec = spec or payload.get("spec")
     if not spec:
         raise UsageError("the capture records no spec: pass --spec path/to/file.py:build (the build function "
                          "of the run that wrote it)")
-    kwargs = dict(payload.get("spec_args") or {})
-    kwargs.update(parse_overrides(overrides))
-    function, user_file = resolve_function(spec)
-    torch.manual_seed(seed)
-    setup = validate(call_build(function, kwargs, spec, user_file), spec)
+    kwargs = {**(payload.get("spec_args") or {}), **parse_overrides(overrides)}
+    setup = load(spec, kwargs, seed, progress=lambda message: None)
     try:
         setup.model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError, TypeError) as exc:

@@ -1,13 +1,14 @@
-"""The one hooked forward: module names, and forward hooks run over every cached batch.
+"""What every hook nandoctor installs shares: the ``ours`` guard, module names, graph tags.
 
-Probes that only read module outputs (saturation, dead units, the AMP comparison) use this
-instead of installing hooks and looping over the batches themselves.
+``ours`` keeps a bug in our hooks from being reported as the user's (``UserFacing`` is the
+exception a hook raises on purpose to stop the user's forward with a finding); ``module_names``
+names modules as ``named_modules`` does; ``tag_graph`` marks autograd nodes with the context
+(module, op) that was current when they were created. Each measurement installs its own hooks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from collections.abc import Callable
 from typing import Any
 
 from nandoctor.errors import InternalError, describe
@@ -43,33 +44,6 @@ def module_names(model: Any) -> dict[int, str]:
     for name, module in model.named_modules():
         names.setdefault(id(module), name)
     return names
-
-
-@contextmanager
-def forward_hooks(model: Any, hook: Callable, select: Callable[[Any], bool] | None = None) -> Iterator[None]:
-    """``hook(name, module, output)`` after each selected module's forward; removed on exit."""
-    names = module_names(model)
-
-    @ours
-    def call(module: Any, args: Any, output: Any) -> None:
-        hook(names.get(id(module), type(module).__name__), module, output)
-
-    with ExitStack() as handles:
-        for module in model.modules():
-            if select is None or select(module):
-                handles.enter_context(module.register_forward_hook(call))
-        yield
-
-
-def hooked_forward(ctx: Any, hook: Callable, select: Callable[[Any], bool] | None = None,
-                   batches: list[int] | None = None, autocast: Any = None) -> None:
-    """Run the loss without gradients over the cached batches with ``hook`` on every selected module."""
-    import torch
-
-    indices = range(len(ctx.batches)) if batches is None else batches
-    with forward_hooks(ctx.model, hook, select), torch.no_grad(), (autocast or nullcontext()):
-        for index in indices:
-            ctx.loss(ctx.batches[index])
 
 
 ACCUMULATE = "torch::autograd::AccumulateGrad"

@@ -375,12 +375,6 @@ def forward_pass(ctx: Any, batch_index: int, autocast: Any = None) -> ForwardPas
     return ForwardPass(recorder.calls, None, total, components)
 
 
-def forward_calls(ctx: Any, batch_index: int, autocast: Any = None) -> tuple[list[ModuleCall], str | None]:
-    """Module calls of one forward pass without gradients (optionally under autocast), or the error."""
-    result = forward_pass(ctx, batch_index, autocast)
-    return result.calls, result.error
-
-
 def trace_batches(ctx: Any) -> list[BatchTrace]:
     """Trace the cached batches in order, stopping at the first that fails."""
     traces = []

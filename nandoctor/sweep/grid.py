@@ -66,9 +66,6 @@ class Sweep:
     def user(self) -> TrainRun:
         return min(self.runs, key=lambda r: abs(math.log10(r.lr / self.user_lr)))
 
-    def by_rate(self, lr: float) -> TrainRun:
-        return next(r for r in self.runs if r.lr == lr)
-
 
 def run_sweep(ctx: Any, rates: list[float], steps: int | Plan, clip: float | None,
               progress: Callable[[str], None] = lambda message: None,
