@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from nandoctor.errors import UsageError, describe
+from nandoctor.errors import UsageError, UserExit, describe
 
 
 def _is_dataclass_instance(obj: Any) -> bool:
@@ -107,8 +107,11 @@ def read_batches(data: Iterable, count: int) -> list[Any]:
     """The first ``count`` batches, read once so that one-pass iterables can be reused."""
     batches: list[Any] = []
     try:
-        for batch in itertools.islice(iter(data), count):
-            batches.append(batch)
+        try:
+            for batch in itertools.islice(iter(data), count):
+                batches.append(batch)
+        except SystemExit as exc:
+            raise UserExit.of(exc, "the data loader") from None
     except Exception as exc:
         raise UsageError(f"reading batches from 'data' raised {loader_error(exc)} "
                          f"(after {len(batches)} good batch(es))") from exc

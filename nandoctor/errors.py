@@ -11,6 +11,18 @@ class UsageError(Exception):
     """
 
 
+class UserExit(RuntimeError):
+    """The user's code called ``sys.exit()`` inside a build, a loss, a forward or a data loader.
+
+    ``SystemExit`` would end nandoctor with the user's exit code and no report; as this error it
+    is what any other exception of the user's code is: a usage error or a finding at its line.
+    """
+
+    @classmethod
+    def of(cls, exc: SystemExit, what: str) -> "UserExit":
+        return cls(f"{what} called sys.exit({exc.code!r})").with_traceback(exc.__traceback__)
+
+
 class InternalError(Exception):
     """nandoctor itself failed (a bug of ours, never the user's): exit 3, the traceback with ``--debug``."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nandoctor.conventions import call_model, has_loss_entry, loss_entry
-from nandoctor.errors import UsageError
+from nandoctor.errors import UsageError, UserExit
 
 
 @dataclass
@@ -56,5 +56,8 @@ def interpret_loss(output: Any, weights: Mapping[str, float]) -> LossResult:
 
 def compute_loss(setup: Any, model: Any, batch: Any) -> LossResult:
     """The user's ``loss(model, batch)``, else the model called as its batch says (conventions)."""
-    output = setup.loss(model, batch) if setup.loss is not None else call_model(model, batch)
+    try:
+        output = setup.loss(model, batch) if setup.loss is not None else call_model(model, batch)
+    except SystemExit as exc:
+        raise UserExit.of(exc, "the loss or the model's forward") from None
     return interpret_loss(output, setup.loss_weights)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from nandoctor.errors import UsageError, describe
+from nandoctor.errors import UsageError, UserExit, describe
 
 AMP_CHOICES = (None, "fp16", "bf16")
 _SETUP_KEYS = ("model", "data", "loss", "loss_weights", "optimizer", "lr", "grad_clip", "amp",
@@ -183,7 +183,10 @@ def call_build(function: Callable, kwargs: dict[str, Any], spec: str, user_file:
     target = user_file or os.getcwd()
     with _on_sys_path(str(Path(target).parent if user_file else target)):
         try:
-            return function(**kwargs)
+            try:
+                return function(**kwargs)
+            except SystemExit as exc:
+                raise UserExit.of(exc, "the build function") from None
         except Exception as exc:
             raise UsageError(f"{spec} raised {describe(exc)} (at {_user_frame(exc, user_file)})") from exc
 

@@ -49,3 +49,35 @@ def test_a_model_with_nothing_trainable_gets_its_finding_and_no_internal_error()
     assert "internal error" not in str(report)
     twin = nandoctor.diagnose(_frozen_classifier(frozen=False), progress=False)
     assert "dynamics" in twin.coverage["probes_run"] and "steps" in twin.coverage["probes_run"]
+
+
+def _invoke(*args):
+    from typer.testing import CliRunner
+
+    from nandoctor.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_sys_exit_in_the_build_is_a_usage_error_not_our_exit():
+    from pathlib import Path
+
+    specs = Path(__file__).parent / "specs"
+    result = _invoke("diagnose", f"{specs}/exits.py:build_exits", "--quick")
+    assert result.exit_code == 2 and "build function called sys.exit(0)" in result.stderr, result.output
+    loader = _invoke("diagnose", f"{specs}/exits.py:build_loader_exits", "--quick")
+    assert loader.exit_code == 2 and "data loader called sys.exit(0)" in loader.stderr, loader.output
+
+
+def test_sys_exit_in_the_loss_is_a_finding_at_the_users_line():
+    import json
+    from pathlib import Path
+
+    specs = Path(__file__).parent / "specs"
+    result = _invoke("diagnose", f"{specs}/exits.py:build_loss_exits", "--quick", "--format", "json")
+    assert result.exit_code == 1, result.output  # a report, not the user's exit code 3
+    top = json.loads(result.stdout)["findings"][0]
+    assert top["code"] == "forward_error" and "sys.exit(3)" in top["title"]
+    assert "exits.py" in (top["where"]["source"] or "") or "exits.py" in json.dumps(top["evidence"])
+    fine = _invoke("diagnose", f"{specs}/exits.py:build_fine", "--quick")
+    assert fine.exit_code == 0, fine.output

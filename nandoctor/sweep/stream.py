@@ -43,7 +43,7 @@ class BatchStream:
                 # a re-iterable (list, DataLoader) starts again from the top: skip what is cached already
                 self._iterator = itertools.islice(iterator, self._skip, None)
             batches = list(itertools.islice(self._iterator, count))
-        except Exception:  # a loader that cannot be read again: train on the cached batches
+        except (Exception, SystemExit):  # a loader that cannot be read again: train on the cached batches
             batches = []
         self._indices += range(self._skip + self.fresh_read, self._skip + self.fresh_read + len(batches))
         self._train += [to_device(b, self._device) for b in batches]
