@@ -305,6 +305,7 @@ def replay(
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON report to this file"),
     fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and the probes (default 0)"),
+    trust_spec: bool = typer.Option(False, "--trust-spec", help="run the spec the capture records (a file, shown first)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Re-run a guard's capture to its failing step and diagnose that step."""
@@ -313,7 +314,7 @@ def replay(
         from nandoctor.settings import load_settings
         check_writable(out)
         report = replay_capture(str(capture), spec, set_, load_settings(None, {"seed": seed}),
-                                progress=lambda m: typer.echo(m, err=True), debug=debug)
+                                progress=lambda m: typer.echo(m, err=True), debug=debug, trust_spec=trust_spec)
     typer.echo(report.render(fmt.value))
     write_output(out, report.to_json())
     raise typer.Exit(report.exit_code(fail_on.value))

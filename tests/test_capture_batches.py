@@ -63,7 +63,42 @@ def test_a_structured_batch_is_captured_and_replayed(tmp_path, kind):
                 loss.backward()
                 guard.step(loss, batch)
                 optimizer.step()
-    result = CliRunner().invoke(app, ["replay", str(tmp_path / "capture.pt"), "--format", "json"])
+    result = CliRunner().invoke(app, ["replay", str(tmp_path / "capture.pt"), "--format", "json", "--trust-spec"])
     report = json.loads(result.stdout)
     assert report["replay"]["reproduced"] is True, result.output
     assert report["findings"][0]["code"] == "nonfinite_input"
+
+
+def _capture_naming(tmp_path, spec, spec_args=None):
+    from nandoctor.guard.capture import save_capture
+
+    model = torch.nn.Linear(2, 1)
+    return save_capture(tmp_path / "shared.pt", {
+        "model": model.state_dict(), "optimizer": None, "scaler": None, "rng": None, "reason": "nonfinite_loss",
+        "step": 1, "window_start": 0, "batches": [torch.randn(4, 2)], "lrs": [[1e-3]], "ring": [],
+        "spec": spec, "spec_args": spec_args or {}})
+
+
+def test_replay_never_runs_a_spec_the_capture_chose(tmp_path):
+    marker = tmp_path / "pwned"
+    capture = _capture_naming(tmp_path, "os:system", {"command": f"touch {marker}"})
+    for extra in ([], ["--trust-spec"]):
+        result = CliRunner().invoke(app, ["replay", str(capture), *extra])
+        assert result.exit_code == 2 and not marker.exists(), result.output
+        assert "os:system" in result.stderr and "--spec" in result.stderr
+    assert "command='touch" in CliRunner().invoke(app, ["replay", str(capture)]).stderr  # shown, not run
+
+
+def test_a_relative_spec_path_is_found_from_another_folder(tmp_path, monkeypatch):
+    (tmp_path / "spec.py").write_text(SPEC)
+    capture = _capture_naming(tmp_path, "spec.py:build")
+    payload = torch.load(capture, weights_only=True)
+    payload["spec_folder"] = str(tmp_path)
+    torch.save(payload, capture)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    refused = CliRunner().invoke(app, ["replay", str(capture)])
+    assert refused.exit_code == 2 and "--trust-spec" in refused.stderr
+    result = CliRunner().invoke(app, ["replay", str(capture), "--trust-spec", "--format", "json"])
+    assert "not a file here" not in result.stderr and "does not match the capture" in result.stderr, result.output

@@ -57,7 +57,7 @@ def train_with_guard(tmp_path, bad_step=None, lr_spike_step=None, steps=40, **gu
 
 
 def replay_json(path, *extra):
-    result = CliRunner().invoke(app, ["replay", str(path), "--format", "json", *extra])
+    result = CliRunner().invoke(app, ["replay", str(path), "--format", "json", "--trust-spec", *extra])
     return result, json.loads(result.stdout) if result.stdout.strip().startswith("{") else None
 
 

@@ -82,7 +82,7 @@ def _write(tmp_path):
 
 
 def _replayed(path):
-    result = CliRunner().invoke(app, ["replay", str(path), "--format", "json"])
+    result = CliRunner().invoke(app, ["replay", str(path), "--format", "json", "--trust-spec"])
     assert result.exit_code == 1, result.output
     return json.loads(result.stdout)
 

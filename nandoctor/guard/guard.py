@@ -13,6 +13,7 @@ the window and every batch since: ``nandoctor replay`` re-runs them to the faili
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 from contextlib import ExitStack
@@ -74,6 +75,7 @@ class Guard:
         self.path, self.window, self.check_every = str(path), window, check_every
         self.sample_every, self.spike_factor, self.on_failure = sample_every, spike_factor, on_failure
         self.spec, self.spec_args = spec, dict(spec_args or {})
+        self.spec_folder = os.getcwd()  # a relative spec path is relative to it: replay may run elsewhere
         names = {id(p): n for n, p in model.named_parameters()}
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.param_names = [names[id(p)] for p in self.params]
@@ -277,6 +279,7 @@ class Guard:
             "scaler": plain(state.get("scaler")), "rng": state.get("rng"),
             "batches": [plain(s.batch) for s in steps], "lrs": [s.lrs for s in steps],
             "ring": self.ring, "spec": self.spec, "spec_args": plain(self.spec_args),
+            "spec_folder": self.spec_folder,
             "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
             "optimizer_class": None if optimizer is None else f"{type(optimizer).__module__}.{type(optimizer).__qualname__}",
             "torch_version": str(torch.__version__),

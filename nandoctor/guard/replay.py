@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nandoctor.batches import to_device
@@ -28,20 +29,53 @@ if TYPE_CHECKING:
     from nandoctor.results import Report
 
 
-def load_replay_setup(payload: dict[str, Any], spec: str | None, overrides: list[str], seed: int) -> tuple[str, Setup]:
-    """The spec's setup (from ``--spec`` or the capture's record) with the captured weights loaded."""
-    spec = spec or payload.get("spec")
-    if not spec:
+def chosen_spec(payload: dict[str, Any], spec: str | None, overrides: list[str], trust_spec: bool,
+                progress: Callable[[str], None]) -> tuple[str, dict[str, Any]]:
+    """The spec replay may run, and its arguments. A capture is data from someone else: its recorded
+    spec runs only when the user trusts it (``--trust-spec``), after it is shown, and only as a file
+    (never an installed module's function such as ``os:system``); ``--spec`` runs the user's own
+    choice, with the ``--set`` arguments alone."""
+    recorded, recorded_args = payload.get("spec"), dict(payload.get("spec_args") or {})
+    shown = ", ".join(f"{k}={v!r}" for k, v in recorded_args.items())
+    if spec:
+        if recorded_args:
+            progress(f"nandoctor: the capture recorded the arguments {shown}; they are not used with --spec "
+                     "(pass them with --set to use them)")
+        return spec, parse_overrides(overrides)
+    if not recorded:
         raise UsageError("the capture records no spec: pass --spec path/to/file.py:build (the build function "
                          "of the run that wrote it)")
-    kwargs = {**(payload.get("spec_args") or {}), **parse_overrides(overrides)}
+    progress(f"nandoctor: the capture names the spec {recorded}" + (f" with {shown}" if shown else ""))
+    target = located(recorded, payload.get("spec_folder"))
+    if not trust_spec:
+        raise UsageError(f"replay runs a spec only when you name it: pass --spec {target or recorded} after checking "
+                         "that it is yours, or --trust-spec to run the one the capture records")
+    if target is None:
+        raise UsageError(f"the recorded spec {recorded} is not a file here (an installed module's function, or a "
+                         "file moved since): pass --spec path/to/file.py:build")
+    return target, {**recorded_args, **parse_overrides(overrides)}
+
+
+def located(recorded: str, folder: str | None) -> str | None:
+    """``recorded`` as a file spec found from here or from the folder it was recorded in; else None."""
+    path, _, function = recorded.rpartition(":")
+    if not path or not path.endswith(".py"):
+        return None
+    for candidate in (Path(path), Path(folder or ".") / path):
+        if candidate.is_file():
+            return f"{candidate}:{function}"
+    return None
+
+
+def load_replay_setup(payload: dict[str, Any], spec: str, kwargs: dict[str, Any], seed: int) -> Setup:
+    """The spec's setup with the captured weights loaded."""
     setup = load(spec, kwargs, seed, progress=lambda message: None)
     try:
         setup.model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
         raise UsageError(f"the model {spec} builds does not match the capture's ({payload.get('model_class')}): "
                          f"{first_line(exc)[:300]}") from exc
-    return spec, setup
+    return setup
 
 
 def _autocast(setup: Setup):
@@ -146,13 +180,14 @@ def _lr_finding(setup: Setup, payload: dict[str, Any]) -> list[Finding]:
 
 
 def replay(path: str, spec: str | None, overrides: list[str], settings: Any,
-           progress: Callable[[str], None], debug: bool = False) -> "Report":
+           progress: Callable[[str], None], debug: bool = False, trust_spec: bool = False) -> "Report":
     """Load, re-run, check and diagnose a capture; the report of ``diagnose`` plus a ``replay`` section."""
     from nandoctor.probes import training_probes
     from nandoctor.runner import build_report, on_device, run_probes, select_probes
 
     payload = load_capture(path)
-    spec, setup = load_replay_setup(payload, spec, overrides, settings.seed)
+    spec, kwargs = chosen_spec(payload, spec, overrides, trust_spec, progress)
+    setup = load_replay_setup(payload, spec, kwargs, settings.seed)
     notes: list[str] = []
     progress(f"nandoctor: replaying steps {payload.get('window_start')}..{payload['step']} of {path}")
     with preserved_rng(), on_device(setup.model, setup.device):
