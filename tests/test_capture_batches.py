@@ -102,3 +102,30 @@ def test_a_relative_spec_path_is_found_from_another_folder(tmp_path, monkeypatch
     assert refused.exit_code == 2 and "--trust-spec" in refused.stderr
     result = CliRunner().invoke(app, ["replay", str(capture), "--trust-spec", "--format", "json"])
     assert "not a file here" not in result.stderr and "does not match the capture" in result.stderr, result.output
+
+
+def test_malformed_and_corrupt_captures_are_one_line_each(tmp_path):
+    from nandoctor.guard.capture import save_capture
+
+    spec = tmp_path / "spec.py"
+    spec.write_text(SPEC)
+    good = {"model": {}, "reason": "nonfinite_loss", "step": 2, "window_start": 1, "batches": [torch.zeros(2)] * 2,
+            "lrs": [[1e-3], [1e-3]], "ring": [], "spec": f"{spec}:build"}
+    cases = {"no_batches": dict(good, batches=[]), "no_step": {k: v for k, v in good.items() if k != "step"},
+             "nan_rates": dict(good, lrs=[[float("nan")], [1e-3]]), "ring": dict(good, ring=[1, 2])}
+    for name, payload in cases.items():
+        save_capture(tmp_path / f"{name}.pt", payload)
+        result = CliRunner().invoke(app, ["replay", str(tmp_path / f"{name}.pt"), "--trust-spec"])
+        assert result.exit_code == 2 and "malformed capture" in result.stderr, (name, result.output)
+        assert len(result.stderr.strip().splitlines()) <= 2, result.stderr  # the spec shown, then the one error
+    whole = (tmp_path / "no_step.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(whole[: len(whole) // 2])
+    result = CliRunner().invoke(app, ["replay", str(tmp_path / "truncated.pt")])
+    assert result.exit_code == 2 and "corrupt" in result.stderr and "pickled code" not in result.stderr
+
+
+def test_a_capture_of_another_model_names_the_keys_that_differ(tmp_path):
+    (tmp_path / "spec.py").write_text(SPEC)
+    capture = _capture_naming(tmp_path, f"{tmp_path / 'spec.py'}:build")
+    result = CliRunner().invoke(app, ["replay", str(capture), "--trust-spec"])
+    assert result.exit_code == 2 and "Missing key(s)" in result.stderr and "0.weight" in result.stderr

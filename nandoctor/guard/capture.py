@@ -139,8 +139,14 @@ def load_capture(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UsageError(f"{path} holds pickled code or objects, not only tensors; nandoctor loads captures "
-                         f"with weights_only=True and refuses it ({_why(exc)})") from exc
+        if "Unsupported global" in str(exc):
+            raise UsageError(f"{path} holds pickled code or objects, not only tensors; nandoctor loads captures "
+                             f"with weights_only=True and refuses it ({_why(exc)})") from exc
+        raise UsageError(f"{path} is corrupt: its pickled contents do not read back ({_why(exc)})") from exc
+    except RuntimeError as exc:
+        if "zip archive" in str(exc) or "PytorchStreamReader" in str(exc):
+            raise UsageError(f"{path} is corrupt or truncated (torch.load: {first_line(exc)[:120]})") from exc
+        raise UsageError(f"{path} is not a nandoctor capture (torch.load failed: {first_line(exc)[:200]})") from exc
     except Exception as exc:  # a file that is not torch's format fails in many ways
         raise UsageError(f"{path} is not a nandoctor capture (torch.load failed: {first_line(exc)[:200]})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -150,6 +156,35 @@ def load_capture(path: str | os.PathLike) -> dict[str, Any]:
     if isinstance(payload.get("batches"), list):
         payload["batches"] = [restored(batch) for batch in payload["batches"]]
     return payload
+
+
+def check_capture(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
+    """A one-line UsageError for a capture replay cannot read (see :func:`malformed`)."""
+    problem = malformed(payload)
+    if problem:
+        raise UsageError(f"{path} is a malformed capture: {problem}")
+
+
+def malformed(payload: Mapping[str, Any]) -> str | None:
+    """What a capture lacks that replay reads: the failing step, its batches, weights, rates, ring."""
+    import math
+
+    step, batches, lrs, ring = payload.get("step"), payload.get("batches"), payload.get("lrs"), payload.get("ring")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"'step' must be the failing step's number, got {step!r}"
+    if not isinstance(batches, list) or not batches:
+        return "it holds no batches (the failing window's batches are what replay re-runs)"
+    if not isinstance(payload.get("model"), Mapping):
+        return "it holds no model weights"
+    if lrs is not None and (not isinstance(lrs, list) or not all(isinstance(row, (list, tuple)) for row in lrs)
+                            or not all(isinstance(r, (int, float)) and math.isfinite(r) and r >= 0
+                                       for row in lrs for r in row)):
+        return "'lrs' must list each step's finite learning rates"
+    if lrs is not None and len(lrs) not in (0, len(batches)):
+        return f"it holds {len(batches)} batches but learning rates for {len(lrs)} steps"
+    if ring is not None and (not isinstance(ring, list) or not all(isinstance(r, Mapping) and "step" in r for r in ring)):
+        return "its 'ring' of step records is not a list of records with a 'step'"
+    return None
 
 
 def _why(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ from nandoctor.batches import to_device
 from nandoctor.config import LR, fix_config
 from nandoctor.errors import UsageError, first_line
 from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.guard.capture import load_capture, set_rng_states
+from nandoctor.guard.capture import check_capture, load_capture, set_rng_states
 from nandoctor.guard.history import changes, lr_jump
 from nandoctor.loss import compute_loss
 from nandoctor.spec import Setup, load, parse_overrides
@@ -73,8 +73,9 @@ def load_replay_setup(payload: dict[str, Any], spec: str, kwargs: dict[str, Any]
     try:
         setup.model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
+        keys = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
         raise UsageError(f"the model {spec} builds does not match the capture's ({payload.get('model_class')}): "
-                         f"{first_line(exc)[:300]}") from exc
+                         f"{'; '.join(keys)[:400] or first_line(exc)[:300]}") from exc
     return setup
 
 
@@ -187,6 +188,7 @@ def replay(path: str, spec: str | None, overrides: list[str], settings: Any,
 
     payload = load_capture(path)
     spec, kwargs = chosen_spec(payload, spec, overrides, trust_spec, progress)
+    check_capture(path, payload)
     setup = load_replay_setup(payload, spec, kwargs, settings.seed)
     notes: list[str] = []
     progress(f"nandoctor: replaying steps {payload.get('window_start')}..{payload['step']} of {path}")
