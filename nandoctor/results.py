@@ -72,8 +72,10 @@ class Report:
         return self.verdict == "healthy"
 
     def exit_code(self, fail_on: str = "critical") -> int:
-        """The CLI's exit code: 1 for a finding at or above ``fail_on``, 3 incomplete, else 0."""
-        return exit_code((f.severity.value for f in self.findings), self.verdict == "incomplete", fail_on)
+        """The CLI's exit code: 1 for a finding at or above ``fail_on``, 3 incomplete, else 0; a replay
+        whose failure did not happen again is 3 whatever it found (it is not the recorded failure)."""
+        code = exit_code((f.severity.value for f in self.findings), self.verdict == "incomplete", fail_on)
+        return 3 if self.sections.get("replay", {}).get("reproduced") is False else code
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy({"nandoctor_version": self.version, "spec": self.spec, "verdict": self.verdict,

@@ -41,8 +41,8 @@ def build(kind: str = "namedtuple"):
 '''
 
 
-@pytest.mark.parametrize("kind", ["namedtuple", "dataclass"])
-def test_a_structured_batch_is_captured_and_replayed(tmp_path, kind):
+def _guarded_capture(tmp_path, kind, check_every=1):
+    """A guarded loop over ``kind`` batches whose step 6 holds a NaN input; returns the capture's path."""
     (tmp_path / "spec.py").write_text(SPEC)
     namespace: dict = {}
     exec(compile(SPEC, str(tmp_path / "spec.py"), "exec"), namespace)
@@ -53,7 +53,7 @@ def test_a_structured_batch_is_captured_and_replayed(tmp_path, kind):
     g = torch.Generator().manual_seed(5)
     with pytest.raises(GuardTripped):
         with Guard(model, optimizer, path=str(tmp_path / "capture.pt"), spec=f"{tmp_path / 'spec.py'}:build",
-                   spec_args={"kind": kind}, check_every=1) as guard:
+                   spec_args={"kind": kind}, check_every=check_every) as guard:
             for step in range(10):
                 batch = make(torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g))
                 if step == 6:
@@ -63,7 +63,13 @@ def test_a_structured_batch_is_captured_and_replayed(tmp_path, kind):
                 loss.backward()
                 guard.step(loss, batch)
                 optimizer.step()
-    result = CliRunner().invoke(app, ["replay", str(tmp_path / "capture.pt"), "--format", "json", "--trust-spec"])
+    return tmp_path / "capture.pt"
+
+
+@pytest.mark.parametrize("kind", ["namedtuple", "dataclass"])
+def test_a_structured_batch_is_captured_and_replayed(tmp_path, kind):
+    capture = _guarded_capture(tmp_path, kind)
+    result = CliRunner().invoke(app, ["replay", str(capture), "--format", "json", "--trust-spec"])
     report = json.loads(result.stdout)
     assert report["replay"]["reproduced"] is True, result.output
     assert report["findings"][0]["code"] == "nonfinite_input"
@@ -129,3 +135,30 @@ def test_a_capture_of_another_model_names_the_keys_that_differ(tmp_path):
     capture = _capture_naming(tmp_path, f"{tmp_path / 'spec.py'}:build")
     result = CliRunner().invoke(app, ["replay", str(capture), "--trust-spec"])
     assert result.exit_code == 2 and "Missing key(s)" in result.stderr and "0.weight" in result.stderr
+
+
+def _edited(capture, edit):
+    payload = torch.load(capture, weights_only=True)
+    edit(payload["batches"])
+    torch.save(payload, capture)
+    return CliRunner().invoke(app, ["replay", str(capture), "--format", "json", "--trust-spec"])
+
+
+def test_a_failure_that_does_not_happen_again_is_incomplete_not_healthy(tmp_path):
+    def heal(batches):  # the failing batch, finite: the failure cannot recur
+        batches[-1]["fields"]["x"].nan_to_num_(0.0)
+
+    result = _edited(_guarded_capture(tmp_path, "namedtuple"), heal)
+    report = json.loads(result.stdout)
+    assert result.exit_code == 3 and report["verdict"] == "incomplete", result.output
+    assert report["replay"]["reproduced"] is False and "did not happen again" in json.dumps(report["coverage"])
+
+
+def test_a_replay_that_fails_earlier_says_where_it_parts_from_the_run(tmp_path):
+    def poison(batches):  # an earlier batch of the window holds a NaN the recorded run did not see
+        batches[0]["fields"]["x"][0, 0] = float("nan")
+
+    capture = _guarded_capture(tmp_path, "namedtuple", check_every=4)
+    assert len(torch.load(capture, weights_only=True)["batches"]) > 1  # a window of several steps
+    report = json.loads(_edited(capture, poison).stdout)
+    assert any("fails at step" in note and "already" in note for note in report["replay"]["notes"]), report["replay"]

@@ -9,6 +9,7 @@ buffer for what changed before it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -167,6 +168,21 @@ def reproduced(payload: dict[str, Any], step: dict[str, Any]) -> bool:
     return captured is not None and math.isfinite(step["loss"]) and abs(step["loss"] - captured) <= 0.01 * abs(captured)
 
 
+def where_they_part(payload: dict[str, Any], steps: list[dict[str, Any]]) -> str | None:
+    """The first replayed step before the failing one that fails already, or that differs from the
+    recorded run (loss off by more than 1%): where the replay stopped being the run it replays."""
+    recorded = {r["step"]: r for r in payload.get("ring") or []}
+    for step in steps[:-1]:
+        if not (math.isfinite(step["loss"]) and math.isfinite(step["grad_norm"])):
+            return (f"the replay fails at step {step['step']} already, before the recorded failure at step "
+                    f"{payload['step']}")
+        loss = (recorded.get(step["step"]) or {}).get("loss")
+        if loss is not None and math.isfinite(loss) and abs(step["loss"] - loss) > 0.01 * max(abs(loss), 1e-12):
+            return (f"the replayed steps part from the recorded ones at step {step['step']}: loss {step['loss']:.4g} "
+                    f"replayed, {loss:.4g} recorded")
+    return None
+
+
 def _lr_finding(setup: Setup, payload: dict[str, Any]) -> list[Finding]:
     """A learning rate that jumped before the failure is its trigger: go back to the rate before it."""
     jump = lr_jump(payload.get("ring") or [])
@@ -195,18 +211,25 @@ def replay(path: str, spec: str | None, overrides: list[str], settings: Any,
     with preserved_rng(), on_device(setup.model, setup.device):
         steps = rerun_window(setup, payload, notes)
     again = reproduced(payload, steps[-1])
+    parted = where_they_part(payload, steps)
+    if parted:
+        notes.append(parted)
     if not again:
         notes.append("the failing step did not fail again in the replay: the failure depends on something the "
-                     "capture does not hold (data-loader workers, non-deterministic kernels, a changed spec)")
+                     "capture does not hold (data-loader workers, non-deterministic kernels, a changed spec, "
+                     "micro-batches of an accumulated step that were not captured)")
     setup.data = [payload["batches"][-1]]
     # the probes that train from the start are left out: the replay is about this one step
     parts = run_probes(setup, settings.replace(batches=1), select_probes(None, training_probes()),
                        progress=progress, debug=debug)
     parts["findings"] = _rank(parts["findings"] + _lr_finding(setup, payload))
-    return build_report(spec, parts, replay={
+    if not again:  # what the probes find on that step may be real, but it is not the recorded failure
+        parts["coverage"]["probes_not_run"]["replay"] = f"the failure at step {payload['step']} did not happen again"
+    report = build_report(spec, parts, replay={
         "capture": str(path), "reason": payload.get("reason"), "step": payload["step"],
         "window_start": payload.get("window_start"), "reproduced": again, "steps": steps,
         "changes": changes(payload.get("ring") or []), "notes": notes})
+    return report if again else dataclasses.replace(report, verdict="incomplete")
 
 
 def _rank(findings: list[Finding]) -> list[Finding]:
