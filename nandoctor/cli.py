@@ -348,12 +348,15 @@ def scan(
     from nandoctor.render.scan import render_scan
     typer.echo(render_json(result) if fmt == Format.json else render_scan(result))
     write_output(out, render_json(result))
+    if result["stopped"]:  # the user's data raised: the scan is incomplete, what it found stands
+        stopped = result["stopped"]
+        typer.echo(f"nandoctor: reading batch {stopped['batch']} of data raised {stopped['error']}", err=True)
     if result["interrupted"]:
         typer.echo("nandoctor: interrupted; the findings above cover the batches scanned so far", err=True)
         raise typer.Exit(130)
     from nandoctor.results import exit_code
 
-    raise typer.Exit(exit_code((f["severity"] for f in result["findings"]), False, fail_on.value))
+    raise typer.Exit(exit_code((f["severity"] for f in result["findings"]), result["stopped"] is not None, fail_on.value))
 
 
 @app.command("feature-stats")

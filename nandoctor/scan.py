@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nandoctor.batches import iter_tensors, to_device
+from nandoctor.batches import iter_tensors, loader_error, to_device
 from nandoctor.errors import UsageError, describe
 from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.loss import compute_loss
@@ -258,7 +258,7 @@ def run_scan(setup: Any, max_batches: int | None, with_backward: bool, extreme_f
     if max_batches is not None:
         total = min(total, max_batches) if total is not None else max_batches
     scanner = Scanner(setup, extreme_factor, with_backward)
-    scanned, interrupted, queue = 0, False, []
+    scanned, interrupted, queue, stopped = 0, False, [], None
     start = time.monotonic()
     with preserved_everything(setup.model), on_device(setup.model, setup.device):
         setup.model.train()
@@ -268,6 +268,9 @@ def run_scan(setup: Any, max_batches: int | None, with_backward: bool, extreme_f
                 try:
                     batch = next(iterator)
                 except StopIteration:
+                    break
+                except (Exception, SystemExit) as exc:  # the user's dataset raised: theirs, and the scan ends here
+                    stopped = _data_error(setup.data, scanned, exc)
                     break
                 queue.append(_check_batch(setup, scanned, to_device(batch, setup.device), with_backward))
                 scanned += 1
@@ -282,9 +285,18 @@ def run_scan(setup: Any, max_batches: int | None, with_backward: bool, extreme_f
     progress(scanned, total, True)
     return {"batches_scanned": scanned, "batches_total": total, "samples_scanned": scanner.samples,
             "seconds": seconds, "batches_per_s": scanned / seconds if seconds > 0 else None,
-            "interrupted": interrupted, "with_backward": with_backward,
+            "interrupted": interrupted, "stopped": stopped, "with_backward": with_backward,
             "findings": [f.to_dict() for f in findings_of(scanner.problems)],
             "problems": [vars(p) for p in scanner.problems[:MAX_LISTED]], "problems_total": len(scanner.problems)}
+
+
+def _data_error(data: Any, batch: int, exc: BaseException) -> dict[str, Any]:
+    """Where reading ``data`` raised: the batch, its dataset indices when the loader reads in order, the
+    message (a DataLoader worker's own, with its line)."""
+    size = _plain_batch_size(data)
+    indices = [batch * size, (batch + 1) * size - 1] if size else None
+    return {"batch": batch, "dataset_indices": indices,
+            "error": loader_error(exc) if isinstance(exc, Exception) else f"the data loader called sys.exit({exc.code!r})"}
 
 
 ADVICE = {

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -133,3 +134,47 @@ def test_cli_scan_text_and_exit_codes(tmp_path):
     assert "batches/s" in result.stderr
     assert CliRunner().invoke(app, ["scan", f"{spec}:build", "--set", "bad=false"]).exit_code == 0
     assert CliRunner().invoke(app, ["scan", f"{spec}:build", "--max-batches", "0"]).exit_code == 2
+
+
+SCAN_DATA_RAISES = '''
+import torch
+from torch import nn
+
+
+class Records(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        if index == 37:
+            raise ValueError(f"corrupt record {index}")
+        g = torch.Generator().manual_seed(index)
+        x = torch.randn(4, generator=g)
+        if index == 5:
+            x[1] = float("nan")
+        return x, torch.randint(0, 3, (), generator=g)
+
+
+def build(workers: int = 0):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    return {"model": model, "data": torch.utils.data.DataLoader(Records(), batch_size=8, num_workers=workers),
+            "loss": lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])}
+'''
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_dataset_that_raises_is_the_users_error_and_what_was_found_stays(tmp_path, workers):
+    import json
+
+    from typer.testing import CliRunner
+
+    from nandoctor.cli import app
+
+    (tmp_path / "records.py").write_text(SCAN_DATA_RAISES)
+    result = CliRunner().invoke(app, ["scan", f"{tmp_path / 'records.py'}:build", "--set", f"workers={workers}",
+                                      "--format", "json"])
+    assert result.exit_code == 1 and "internal error" not in result.output, result.output  # its finding stands
+    scanned = json.loads(result.stdout)
+    assert scanned["stopped"]["batch"] == 4 and scanned["stopped"]["dataset_indices"] == [32, 39]
+    assert "corrupt record 37" in scanned["stopped"]["error"] and "records.py" in scanned["stopped"]["error"]
+    assert [f["code"] for f in scanned["findings"]] == ["nonfinite_input"]  # sample 5, found before it

@@ -19,8 +19,14 @@ def render_scan(result: dict[str, Any]) -> str:
              + (f" ({rate:.1f} batches/s)" if rate else "")
              + (" with backward" if result["with_backward"] else "")
              + ("; INTERRUPTED: what was found so far" if result["interrupted"] else "")]
+    stopped = result.get("stopped")
+    if stopped:
+        indices = stopped["dataset_indices"]
+        lines.append(f"STOPPED: reading batch {stopped['batch']}"
+                     + (f" (dataset indices {indices[0]}..{indices[1]})" if indices else "")
+                     + f" raised {stopped['error']}; what follows covers the batches before it")
     if not result["findings"]:
-        lines.append("no bad batch found")
+        lines.append("no bad batch found" + (" before it" if stopped else ""))
     for number, finding in enumerate(result["findings"], 1):
         lines += ["", f"{number}. [{finding['severity']}] {finding['code']}: {finding['title']}",
                   f"   where:    {where_text(finding['where'])}", f"   fix:      {finding['fix']['advice']}"]
