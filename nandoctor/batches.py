@@ -93,7 +93,12 @@ def loader_error(exc: BaseException) -> str:
     text = str(exc)
     head = _WORKER.match(text)
     if not head or "Original Traceback" not in text:
-        return describe(exc)
+        import traceback
+
+        user = [frame for frame in traceback.extract_tb(exc.__traceback__)
+                if "site-packages" not in frame.filename and "/torch/" not in frame.filename
+                and "/nandoctor/" not in frame.filename]
+        return describe(exc) + (f" (at {user[-1].filename}:{user[-1].lineno})" if user else "")
     lines = text.rstrip().splitlines()
     frames = [(index, match) for index, line in enumerate(lines) if (match := _FRAME.match(line))]
     message_start = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith(" ")), 0) + 1
