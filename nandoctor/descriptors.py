@@ -1,0 +1,44 @@
+"""While a command runs the user's code, file descriptor 1 points at stderr.
+
+``redirect_stdout`` only catches Python's ``print``: ``os.system``, a subprocess without capture
+and ``os.write(1, ...)`` write to the descriptor itself, and would land inside the one JSON object
+``--format json`` prints. The descriptor is pointed at stderr for the run and back before the
+report is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+
+
+@contextmanager
+def user_output_to_stderr() -> Iterator[None]:
+    """Python's stdout and descriptor 1 both go to stderr inside; both come back after."""
+    try:
+        stdout_fd, stderr_fd = sys.__stdout__.fileno(), sys.__stderr__.fileno()
+    except (AttributeError, OSError, ValueError):  # no real descriptors (an embedding host): Python level only
+        stdout_fd = stderr_fd = None
+    saved = None
+    if stdout_fd is not None:
+        _flush()
+        saved = os.dup(stdout_fd)
+        os.dup2(stderr_fd, stdout_fd)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            _flush()
+            os.dup2(saved, stdout_fd)
+            os.close(saved)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
