@@ -235,18 +235,19 @@ class TrainingStep:
         return torch.stack([loss, norm.float().to(loss.device)]), loss
 
 
-def run_steps(trainer: TrainingStep, log: StepLog, steps: int, batches_at: Callable[[int], Sequence[Any]],
-              record: Callable[[list[list[float]]], bool], *, checkpoints: Sequence[int] = (),
+def run_steps(trainer: TrainingStep, log: StepLog, steps: int, batch_at: Callable[[int], Any],
+              record: Callable[[list[list[float]]], bool], *, accumulate: int = 1, checkpoints: Sequence[int] = (),
               at_checkpoint: Callable[[int], None] | None = None, budget_s: float = math.inf) -> None:
-    """Up to ``steps`` steps into ``log``. ``record`` takes each read-back into the log and says when the
-    run ends (non-finite, blown up); a raising step ends it too, after the steps before it are recorded."""
+    """Up to ``steps`` steps into ``log``, each on ``accumulate`` micro-batches (``batch_at(i)``, i counting
+    micro-batches). ``record`` takes each read-back into the log and says when the run ends (non-finite,
+    blown up); a raising step ends it too, after the steps before it are recorded."""
     began = time.monotonic()
     for step in range(steps):
         if time.monotonic() - began > budget_s:
             if not record(trainer.read()):
                 log.stopped = "time budget"
             return
-        failure = trainer.run(step, batches_at(step))
+        failure = trainer.run(step, [batch_at(step * accumulate + i) for i in range(accumulate)])
         if failure is None and not trainer.due(step + 1, checkpoints) and step + 1 < steps:
             continue
         if record(trainer.read()):

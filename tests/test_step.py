@@ -1,6 +1,7 @@
 """The one training step (nandoctor/step.py) shared by the sweep, the steps probe and replay, on real tiny models."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -48,7 +49,7 @@ def scaled_run(skip_limit, steps=30):
     (loss, norm), = values = trainer.read()
     assert math.isfinite(loss) and not math.isfinite(norm)
     log.add_all(values, trainer.scaled, skip_limit)
-    run_steps(trainer, log, steps, lambda step: [setup.data[step % 4]],
+    run_steps(trainer, log, steps, lambda step: setup.data[step % 4],
               lambda read: log.add_all(read, trainer.scaled, skip_limit))
     return log
 
@@ -124,7 +125,7 @@ def test_a_closure_optimizer_runs_through_the_step():
     assert needs_closure(optimizer) and not needs_closure(torch.optim.AdamW(setup.model.parameters()))
     trainer = TrainingStep(setup, optimizer, 10.0)
     log = StepLog()
-    run_steps(trainer, log, 4, lambda step: [setup.data[0]], lambda read: log.add_all(read, trainer.scaled, 2))
+    run_steps(trainer, log, 4, lambda step: setup.data[0], lambda read: log.add_all(read, trainer.scaled, 2))
     assert log.stopped is None and len(log.losses) == 4
     assert all(math.isfinite(v) for v in log.losses + log.grad_norms)
     assert log.losses[-1] < 0.5 * log.losses[0]
@@ -132,17 +133,21 @@ def test_a_closure_optimizer_runs_through_the_step():
 
 def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch():
     (x, y), = regression_data(count=1, size=16)
-    grads = []
-    for batches in ([(x[:8], y[:8]), (x[8:], y[8:])], [(x, y)]):
+    halves, whole = [(x[:8], y[:8]), (x[8:], y[8:])], [(x, y)]
+    outcomes = []
+    for micro, accumulate in ((halves, 2), (whole, 1)):
         torch.manual_seed(0)
         setup = setup_of(nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1)))
         trainer = TrainingStep(setup, torch.optim.SGD(setup.model.parameters(), lr=0.1), None)
-        assert trainer.measure(0, batches) is None
-        (loss, norm), = trainer.read()
-        grads.append(([p.grad.clone() for p in setup.model.parameters()], loss, norm))
-    (split, split_loss, split_norm), (whole, whole_loss, whole_norm) = grads
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(split, whole))
-    assert split_loss == pytest.approx(whole_loss, rel=1e-5) and split_norm == pytest.approx(whole_norm, rel=1e-5)
+        assert trainer.measure(0, micro) is None
+        grads = [p.grad.clone() for p in setup.model.parameters()]
+        log = StepLog()
+        run_steps(trainer, log, 1, micro.__getitem__, partial(log.add_all, scaled=False, skip_limit=2), accumulate=accumulate)
+        outcomes.append((grads, [p.detach().clone() for p in setup.model.parameters()], log.losses, log.grad_norms))
+    (split, split_weights, split_loss, split_norm), (one, one_weights, one_loss, one_norm) = outcomes
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(split, one))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(split_weights, one_weights))  # the same update
+    assert split_loss == pytest.approx(one_loss, rel=1e-5) and split_norm == pytest.approx(one_norm, rel=1e-5)
 
 
 def gradient_penalty_loss(model, batch):

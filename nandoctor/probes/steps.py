@@ -55,7 +55,7 @@ def train_steps(ctx: Any, steps: int, budget_s: float) -> dict[str, Any]:
     with fresh_optimizer(setup, setup.lr) as optimizer:
         trainer = TrainingStep(setup, optimizer, setup.grad_clip, scaler=fp16_scaler(setup),
                                read_every=read_interval(setup.device, settings.sweep_read_every))
-        run_steps(trainer, log, steps, lambda step: [ctx.batches[step % len(ctx.batches)]],
+        run_steps(trainer, log, steps, lambda step: ctx.batches[step % len(ctx.batches)],
                   lambda values: log.add_all(values, trainer.scaled, settings.amp_skip_limit), budget_s=budget_s)
     return {"losses": log.losses, "grad_norms": log.grad_norms, "nonfinite_step": log.nonfinite_step,
             "stopped": log.stopped}

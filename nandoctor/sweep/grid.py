@@ -92,8 +92,8 @@ def run_sweep(ctx: Any, rates: list[float], steps: int | Plan, clip: float | Non
     not started; the user's rate (``center``) always runs first. ``extend=False`` keeps exactly
     the rates given. The user's run, the stream and the checkpoints stay in ``ctx.shared["sweep_user"]``
     (a :class:`UserRun`: the steps probe reads them rather than training the user's rate again).
-    A step that raises ends the sweep with :class:`~nandoctor.step.StepRaised`: the user's code
-    fails at every rate, there is nothing to compare.
+    A step that raises ends the sweep with :class:`~nandoctor.step.StepRaised` (exit 2): the user's
+    code failed, and rates compared around that failure would say nothing.
     """
     import torch
 

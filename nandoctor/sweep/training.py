@@ -125,7 +125,7 @@ def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float 
             if stream.heldout:
                 run.heldout[done], run.spread[done] = evaluate(ctx, stream.heldout)
 
-        run_steps(trainer, run, steps, lambda step: [stream.train(step)],
+        run_steps(trainer, run, steps, stream.train,
                   lambda values: _stopped(run, values, trainer.scaled, ctx.settings),
                   checkpoints=checkpoints, at_checkpoint=at_checkpoint)
     if run.failure is not None:
