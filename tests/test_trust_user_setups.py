@@ -45,7 +45,7 @@ def test_a_model_with_nothing_trainable_gets_its_finding_and_no_internal_error()
     report = nandoctor.diagnose(_frozen_classifier(frozen=True), progress=False)
     assert [f.code for f in report.findings] == ["vanishing_gradients"]
     assert not report.coverage["probes_not_run"], report.coverage  # no "internal error" for the training probes
-    assert report.probes["dynamics"] == {"skipped": "needs trainable_parameters"}
+    assert report.probes["dynamics"] == {"skipped": "nothing to train: no parameter requires grad"}
     assert "internal error" not in str(report)
     twin = nandoctor.diagnose(_frozen_classifier(frozen=False), progress=False)
     assert "dynamics" in twin.coverage["probes_run"] and "steps" in twin.coverage["probes_run"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +21,9 @@ from nandoctor.errors import UsageError, first_line
 from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.guard.capture import check_capture, load_capture, set_rng_states
 from nandoctor.guard.history import changes, lr_jump
-from nandoctor.loss import compute_loss
 from nandoctor.spec import Setup, load, parse_overrides
 from nandoctor.state import preserved_rng
+from nandoctor.step import TrainingStep, fp16_scaler, make_optimizer
 
 if TYPE_CHECKING:
     from nandoctor.results import Report
@@ -80,21 +79,10 @@ def load_replay_setup(payload: dict[str, Any], spec: str, kwargs: dict[str, Any]
     return setup
 
 
-def _autocast(setup: Setup):
-    import torch
-
-    if setup.amp is None:
-        return nullcontext()
-    return torch.autocast(device_type=setup.device.type, dtype=torch.float16 if setup.amp == "fp16" else torch.bfloat16)
-
-
 def _optimizer(setup: Setup, payload: dict[str, Any], notes: list[str]):
-    import torch
-
-    params = [p for p in setup.model.parameters() if p.requires_grad]
+    """The user's optimizer at the window's first rate, with the captured state when it loads."""
     lrs = payload.get("lrs") or [[]]
-    factory = setup.optimizer or (lambda ps, rate: torch.optim.AdamW(ps, lr=rate))
-    optimizer = factory(params, lrs[0][0] if lrs[0] else setup.lr)
+    optimizer = make_optimizer(setup, lrs[0][0] if lrs[0] else setup.lr)
     if payload.get("optimizer") is not None:
         try:
             optimizer.load_state_dict(payload["optimizer"])
@@ -105,54 +93,29 @@ def _optimizer(setup: Setup, payload: dict[str, Any], notes: list[str]):
     return optimizer
 
 
-def _step_values(setup: Setup, batch: Any, scaler: Any) -> tuple[Any, float, float]:
-    """Forward, loss and backward of one step; (loss tensor, loss, gradient norm before clipping)."""
-    import torch
-
-    setup.model.train()
-    setup.model.zero_grad(set_to_none=True)
-    with _autocast(setup):
-        loss = compute_loss(setup, setup.model, batch).total
-    (scaler.scale(loss) if scaler else loss).backward()
-    grads = [p.grad for p in setup.model.parameters() if p.grad is not None]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else torch.zeros(())
-    if scaler is not None:
-        norm = norm / scaler._scale.float()
-    loss_value, norm_value = torch.stack([loss.detach().float().reshape(()), norm.float().to(loss.device)]).tolist()
-    return loss, loss_value, norm_value
-
-
 def rerun_window(setup: Setup, payload: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
-    """Re-run the captured steps up to the failing one (not its update); each step's loss and gradient norm."""
-    import torch
-
+    """Re-run the captured steps up to the failing one (not its update); each step's loss and gradient
+    norm before clipping, through the shared training step. A step that raises ends the window: its
+    entry says so (``raised``) and the replay is then not reproduced."""
     batches = [to_device(b, setup.device) for b in payload["batches"]]
     optimizer = _optimizer(setup, payload, notes)
-    scaler = None
-    if setup.amp == "fp16" and setup.device.type == "cuda":
-        scaler = torch.amp.GradScaler("cuda")
-        if payload.get("scaler"):
-            scaler.load_state_dict(payload["scaler"])
+    trainer = TrainingStep(setup, optimizer, setup.grad_clip, scaler=fp16_scaler(setup, payload.get("scaler")))
     if payload.get("rng"):
         set_rng_states(payload["rng"])
+    setup.model.train()
     steps = []
     first = payload.get("window_start") or 0
     for offset, (batch, lrs) in enumerate(zip(batches, payload.get("lrs") or [[]] * len(batches))):
         for group, lr in zip(optimizer.param_groups, lrs):
             group["lr"] = lr
-        _, loss, norm = _step_values(setup, batch, scaler)
-        steps.append({"step": first + offset, "loss": loss, "grad_norm": norm})
-        if offset == len(batches) - 1:
+        last = offset == len(batches) - 1  # the failing step: measured, never applied
+        failure = (trainer.measure if last else trainer.run)(first + offset, [batch])
+        if failure is not None:
+            notes.append(f"the replay stopped: {failure.text}")
+            steps.append({"step": first + offset, "loss": None, "grad_norm": None, "raised": failure.text})
             break
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if setup.grad_clip:
-            torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        (loss, norm), = trainer.read()
+        steps.append({"step": first + offset, "loss": loss, "grad_norm": norm})
     setup.model.zero_grad(set_to_none=True)
     return steps
 
@@ -160,6 +123,8 @@ def rerun_window(setup: Setup, payload: dict[str, Any], notes: list[str]) -> lis
 def reproduced(payload: dict[str, Any], step: dict[str, Any]) -> bool:
     """The failing step fails again the same way (for a spike: the same loss within 1%)."""
     reason = payload.get("reason")
+    if step.get("raised"):
+        return False
     if reason == "nonfinite_loss":
         return not math.isfinite(step["loss"])
     if reason == "nonfinite_grad":

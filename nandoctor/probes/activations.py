@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.probes.base import Fact, Phase, Probe, ProbeResult, Setting

@@ -23,7 +23,6 @@ class Fact(str, Enum):
     FORWARD_OK = "forward_ok"  # ... and every output and the loss are finite
     BACKWARD_OK = "backward_ok"  # the backward pass runs and every gradient is finite
     AUTOCAST_RUNS = "autocast_runs"  # the forward runs at the precision the user trains with
-    TRAINABLE = "trainable_parameters"  # some parameter requires grad: an optimizer has something to step
 
 
 @dataclass(frozen=True)
@@ -103,3 +102,11 @@ class Probe:
 
     def run(self, ctx: RunContext) -> ProbeResult:  # pragma: no cover - every probe overrides it
         raise NotImplementedError
+
+
+def nothing_to_train(ctx: RunContext) -> ProbeResult | None:
+    """A probe that trains says so and stops when no parameter requires grad: an optimizer would
+    have nothing to step (the gradients probe reports the loss that depends on no parameter)."""
+    if any(p.requires_grad for p in ctx.model.parameters()):
+        return None
+    return ProbeResult([], {"skipped": "nothing to train: no parameter requires grad"})

@@ -17,7 +17,7 @@ from typing import Any
 from nandoctor.config import GRAD_CLIP, LR, fix_config
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.trace import traced
-from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, Setting
+from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, Setting, nothing_to_train
 from nandoctor.state import run_snapshot
 from nandoctor.sweep.grid import Sweep, recommend, run_sweep, sweep_rates, sweep_summary
 from nandoctor.sweep.plan import plan_note, plan_sweep
@@ -62,7 +62,7 @@ class DynamicsProbe(Probe):
     description = "LR sweep judged on held-out batches: LR too high/low, clipping, labels against a shuffled control"
     phase = Phase.TRAINING
     cost = Cost.TRAINS
-    requires = (Fact.TRAINABLE, Fact.FORWARD_OK, Fact.BACKWARD_OK, Fact.AUTOCAST_RUNS)
+    requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK, Fact.AUTOCAST_RUNS)
     codes = (
         CodeDoc("lr_too_high", Stage.RATE_TOO_HIGH,
                 "the learning rate sweep shows the user's rate diverges or is unstable where a lower one trains",
@@ -101,6 +101,9 @@ class DynamicsProbe(Probe):
 
     def run(self, ctx: RunContext) -> ProbeResult:
         settings, setup = ctx.settings, ctx.setup
+        idle = nothing_to_train(ctx)
+        if idle is not None:
+            return idle
         if plays_a_game(ctx.model):
             return ProbeResult([], {"skipped": "the training step steps several optimizers by hand (a game, as in a "
                                                "GAN): no summed loss has to fall, so no rate is judged by it"})

@@ -12,7 +12,7 @@ from typing import Any
 
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is_finite
 from nandoctor.measure.trace import traced
-from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, owns_tensor
+from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult, owns_tensor
 from nandoctor.context import RunContext
 
 
@@ -46,7 +46,6 @@ class ParametersProbe(Probe):
     description = "NaN/Inf in parameters or buffers at init; parameters and buffers on different devices"
     phase = Phase.DATA
     requires = ()
-    provides = (Fact.TRAINABLE,)
     codes = (
         CodeDoc("device_mismatch", Stage.DEVICES,
                 "parameters, buffers or batch tensors sit on different devices",
@@ -89,8 +88,7 @@ class ParametersProbe(Probe):
         raw = {"tensors": len(tensors), "devices": dict(devices),
                "nonfinite": {n: c for _, n, _, c in bad}, "additive_masks": masks,
                "parameters": sum(t.numel() for kind, _, t in tensors if kind == "parameter")}
-        trainable = any(p.requires_grad for p in ctx.model.parameters())
-        return ProbeResult(findings, raw, facts={Fact.TRAINABLE: trainable})
+        return ProbeResult(findings, raw)
 
     @staticmethod
     def _nonfinite(bad: list[tuple[str, str, Any, int]]) -> Finding:

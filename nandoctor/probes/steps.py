@@ -13,19 +13,21 @@ the rate only its trigger; an overflow that only a large rate produces folds und
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
 from typing import Any
 
+from nandoctor.context import RunContext
 from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.measure.grad_origin import find_gradient_origin
+from nandoctor.measure.ops import locate_nonfinite_op
 from nandoctor.measure.trace import trace_batch
 from nandoctor.probes.backward import OP_ADVICE
-from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, Setting
+from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, Setting, nothing_to_train
 from nandoctor.probes.forward import first_nonfinite_call
-from nandoctor.errors import InternalError, UsageError, describe
 from nandoctor.state import run_snapshot
-from nandoctor.sweep.training import autocast, fresh_optimizer, train
+from nandoctor.step import StepLog, TrainingStep, autocast, fp16_scaler, fresh_optimizer, read_interval, run_steps
+from nandoctor.sweep.grid import UserRun
+from nandoctor.sweep.training import train
 
 # Ops that turn finite inputs into NaN/Inf at a point of their domain (not by overflow).
 UNSAFE_AT_A_POINT = {
@@ -46,54 +48,23 @@ def _op_base(op: str | None) -> str:
     return name[: -len("Backward0")].lower() if name.endswith("Backward0") else name.lower().rstrip("_")
 
 
-def train_steps(ctx: Any, steps: int, budget_s: float) -> dict[str, Any]:
-    """Up to ``steps`` steps from the current weights; stops at the first NaN/Inf loss or gradient norm."""
-    with fresh_optimizer(ctx, ctx.setup.lr) as optimizer:
-        return _train_steps(ctx, optimizer, steps, budget_s)
+def train_steps(ctx: RunContext, steps: int, budget_s: float) -> dict[str, Any]:
+    """Up to ``steps`` steps from the current weights (the shared training step); stops at the first
+    NaN/Inf loss or gradient norm (past GradScaler's calibration), a step that raises, or the budget."""
+    setup, settings = ctx.setup, ctx.settings  # the modules keep the modes they arrived in, as the user trains them
+    log = StepLog()
+    with fresh_optimizer(setup, setup.lr) as optimizer:
+        trainer = TrainingStep(setup, optimizer, setup.grad_clip, scaler=fp16_scaler(setup),
+                               read_every=read_interval(setup.device, settings.sweep_read_every))
+        run_steps(trainer, log, steps, lambda step: ctx.batches[step % len(ctx.batches)],
+                  lambda values: log.add_all(values, trainer.scaled, settings.amp_skip_limit), budget_s=budget_s)
+    return {"losses": log.losses, "grad_norms": log.grad_norms, "nonfinite_step": log.nonfinite_step,
+            "stopped": log.stopped}
 
 
-def _train_steps(ctx: Any, optimizer: Any, steps: int, budget_s: float) -> dict[str, Any]:
-    import torch
-
-    setup = ctx.setup  # the modules keep the modes they arrived in, as the user trains them
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    scaler = torch.amp.GradScaler("cuda") if setup.amp == "fp16" and setup.device.type == "cuda" else None
-    losses, norms, began = [], [], time.monotonic()
-    for step in range(steps):
-        if time.monotonic() - began > budget_s:
-            return {"losses": losses, "grad_norms": norms, "nonfinite_step": None, "stopped": "time budget"}
-        optimizer.zero_grad(set_to_none=True)
-        try:
-            with autocast(ctx):
-                loss = ctx.loss(ctx.batches[step % len(ctx.batches)]).total
-            (scaler.scale(loss) if scaler else loss).backward()
-        except (UsageError, InternalError):
-            raise
-        except Exception as exc:  # the user's step raised: the forward and backward probes say why
-            return {"losses": losses, "grad_norms": norms, "nonfinite_step": None, "stopped": f"step {step} raised {describe(exc)}"}
-        if scaler:
-            scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(params, setup.grad_clip or math.inf)
-        loss_value, norm_value = torch.stack([loss.detach().float(), norm.float().to(loss.device)]).tolist()
-        losses.append(loss_value)
-        norms.append(norm_value)
-        if not (math.isfinite(loss_value) and (scaler is not None or math.isfinite(norm_value))):
-            return {"losses": losses, "grad_norms": norms, "nonfinite_step": step, "stopped": None}
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-    return {"losses": losses, "grad_norms": norms, "nonfinite_step": None, "stopped": None}
-
-
-def locate_op(ctx: Any, batch_index: int) -> dict[str, Any] | None:
+def locate_op(ctx: RunContext, batch_index: int) -> dict[str, Any] | None:
     """The op that made the NaN/Inf in this step's forward or loss: op, module, source, made."""
-    try:
-        from nandoctor.measure.ops import locate_nonfinite_op  # the op-level pass (TorchDispatchMode)
-    except ImportError:  # seam: until measure/ops.py is merged, the module-level answer stands alone
-        return None
-    site = locate_nonfinite_op(ctx, batch_index, autocast(ctx), ctx.setup.amp).site
+    site = locate_nonfinite_op(ctx, batch_index, autocast(ctx.setup), ctx.setup.amp).site
     return None if site is None else {"op": site.op, "module": site.module, "source": site.source, "made": site.made}
 
 
@@ -107,22 +78,25 @@ class StepsProbe(Probe):
     description = "trains the user's own configuration some steps; a NaN/Inf at step k is traced to its op and line"
     phase = Phase.TRAINING
     cost = Cost.TRAINS
-    requires = (Fact.TRAINABLE, Fact.FORWARD_OK, Fact.BACKWARD_OK)
+    requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK)
     settings = (
         Setting("guard_budget_s", 60.0, "diagnose --steps: those steps stop after this many seconds"),
     )
     folds = (Fold("lr_too_high", "forward_nonfinite", _overflow), Fold("lr_too_high", "backward_nonfinite", _overflow))
 
-    def run(self, ctx: Any) -> ProbeResult:
+    def run(self, ctx: RunContext) -> ProbeResult:
         import torch
 
+        idle = nothing_to_train(ctx)
+        if idle is not None:
+            return idle
         snapshot = run_snapshot(ctx)  # the run's one copy of the weights
         plan = ctx.shared.get("sweep_plan")
         wanted = plan.guard_steps if plan is not None else ctx.settings.guard_steps
         shared = ctx.shared.get("sweep_user")
         try:
-            if shared is not None and self._sweep_answers(shared[0], wanted, plan):
-                return self._from_sweep(ctx, *shared)
+            if shared is not None and self._sweep_answers(shared.run, wanted, plan):
+                return self._from_sweep(ctx, shared)
             torch.manual_seed(ctx.settings.seed)
             run = train_steps(ctx, wanted, ctx.settings.guard_budget_s)
             raw = {"steps_run": len(run["losses"]), "nonfinite_step": run["nonfinite_step"], "stopped": run["stopped"],
@@ -147,10 +121,11 @@ class StepsProbe(Probe):
         return (user.nonfinite_step is not None or len(user.losses) >= wanted
                 or (plan is not None and plan.scaled and wanted == plan.steps))
 
-    def _from_sweep(self, ctx: Any, user: Any, stream: Any, checkpoints: list[int]) -> ProbeResult:
+    def _from_sweep(self, ctx: RunContext, shared: UserRun) -> ProbeResult:
         """The sweep already trained the user's configuration: read its run, and trace its NaN/Inf step."""
         import torch
 
+        user, stream, checkpoints = shared.run, shared.stream, shared.checkpoints
         raw = {"steps_run": len(user.losses), "nonfinite_step": user.nonfinite_step, "stopped": user.cut,
                "losses": user.losses, "lr": ctx.setup.lr, "read_from": "the LR sweep's run of the user's rate"}
         step = user.nonfinite_step
@@ -164,7 +139,7 @@ class StepsProbe(Probe):
         finding, raw["trace"] = self._trace(ctx, step, run, stream.train(step), stream.data_index(step))
         return ProbeResult([finding] if finding else [], raw)
 
-    def _trace(self, ctx: Any, step: int, run: dict[str, Any], batch: Any,
+    def _trace(self, ctx: RunContext, step: int, run: dict[str, Any], batch: Any,
                batch_index: int) -> tuple[Finding | None, dict[str, Any]]:
         """Trace step ``step`` (on ``batch``, index ``batch_index`` in ``data``) from the current weights."""
         fresh = replace(ctx, shared={}, batches=[batch])  # its own traced pass, not the step-0 recording

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nandoctor.state import preserved_rng, run_snapshot
+from nandoctor.step import StepRaised
 from nandoctor.sweep.plan import Plan, first_rung
 from nandoctor.sweep.stream import BatchStream
 from nandoctor.sweep.training import BAD, LEARNS, TrainRun, evaluate, train
@@ -46,6 +47,15 @@ def checkpoints_for(steps: int) -> list[int]:
     """The two rungs: a quarter of the steps for every rate, all of them for the better half."""
     first = first_rung(steps)
     return [first, steps] if steps > first else [steps]
+
+
+@dataclass(frozen=True)
+class UserRun:
+    """The sweep's run of the user's own rate, kept for the steps probe (it need not train it again)."""
+
+    run: TrainRun
+    stream: BatchStream  # the batches it trained on, step by step
+    checkpoints: list[int]
 
 
 @dataclass
@@ -78,7 +88,9 @@ def run_sweep(ctx: Any, rates: list[float], steps: int | Plan, clip: float | Non
     ``budget_s``, a run that would end past the budget (judged by the time per step so far) is
     not started; the user's rate (``center``) always runs first. ``extend=False`` keeps exactly
     the rates given. The user's run, the stream and the checkpoints stay in ``ctx.shared["sweep_user"]``
-    (the steps probe reads them rather than training the user's rate again).
+    (a :class:`UserRun`: the steps probe reads them rather than training the user's rate again).
+    A step that raises ends the sweep with :class:`~nandoctor.step.StepRaised` (exit 2): the user's
+    code failed, and rates compared around that failure would say nothing.
     """
     import torch
 
@@ -109,6 +121,9 @@ def run_sweep(ctx: Any, rates: list[float], steps: int | Plan, clip: float | Non
         finally:
             snapshot.restore()
         result.steps_run += len(outcome.losses)
+        if outcome.failure is not None:
+            raise StepRaised(outcome.failure, f"a training step raised {outcome.failure.error} (lr {rate:.3g}, "
+                                              f"step {outcome.failure.step}; `nandoctor diagnose` says where)")
         return outcome
 
     with preserved_rng():
@@ -135,7 +150,7 @@ def run_sweep(ctx: Any, rates: list[float], steps: int | Plan, clip: float | Non
         finally:
             snapshot.restore()
     if center in runs:
-        ctx.shared["sweep_user"] = (runs[center], stream, checkpoints)
+        ctx.shared["sweep_user"] = UserRun(runs[center], stream, checkpoints)
     result.runs = sorted(runs.values(), key=lambda r: r.lr)
     result.fresh_batches, result.distinct_batches = stream.fresh_read, stream.distinct
     return result

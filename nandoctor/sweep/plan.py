@@ -86,7 +86,7 @@ def step_gflop(ctx: Any) -> float | None:
     import torch
     from torch.overrides import TorchFunctionMode
 
-    from nandoctor.sweep.training import autocast
+    from nandoctor.step import autocast
 
     total = [0.0]
 
@@ -108,7 +108,7 @@ def step_gflop(ctx: Any) -> float | None:
 
     handles = [m.register_forward_hook(recurrent) for m in ctx.model.modules() if isinstance(m, torch.nn.RNNBase)]
     try:
-        with torch.no_grad(), Counter(), autocast(ctx):
+        with torch.no_grad(), Counter(), autocast(ctx.setup):
             ctx.loss(ctx.batches[0])
     except Exception:  # the plan falls back on the wall-clock guard
         return None

@@ -11,24 +11,23 @@ stops at once when it diverges.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
+
+from nandoctor.step import StepLog, TrainingStep, fp16_scaler, fresh_optimizer, read_interval, run_steps, score
 
 DIVERGED, UNSTABLE, COLLAPSED, LEARNS, FLAT = "diverged", "unstable", "collapsed", "learns", "flat"
 BAD = (DIVERGED, UNSTABLE, COLLAPSED)
 
 
-@dataclass
-class TrainRun:
+@dataclass(kw_only=True)
+class TrainRun(StepLog):
+    """One rate's run: its steps (losses, gradient norms before clipping, skips: the shared
+    :class:`~nandoctor.step.StepLog`) and how it scored on the held-out batches."""
+
     lr: float
     clip: float | None
     steps: int  # steps asked for (the last checkpoint reached, unless it stopped early)
-    losses: list[float] = field(default_factory=list)  # training loss per step, on the step's batch
-    grad_norms: list[float] = field(default_factory=list)  # before clipping
-    skipped_steps: int = 0  # fp16 GradScaler steps skipped while the scale calibrates
-    nonfinite_step: int | None = None
     blowup_step: int | None = None  # stopped here: the loss rose far above its start
     initial_loss: float | None = None  # first training batch, before any step
     heldout_initial: float | None = None
@@ -99,84 +98,9 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def autocast(ctx: Any):
-    import torch
-
-    amp = ctx.setup.amp
-    if amp is None:
-        return nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=ctx.setup.device.type, dtype=dtype)
-
-
-def make_optimizer(ctx: Any, lr: float):
-    import torch
-
-    params = [p for p in ctx.model.parameters() if p.requires_grad]
-    factory = ctx.setup.optimizer or (lambda ps, rate: torch.optim.AdamW(ps, lr=rate))
-    return factory(params, lr)
-
-
-@contextmanager
-def fresh_optimizer(ctx: Any, lr: float) -> Iterator[Any]:
-    """The user's optimizer for one run, its state dropped on exit. An optimizer sits in a reference
-    cycle: without this, its state (two copies of the weights for Adam) would live beside the next
-    run's until the garbage collector came round."""
-    optimizer = make_optimizer(ctx, lr)
-    try:
-        yield optimizer
-    finally:
-        optimizer.state.clear()
-
-
 def evaluate(ctx: Any, batches: list[Any]) -> tuple[float | None, float | None]:
-    """Mean loss on ``batches`` (no gradient, buffers restored), and the spread of the outputs across samples.
-
-    The spread is the mean over output features of their standard deviation across the batch,
-    over the outputs' RMS: ~0 when the model predicts the same thing for every input.
-    """
-    import torch
-
-    from nandoctor.batches import iter_tensors
-    from nandoctor.measure.hooks import ours
-
-    if not batches:
-        return None, None
-    spreads: list[Any] = []
-
-    @ours
-    def record(module: Any, args: Any, output: Any) -> None:
-        if len(spreads) < len(losses) + 1:
-            for _, tensor in iter_tensors(output):
-                if tensor.is_floating_point() and tensor.dim() >= 1 and tensor.shape[0] > 1:
-                    flat = tensor.detach().float().reshape(tensor.shape[0], -1)
-                    scale = flat.pow(2).mean().sqrt() + 1e-12
-                    spreads.append(flat.std(dim=0).mean() / scale)
-                    return
-
-    # the modes the model trains in (batch statistics, as during training: running statistics lag far
-    # behind in a short run), with every buffer put back so that scoring never changes the run;
-    # dropout off: its noise on one small batch would swamp the differences between rates
-    buffers = [b for b in ctx.model.buffers() if b is not None]
-    saved = [b.detach().clone() for b in buffers]
-    dropouts = [m for m in ctx.model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training]
-    losses: list[Any] = []
-    try:
-        for module in dropouts:
-            module.training = False
-        with torch.no_grad(), autocast(ctx), ctx.model.register_forward_hook(record):
-            for batch in batches:
-                losses.append(ctx.loss(batch).total.detach().float().reshape(()))
-    finally:
-        for module in dropouts:
-            module.training = True
-        with torch.no_grad():
-            for buffer, value in zip(buffers, saved):
-                buffer.copy_(value)
-    values = torch.stack(losses + spreads).tolist()  # one read-back
-    loss = sum(values[:len(losses)]) / len(losses)
-    spread = sum(values[len(losses):]) / len(spreads) if spreads else None
-    return loss, spread
+    """Mean held-out loss on ``batches`` and the outputs' spread across samples (:func:`nandoctor.step.score`)."""
+    return score(ctx.setup, batches)
 
 
 def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float | None,
@@ -184,83 +108,43 @@ def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float 
     """Up to ``checkpoints[-1]`` steps at ``lr`` from the current weights; the caller restores them.
 
     The held-out batches are scored after each checkpoint. ``start`` is the held-out score of
-    these weights (:func:`evaluate`), when the caller already has it.
+    these weights (:func:`evaluate`), when the caller already has it. A step that raises ends
+    the run: ``run.failure`` records it (the caller decides what it means).
     """
-    import torch
-
     steps = checkpoints[-1]
     run = TrainRun(lr=lr, clip=clip, steps=steps)
     if start is None:
         start = dict(zip(("loss", "spread"), evaluate(ctx, stream.heldout)))
     run.heldout_initial, run.spread_initial = start["loss"], start["spread"]
     run.heldout_batches = len(stream.heldout)
-    with fresh_optimizer(ctx, lr) as optimizer:
-        _run_steps(ctx, stream, run, optimizer, checkpoints)
+    with fresh_optimizer(ctx.setup, lr) as optimizer:
+        trainer = TrainingStep(ctx.setup, optimizer, clip, scaler=fp16_scaler(ctx.setup),
+                               read_every=read_interval(ctx.setup.device, ctx.settings.sweep_read_every))
+
+        def at_checkpoint(done: int) -> None:
+            if stream.heldout:
+                run.heldout[done], run.spread[done] = evaluate(ctx, stream.heldout)
+
+        run_steps(trainer, run, steps, stream.train,
+                  lambda values: _stopped(run, values, trainer.scaled, ctx.settings),
+                  checkpoints=checkpoints, at_checkpoint=at_checkpoint)
+    if run.failure is not None:
+        run.cut = run.failure.text
     run.unseen_steps = min(stream.distinct, len(run.losses))
     classify(run, ctx.settings)
     return run
 
 
-def _run_steps(ctx: Any, stream: Any, run: TrainRun, optimizer: Any, checkpoints: list[int]) -> None:
-    """The steps of one run, recorded in ``run``; held-out scoring at each checkpoint."""
-    import torch
-
-    steps, clip = checkpoints[-1], run.clip
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    use_scaler = ctx.setup.amp == "fp16" and ctx.setup.device.type == "cuda"
-    scaler = torch.amp.GradScaler(ctx.setup.device.type) if use_scaler else None
-    # a read-back waits for the device: on a GPU, read a few steps at once (a diverging run is then
-    # cut up to that many steps late, its state thrown away all the same)
-    read_every = 1 if ctx.setup.device.type == "cpu" else max(1, ctx.settings.sweep_read_every)
-    pending: list[Any] = []
-    for step in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(ctx):
-            loss = ctx.loss(stream.train(step)).total
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else math.inf)
-        pending.append(torch.stack([loss.detach().float(), norm.float().to(loss.device)]))
-        if scaler:  # it skips a step whose gradients are not finite, and lowers the scale
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if len(pending) < read_every and step + 1 < steps and step + 1 not in checkpoints:
-            continue
-        values = torch.stack(pending).tolist()  # one sync for the steps since the last read-back
-        pending = []
-        if _stopped(run, values, scaler is not None, ctx.settings):
-            break
-        if step + 1 in checkpoints and stream.heldout:
-            run.heldout[step + 1], run.spread[step + 1] = evaluate(ctx, stream.heldout)
-
-
-def _calibrating(loss_value: float, norm_value: float) -> bool:
-    """A step GradScaler skips while its scale comes down: a finite loss, gradients that overflowed."""
-    return math.isfinite(loss_value) and not math.isfinite(norm_value)
-
-
 def _stopped(run: TrainRun, values: list[list[float]], scaled: bool, limits: Any) -> bool:
     """Record the steps read back (loss, gradient norm before clipping); True at the first that ends the
-    run: non-finite (past GradScaler's calibration) or the loss far above its start."""
+    run: non-finite (past GradScaler's calibration: :meth:`StepLog.add`) or the loss far above its start."""
     for loss_value, norm_value in values:
         step = len(run.losses)
-        run.losses.append(loss_value)
-        run.grad_norms.append(norm_value)
         if run.initial_loss is None:
             run.initial_loss = loss_value
-        if scaled and _calibrating(loss_value, norm_value):
-            run.skipped_steps += 1
-            window = limits.amp_skip_limit + 1
-            recent = list(zip(run.losses[-window:], run.grad_norms[-window:]))
-            if len(recent) < window or not all(_calibrating(*pair) for pair in recent):
-                continue  # fewer than amp_skip_limit + 1 skipped in a row
-        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-            run.nonfinite_step = step
+        if run.add(loss_value, norm_value, scaled, limits.amp_skip_limit):
             return True
-        if blew_up(run, limits):
+        if math.isfinite(loss_value) and math.isfinite(norm_value) and blew_up(run, limits):
             run.blowup_step = step
             run.cut = f"stopped at step {step + 1}: the loss rose far above its start"
             return True
