@@ -81,3 +81,17 @@ def test_sys_exit_in_the_loss_is_a_finding_at_the_users_line():
     assert "exits.py" in (top["where"]["source"] or "") or "exits.py" in json.dumps(top["evidence"])
     fine = _invoke("diagnose", f"{specs}/exits.py:build_fine", "--quick")
     assert fine.exit_code == 0, fine.output
+
+
+@pytest.mark.parametrize("kind", ["lbfgs", "gradient_penalty"])
+def test_closure_optimizers_and_gradient_penalties_run_every_probe(kind):
+    import json
+    from pathlib import Path
+
+    spec = f"{Path(__file__).parent / 'specs'}/closures.py:build"
+    result = _invoke("diagnose", spec, "--set", f"kind={kind}", "--format", "json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0 and report["verdict"] == "healthy", result.output
+    assert {"dynamics", "steps"} <= set(report["coverage"]["probes_run"]) and not report["coverage"]["probes_not_run"]
+    sweep = _invoke("lr-sweep", spec, "--set", f"kind={kind}", "--format", "json")
+    assert sweep.exit_code == 0 and json.loads(sweep.stdout)["recommended_lr"] is not None, sweep.output
