@@ -41,7 +41,7 @@ def build(kind: str = "namedtuple"):
 '''
 
 
-def _guarded_capture(tmp_path, kind, check_every=1):
+def _guarded_capture(tmp_path, kind, check_every=1, optimizer_class=torch.optim.AdamW):
     """A guarded loop over ``kind`` batches whose step 6 holds a NaN input; returns the capture's path."""
     (tmp_path / "spec.py").write_text(SPEC)
     namespace: dict = {}
@@ -49,7 +49,7 @@ def _guarded_capture(tmp_path, kind, check_every=1):
     torch.manual_seed(0)
     setup = namespace["build"](kind)
     model, make = setup["model"], namespace["Pair" if kind == "namedtuple" else "Sample"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=setup["lr"])
+    optimizer = optimizer_class(model.parameters(), lr=setup["lr"])
     g = torch.Generator().manual_seed(5)
     with pytest.raises(GuardTripped):
         with Guard(model, optimizer, path=str(tmp_path / "capture.pt"), spec=f"{tmp_path / 'spec.py'}:build",
@@ -162,3 +162,11 @@ def test_a_replay_that_fails_earlier_says_where_it_parts_from_the_run(tmp_path):
     assert len(torch.load(capture, weights_only=True)["batches"]) > 1  # a window of several steps
     report = json.loads(_edited(capture, poison).stdout)
     assert any("fails at step" in note and "already" in note for note in report["replay"]["notes"]), report["replay"]
+
+
+def test_a_capture_of_another_optimizer_replays_with_a_fresh_one_and_says_so(tmp_path):
+    capture = _guarded_capture(tmp_path, "namedtuple", check_every=4, optimizer_class=torch.optim.SGD)
+    result = CliRunner().invoke(app, ["replay", str(capture), "--format", "json", "--trust-spec"])
+    report = json.loads(result.stdout)  # the spec trains with AdamW: SGD's groups have no betas
+    assert result.exit_code == 1 and report["replay"]["reproduced"] is True, result.output
+    assert any("another optimizer's state" in note and "betas" in note for note in report["replay"]["notes"])

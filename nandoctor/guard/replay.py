@@ -83,9 +83,15 @@ def _optimizer(setup: Setup, payload: dict[str, Any], notes: list[str]):
     """The user's optimizer at the window's first rate, with the captured state when it loads."""
     lrs = payload.get("lrs") or [[]]
     optimizer = make_optimizer(setup, lrs[0][0] if lrs[0] else setup.lr)
-    if payload.get("optimizer") is not None:
+    captured = payload.get("optimizer")
+    groups = captured.get("param_groups") if isinstance(captured, dict) else None
+    lacking = sorted(set(optimizer.defaults) - set(groups[0])) if groups and isinstance(groups[0], dict) else []
+    if lacking:  # another optimizer's state (SGD's into Adam) would load, then fail at the first step
+        notes.append(f"the capture holds another optimizer's state (its groups lack {', '.join(lacking)}): "
+                     f"replayed with a fresh {type(optimizer).__name__}, as the spec builds it")
+    elif captured is not None:
         try:
-            optimizer.load_state_dict(payload["optimizer"])
+            optimizer.load_state_dict(captured)
         except (ValueError, KeyError, RuntimeError) as exc:
             notes.append(f"the optimizer state was not restored ({first_line(exc)[:160]}): replayed with a fresh one")
     else:
