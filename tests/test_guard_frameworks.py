@@ -141,3 +141,56 @@ def test_hf_trainer_train_is_stopped_at_the_nan_and_replayed(tmp_path):
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     report = _replayed(tmp_path / "capture.pt")
     assert report["replay"]["reproduced"] and report["findings"][0]["code"] == "nonfinite_input"
+
+
+def test_lightning_with_gradient_accumulation_keeps_every_micro_batch(tmp_path, monkeypatch):
+    pl = pytest.importorskip("pytorch_lightning")
+    from torch.utils.data import DataLoader
+
+    from nandoctor.guard.capture import MicroBatches
+    from nandoctor.integrations.lightning import NanGuardCallback
+
+    models = _write(tmp_path)
+    (tmp_path / "lit.py").write_text(LIGHTNING)
+    monkeypatch.syspath_prepend(str(tmp_path))  # lit.py imports its sibling models.py
+    monkeypatch.delitem(sys.modules, "models", raising=False)
+    namespace: dict = {}
+    exec(compile(LIGHTNING, str(tmp_path / "lit.py"), "exec"), namespace)
+    torch.manual_seed(0)
+    module = namespace["Module"]()
+    callback = NanGuardCallback(path=str(tmp_path / "capture.pt"), check_every=2, spec=f"{tmp_path / 'lit.py'}:build")
+    trainer = pl.Trainer(max_steps=30, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                         accumulate_grad_batches=2)
+    loader = DataLoader(models["Rows"](bad=8 * 13 + 3), batch_size=8)  # micro-batch 13: the 2nd of step 6
+    with pytest.raises(GuardTripped, match="at step 6"):
+        trainer.fit(module, loader)
+    failing = load_capture(tmp_path / "capture.pt")["batches"][-1]
+    assert isinstance(failing, MicroBatches) and len(failing) == 2
+    assert torch.isfinite(failing[0]["features"]).all() and not torch.isfinite(failing[1]["features"]).all()
+    report = _replayed(tmp_path / "capture.pt")
+    assert report["replay"]["reproduced"] and report["findings"][0]["code"] == "nonfinite_input"
+
+
+def test_hf_trainer_with_gradient_accumulation_keeps_every_micro_batch(tmp_path):
+    transformers = pytest.importorskip("transformers")
+
+    from nandoctor.guard.capture import MicroBatches
+    from nandoctor.integrations.hf import NanGuardCallback
+
+    models = _write(tmp_path)
+    torch.manual_seed(0)
+    model = models["Scorer"]()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4,
+                                          gradient_accumulation_steps=2, max_steps=30, learning_rate=1e-2,
+                                          report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
+                                          disable_tqdm=True, seed=0)
+    callback = NanGuardCallback(path=str(tmp_path / "capture.pt"), check_every=4, spec=f"{tmp_path / 'models.py'}:build")
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=models["Rows"](bad=100), callbacks=[callback])
+    with pytest.raises(GuardTripped):
+        trainer.train()
+    failing = load_capture(tmp_path / "capture.pt")["batches"][-1]
+    assert isinstance(failing, MicroBatches) and len(failing) == 2
+    assert any(not torch.isfinite(micro["features"]).all() for micro in failing)
+    report = _replayed(tmp_path / "capture.pt")
+    assert report["replay"]["reproduced"] and report["findings"][0]["code"] == "nonfinite_input"

@@ -25,6 +25,16 @@ def _loss_of(output: Any) -> Any:
     return getattr(output, "loss", output)
 
 
+def _mean_loss(losses: list[Any]) -> Any:
+    """The step's loss: the mean of its micro-batches' (one sum on the device, no read-back)."""
+    import torch
+
+    tensors = [loss.detach().float().reshape(-1)[:1].sum() for loss in losses if isinstance(loss, torch.Tensor)]
+    if tensors:
+        return torch.stack(tensors).mean()
+    return next((loss for loss in losses if loss is not None), None)
+
+
 def _lightning_base() -> type:
     try:
         from lightning.pytorch import Callback
@@ -47,6 +57,8 @@ def lightning_callback() -> type:
             super().__init__()
             self.options = dict(path=path, **guard_options)
             self.guard: Guard | None = None
+            self.losses: list[Any] = []  # the micro-batches' losses of the step under way
+            self.stepped = False
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             optimizer = trainer.optimizers[0] if trainer.optimizers else None
@@ -60,10 +72,17 @@ def lightning_callback() -> type:
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
             if self.guard is not None:
                 self.guard.gradients()
+                self.stepped = True
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            if self.guard is not None:
-                self.guard.end(_loss_of(outputs))
+            """A step ends with the optimizer's step: with gradient accumulation, after its last micro-batch."""
+            if self.guard is None:
+                return
+            self.losses.append(_loss_of(outputs))
+            every = max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1))
+            if self.stepped or len(self.losses) >= every:
+                losses, self.losses, self.stepped = self.losses, [], False
+                self.guard.end(_mean_loss(losses))
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
             if self.guard is not None:
@@ -85,14 +104,14 @@ def hf_callback() -> type:
         """Guard ``Trainer.train``: a capture on the first NaN/Inf loss or gradient, or loss spike.
 
         Takes :class:`nandoctor.Guard`'s options (``path``, ``check_every``, ``on_failure``, ``spec``...).
-        With gradient accumulation the capture holds each step's first micro-batch.
+        With gradient accumulation the capture holds every micro-batch of each step.
         """
 
         def __init__(self, path: str = "nandoctor_capture.pt", **guard_options: Any):
             self.options = dict(path=path, **guard_options)
             self.guard: Guard | None = None
             self.hooks = ExitStack()
-            self.loss: Any = None
+            self.losses: list[Any] = []  # the micro-batches' losses of the step under way
 
         def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                            **kwargs: Any) -> None:
@@ -101,12 +120,12 @@ def hf_callback() -> type:
             self.hooks.enter_context(model.register_forward_hook(self._after_forward))
 
         def _before_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
-            if module.training and self.guard is not None and self.guard._current is None:
+            if module.training and self.guard is not None:  # each micro-batch of an accumulated step
                 self.guard.begin(dict(kwargs) if kwargs else args)
 
         def _after_forward(self, module: Any, args: tuple, output: Any) -> None:
-            if module.training and self.loss is None:
-                self.loss = _loss_of(output)
+            if module.training:
+                self.losses.append(_loss_of(output))
 
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.guard is not None:
@@ -114,9 +133,9 @@ def hf_callback() -> type:
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.guard is not None:
-                loss, self.loss = self.loss, None
+                losses, self.losses = self.losses, []
                 try:
-                    self.guard.end(loss)
+                    self.guard.end(_mean_loss(losses))
                 except BaseException:
                     self.hooks.close()
                     raise

@@ -55,9 +55,22 @@ def plain(obj: Any) -> Any:
     return repr(obj)  # anything else would need code to load: keep only what it was
 
 
+class MicroBatches(list):
+    """The micro-batches of one accumulated step, in order: replay accumulates them as the run did."""
+
+
+def plain_step(batch: Any, micro: list[Any]) -> Any:
+    """One step's batch for the capture: itself, or all its micro-batches when it accumulated several."""
+    if not micro:
+        return plain(batch)
+    return {STRUCT: "micro_batches", "batches": [plain(b) for b in [batch, *micro]]}
+
+
 def restored(obj: Any) -> Any:
     """:func:`plain`'s namedtuples and dataclasses as stand-ins of the same name and fields (attribute
     and position access as before; the user's methods are not there)."""
+    if isinstance(obj, Mapping) and obj.get(STRUCT) == "micro_batches" and isinstance(obj.get("batches"), list):
+        return MicroBatches(restored(b) for b in obj["batches"])
     if isinstance(obj, Mapping) and obj.get(STRUCT) in ("namedtuple", "dataclass") and isinstance(obj.get("fields"), Mapping):
         fields = {key: restored(value) for key, value in obj["fields"].items()}
         name = str(obj.get("name", ""))

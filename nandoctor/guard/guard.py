@@ -17,12 +17,12 @@ import os
 import statistics
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from nandoctor.guard.capture import plain, rng_states, save_capture
+from nandoctor.guard.capture import plain, plain_step, rng_states, save_capture
 
 REASONS = {"nonfinite_loss": "the loss is NaN/Inf", "nonfinite_grad": "a gradient is NaN/Inf",
            "loss_spike": "the loss spiked"}
@@ -45,6 +45,7 @@ class _Pending:
     step: int
     lrs: list[float]
     batch: Any
+    micro: list[Any] = field(default_factory=list)  # the step's further micro-batches (gradient accumulation)
     loss: Any = None
     grad_norm: Any = None
     update_norm: Any = None  # size of the update applied just before this step (sampled steps)
@@ -100,7 +101,11 @@ class Guard:
         self.end(loss)
 
     def begin(self, batch: Any) -> None:
-        """A step starts on ``batch`` (before the optimizer changes anything)."""
+        """A step starts on ``batch`` (before the optimizer changes anything); a further call before
+        its :meth:`end` is another micro-batch of the same step (gradient accumulation), kept too."""
+        if self._current is not None:
+            self._current.micro.append(batch)
+            return
         if not self._pending:
             self._window_state = self._state()
         self._current = _Pending(step=self.steps_seen, lrs=self._lrs(), batch=batch)
@@ -277,7 +282,7 @@ class Guard:
             "reason": reason, "step": record["step"], "window_start": state.get("step"),
             "model": plain(state.get("model")), "optimizer": plain(state.get("optimizer")),
             "scaler": plain(state.get("scaler")), "rng": state.get("rng"),
-            "batches": [plain(s.batch) for s in steps], "lrs": [s.lrs for s in steps],
+            "batches": [plain_step(s.batch, s.micro) for s in steps], "lrs": [s.lrs for s in steps],
             "ring": self.ring, "spec": self.spec, "spec_args": plain(self.spec_args),
             "spec_folder": self.spec_folder,
             "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",

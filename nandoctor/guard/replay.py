@@ -19,7 +19,7 @@ from nandoctor.batches import to_device
 from nandoctor.config import LR, fix_config
 from nandoctor.errors import UsageError, first_line
 from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.guard.capture import check_capture, load_capture, set_rng_states
+from nandoctor.guard.capture import MicroBatches, check_capture, load_capture, set_rng_states
 from nandoctor.guard.history import changes, lr_jump
 from nandoctor.spec import Setup, load, parse_overrides
 from nandoctor.state import preserved_rng
@@ -103,7 +103,8 @@ def rerun_window(setup: Setup, payload: dict[str, Any], notes: list[str]) -> lis
     """Re-run the captured steps up to the failing one (not its update); each step's loss and gradient
     norm before clipping, through the shared training step. A step that raises ends the window: its
     entry says so (``raised``) and the replay is then not reproduced."""
-    batches = [to_device(b, setup.device) for b in payload["batches"]]
+    batches = [MicroBatches(to_device(m, setup.device) for m in b) if isinstance(b, MicroBatches)
+               else to_device(b, setup.device) for b in payload["batches"]]
     optimizer = _optimizer(setup, payload, notes)
     trainer = TrainingStep(setup, optimizer, setup.grad_clip, scaler=fp16_scaler(setup, payload.get("scaler")))
     if payload.get("rng"):
@@ -115,7 +116,8 @@ def rerun_window(setup: Setup, payload: dict[str, Any], notes: list[str]) -> lis
         for group, lr in zip(optimizer.param_groups, lrs):
             group["lr"] = lr
         last = offset == len(batches) - 1  # the failing step: measured, never applied
-        failure = (trainer.measure if last else trainer.run)(first + offset, [batch])
+        micro = list(batch) if isinstance(batch, MicroBatches) else [batch]
+        failure = (trainer.measure if last else trainer.run)(first + offset, micro)
         if failure is not None:
             notes.append(f"the replay stopped: {failure.text}")
             steps.append({"step": first + offset, "loss": None, "grad_norm": None, "raised": failure.text})
@@ -189,9 +191,10 @@ def replay(path: str, spec: str | None, overrides: list[str], settings: Any,
         notes.append("the failing step did not fail again in the replay: the failure depends on something the "
                      "capture does not hold (data-loader workers, non-deterministic kernels, a changed spec, "
                      "micro-batches of an accumulated step that were not captured)")
-    setup.data = [payload["batches"][-1]]
+    failing = payload["batches"][-1]  # every micro-batch of an accumulated step: the bad sample is in one
+    setup.data = list(failing) if isinstance(failing, MicroBatches) else [failing]
     # the probes that train from the start are left out: the replay is about this one step
-    parts = run_probes(setup, settings.replace(batches=1), select_probes(None, training_probes()),
+    parts = run_probes(setup, settings.replace(batches=len(setup.data)), select_probes(None, training_probes()),
                        progress=progress, debug=debug)
     parts["findings"] = _rank(parts["findings"] + _lr_finding(setup, payload))
     if not again:  # what the probes find on that step may be real, but it is not the recorded failure
