@@ -72,7 +72,9 @@ def _refuse_meta(model: Any) -> None:
     if tensors and all(tensor.is_meta for tensor in tensors):
         raise UsageError("the model is on the meta device and holds no values: materialize it "
                          "(model.to_empty(device=...), then load or initialize the weights) before returning it")
-    if any(tensor.is_inference() for tensor in tensors):
+    from torch.nn.parameter import is_lazy
+
+    if any(not is_lazy(tensor) and tensor.is_inference() for tensor in tensors):
         raise UsageError("the model was built under torch.inference_mode(): its weights cannot take gradients; "
                          "build it outside that block (torch.no_grad() is fine)")
 
