@@ -44,13 +44,18 @@ class Setup:
     device: Any = None
 
 
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: numbers as Python reads them, anything else as a YAML scalar."""
+def parse_value(text: str, float_wanted: bool = False) -> Any:
+    """A ``--set`` value: numbers as Python reads them, anything else as a YAML scalar.
+
+    A word Python reads as a float (``nan``, ``inf``) stays a string (``--set mode=nan``) unless
+    ``float_wanted``: the build function's default for that parameter is a float.
+    """
     for number in (int, float):
         try:
-            return number(text)
+            value = number(text)
         except ValueError:
-            pass
+            continue
+        return value if float_wanted or any(c.isdigit() for c in text) else text
     import yaml
 
     try:
@@ -60,15 +65,16 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["steps=3", "lr=1e-3"]`` -> ``{"steps": 3, "lr": 0.001}``."""
+def parse_overrides(pairs: list[str], float_parameters: Iterable[str] = ()) -> dict[str, Any]:
+    """``["steps=3", "lr=1e-3"]`` -> ``{"steps": 3, "lr": 0.001}``; ``float_parameters`` default to floats."""
     kwargs: dict[str, Any] = {}
+    floats = set(float_parameters)
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
             raise UsageError(f"--set takes key=value with a Python identifier as key, got {pair!r}")
-        kwargs[key] = parse_value(value)
+        kwargs[key] = parse_value(value, key in floats)
     return kwargs
 
 
