@@ -32,6 +32,41 @@ def progress_printer(progress: Progress) -> Callable[[str], None]:
     return stderr_progress if progress else (lambda message: None)
 
 
+class _Lines:
+    """A stderr stand-in that hands each finished line to ``progress`` (lines printed below the API)."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.say, self.partial = say, ""
+
+    def write(self, text: str) -> int:
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()
+        for line in lines:
+            self.say(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _count(name: str, value: Any, least: int) -> None:
+    """A count given to the API is a whole number of at least ``least`` (``steps="3"`` is a mistake)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{name} takes a whole number, got {value!r}")
+    if value < least:
+        raise UsageError(f"{name} must be at least {least}, got {value}")
+
+
+def _names(name: str, value: Any) -> list[str]:
+    """Probe names: a list of strings (a bare string would be read letter by letter)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)) \
+            or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"{name} takes a list of probe names, e.g. [\"forward\"], got {value!r}")
+    return list(value)
+
+
 # ----------------------------------------------------------------- leaving the caller as found
 
 
@@ -131,18 +166,29 @@ def diagnose(spec: SpecLike, *, overrides: Overrides = None, probes: Sequence[st
     mapping) whose keys the fixes name, ``budget_s`` a time budget. Raises
     :class:`nandoctor.UsageError` for bad input.
     """
+    import time
+
     from nandoctor.probes import training_probes
     from nandoctor.runner import build_report, run_probes, select_probes
 
+    for label, count, least in (("steps", steps, 1), ("batches", batches, 1), ("seed", seed, 0)):
+        _count(label, count, least)
     say = progress_printer(progress)
+    start = time.monotonic()
     with caller_state_kept(spec):
         chosen_settings = _settings(settings, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if,
                                                "guard_steps": steps})
-        chosen = select_probes(list(probes), list(skip) + (training_probes() if quick else []), progress=say)
+        chosen = select_probes(_names("probes", probes), _names("skip", skip) + (training_probes() if quick else []),
+                               progress=say)
         config_values = _config(config)
         setup = load(spec, overrides, chosen_settings.seed, say, name)
         if config_values is not None:
             setup.config = config_values
+        if budget_s is not None:  # the build function's time is part of the budget
+            took = time.monotonic() - start
+            if took > budget_s:
+                say(f"nandoctor: loading the spec took {took:.1f}s of the {budget_s:g}s budget")
+            budget_s = max(budget_s - took, 0.0)
         parts = run_probes(setup, chosen_settings, chosen, progress=say, debug=debug, budget_s=budget_s)
         return build_report(name or spec_label(spec), parts)
 
@@ -152,6 +198,8 @@ def _rates(lrs: Sequence[float] | str | None) -> list[float] | None:
 
     if lrs is None or isinstance(lrs, str):
         return parse_rates(lrs)
+    if not isinstance(lrs, (list, tuple)) or any(isinstance(r, bool) or not isinstance(r, (int, float)) for r in lrs):
+        raise UsageError(f"lrs takes a list of numbers (or a comma-separated string), got {lrs!r}")
     return parse_rates(",".join(repr(float(r)) for r in lrs)) if len(lrs) else None
 
 
@@ -163,16 +211,20 @@ def lr_sweep(spec: SpecLike, *, overrides: Overrides = None, lrs: Sequence[float
     each rate (default: two decades each way of the spec's ``lr``, extended where the loss says)
     from the same start, as the user trains (optimizer, clipping, precision). ``settings``: a YAML
     file or a mapping of probe settings, as ``diagnose`` takes them."""
+    from contextlib import nullcontext, redirect_stderr
+
     from nandoctor.sweep_report import sweep_report
 
-    if steps is not None and steps < 2:
-        raise UsageError("--steps must be at least 2")
+    for label, count, least in (("steps", steps, 2), ("batches", batches, 1), ("seed", seed, 0)):
+        _count(label, count, least)
     say = progress_printer(progress)
     with caller_state_kept(spec):
         rates = _rates(lrs)
         chosen = _settings(settings, {"batches": batches, "seed": seed})
         setup = load(spec, overrides, chosen.seed, say, name)
-        return SweepReport.from_dict(sweep_report(name or spec_label(spec), setup, chosen, rates, steps))
+        # the sweep prints its progress on stderr: it goes where ``progress`` says
+        with nullcontext() if progress and not callable(progress) else redirect_stderr(_Lines(say)):  # type: ignore[arg-type]
+            return SweepReport.from_dict(sweep_report(name or spec_label(spec), setup, chosen, rates, steps))
 
 
 def feature_stats(paths: str | Path | Sequence[str | Path], *, columns: Sequence[str] | str | None = None,

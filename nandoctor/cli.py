@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -14,6 +12,7 @@ import typer
 
 from nandoctor import __version__
 from nandoctor.errors import UsageError
+from nandoctor.exits import check_writable, fail, guarded, spec_file, write_output
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Find why a PyTorch training run goes NaN or refuses to learn.")
@@ -64,75 +63,6 @@ def root(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Find why a PyTorch training run goes NaN or refuses to learn."""
 
 
-def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"nandoctor: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def guarded(debug: bool = False) -> Iterator[None]:
-    """How a command ends when something goes wrong (the contract's exit codes).
-
-    A UsageError is one line and exit 2; Ctrl-C says so and exits 130; any other exception is
-    ours: one line naming where, exit 3; --debug adds the traceback, never changes the code. The
-    user's code runs inside too, with its prints sent to stderr: stdout carries only our output.
-    """
-    try:
-        with redirect_stdout(sys.stderr):
-            yield
-    except UsageError as exc:
-        if debug:
-            _print_traceback()
-        fail(str(exc))
-    except KeyboardInterrupt:
-        typer.echo("nandoctor: interrupted; nothing was changed", err=True)
-        raise typer.Exit(130)
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        if debug:  # the traceback, and still exit 3: a traceback never exits 1 ("unhealthy")
-            _print_traceback()
-        from nandoctor.errors import describe
-
-        fail(f"internal error in nandoctor ({_where_raised(exc)}): {describe(exc)}; run with --debug for the "
-             "traceback", code=3)
-
-
-def _print_traceback() -> None:
-    import traceback
-
-    traceback.print_exc(file=sys.stderr)
-
-
-def _where_raised(exc: BaseException) -> str:
-    import traceback
-
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "nandoctor" in Path(f.filename).parts]
-    frame = frames[-1] if frames else None
-    return f"{Path(frame.filename).name}:{frame.lineno}" if frame else type(exc).__name__
-
-
-def check_writable(*paths: Optional[Path]) -> None:
-    """Refuse an output path that cannot be written before any probe runs (not after the whole run)."""
-    for path in paths:
-        if path is None:
-            continue
-        if path.is_dir():
-            raise UsageError(f"{path} is a folder: give a file name to write to")
-        if not path.parent.exists():
-            raise UsageError(f"cannot write {path}: the folder {path.parent} does not exist")
-
-
-def write_output(path: Optional[Path], text: str) -> None:
-    """Write ``text`` to ``path``; a failure is said on stderr, and the report is printed anyway."""
-    if path is None:
-        return
-    try:
-        path.write_text(text + "\n")
-    except OSError as exc:
-        typer.echo(f"nandoctor: error: could not write {path}: {exc.strerror or exc}", err=True)
-
-
 def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_file: Optional[str],
                probes: list[str], skip: list[str], debug: bool, config: Optional[str] = None,
                budget_s: Optional[float] = None, quick: bool = False):
@@ -171,10 +101,11 @@ def diagnose(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Load the spec, run the probes and print a ranked root-cause report."""
-    with guarded(debug):
+    with guarded(debug, fmt.value, spec, out) as exits:
         if (write_fixed is not None or in_place) and config is None:
             raise UsageError("--write-fixed and --in-place need --config FILE (the YAML to patch)")
-        check_writable(out, write_fixed)
+        check_writable(out, inputs=[Path(p) for p in (config, settings_file) if p], exits=exits)
+        check_writable(write_fixed, inputs=spec_file(spec) + [Path(p) for p in (settings_file,) if p])
         if write_fixed is not None and not in_place and Path(config).resolve() == write_fixed.resolve():
             raise UsageError(f"--write-fixed would overwrite the input config {config}: pass --in-place to allow it")
         report, document, text = _diagnosis(
@@ -189,9 +120,10 @@ def diagnose(
             typer.echo(diff or f"nandoctor: no fix applies to {config}; {target} is a copy", err=True)
             for key in missing:
                 typer.echo(f"nandoctor: {config} has no key {key}: add it (see the finding's advice)", err=True)
-    typer.echo(report.render(fmt.value))
-    write_output(out, report.to_json())
-    raise typer.Exit(report.exit_code(fail_on.value))
+        exits.emit(report.render(fmt.value))
+        write_output(out, report.to_json())
+        code = report.exit_code(fail_on.value)
+    raise typer.Exit(code)
 
 
 def parse_budget(text: str) -> float:
@@ -225,23 +157,24 @@ def smoke(
     out or a probe failed inside nandoctor), 130 interrupted.
     """
     start = time.monotonic()
-    with guarded(debug):
-        check_writable(out)
+    with guarded(debug, fmt.value, spec, out) as exits:
+        check_writable(out, exits=exits)
         seconds = parse_budget(budget)
         report, *_ = _diagnosis(spec, set_, {"batches": batches}, None, [], [], debug, budget_s=seconds,
                                 quick=not dynamics)
-    from nandoctor.render.junit import render_junit
-    from nandoctor.render.text import summary_line
+        from nandoctor.render.junit import render_junit
+        from nandoctor.render.text import summary_line
 
-    took = time.monotonic() - start
-    text = {"text": lambda: summary_line(report.to_dict(), took), "json": report.to_json,
-            "markdown": lambda: report.render("markdown"),
-            "junit": lambda: render_junit(report.to_dict(), fail_on.value, took)}[fmt.value]()
-    typer.echo(text)
-    write_output(out, text)
-    if fmt != SmokeFormat.text:
-        typer.echo(summary_line(report.to_dict(), took), err=True)
-    raise typer.Exit(report.exit_code(fail_on.value))
+        took = time.monotonic() - start
+        text = {"text": lambda: summary_line(report.to_dict(), took), "json": report.to_json,
+                "markdown": lambda: report.render("markdown"),
+                "junit": lambda: render_junit(report.to_dict(), fail_on.value, took)}[fmt.value]()
+        exits.emit(text)
+        write_output(out, text)
+        if fmt != SmokeFormat.text:
+            typer.echo(summary_line(report.to_dict(), took), err=True)
+        code = report.exit_code(fail_on.value)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -281,17 +214,19 @@ def lr_sweep(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Train a few steps at each learning rate from the same start; table and recommendation."""
-    with guarded(debug):
+    with guarded(debug, fmt.value, spec, out) as exits:
         from nandoctor import api
 
-        check_writable(out, plot)
+        check_writable(out, plot, inputs=[Path(p) for p in (settings_file,) if p], exits=exits)
+        api.SweepReport.check_plot_path(plot)
         result = api.lr_sweep(spec, overrides=set_, lrs=lrs, steps=steps, batches=batches, seed=seed,
                               settings=settings_file)
+        # the results first: a plot that fails loses nothing
+        exits.emit(result.to_json() if fmt == Format.json else str(result))
+        write_output(out, result.to_json())
         if plot is not None:
             result.plot(plot)
             typer.echo(f"nandoctor: wrote {plot}", err=True)
-    typer.echo(result.to_json() if fmt == Format.json else str(result))
-    write_output(out, result.to_json())
     if result.user_diverges:  # the user's own rate diverges: unhealthy, like a critical finding
         raise typer.Exit(1)
 
@@ -309,15 +244,16 @@ def replay(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Re-run a guard's capture to its failing step and diagnose that step."""
-    with guarded(debug):
+    with guarded(debug, fmt.value, spec, out) as exits:
         from nandoctor.guard.replay import replay as replay_capture
         from nandoctor.settings import load_settings
-        check_writable(out)
+        check_writable(out, inputs=[capture], exits=exits)
         report = replay_capture(str(capture), spec, set_, load_settings(None, {"seed": seed}),
                                 progress=lambda m: typer.echo(m, err=True), debug=debug, trust_spec=trust_spec)
-    typer.echo(report.render(fmt.value))
-    write_output(out, report.to_json())
-    raise typer.Exit(report.exit_code(fail_on.value))
+        exits.emit(report.render(fmt.value))
+        write_output(out, report.to_json())
+        code = report.exit_code(fail_on.value)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -334,20 +270,20 @@ def scan(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Every batch of data through the model: bad inputs, ids, labels or loss by batch and sample (Ctrl-C keeps them)."""
-    with guarded(debug):
+    with guarded(debug, fmt.value, spec, out) as exits:
         from nandoctor.render.scan import ProgressBar
         from nandoctor.scan import run_scan
-        check_writable(out)
+        check_writable(out, exits=exits)
         if (max_batches is not None and max_batches < 1) or not extreme_factor > 1:
             raise UsageError("--max-batches must be at least 1 and --extreme-factor above 1")
         from nandoctor.spec import load
         setup = load(spec, set_, seed or 0)
         result = {"nandoctor_version": __version__, "spec": spec,
                   **run_scan(setup, max_batches, with_backward, extreme_factor, ProgressBar(sys.stderr))}
-    from nandoctor.render.common import render_json
-    from nandoctor.render.scan import render_scan
-    typer.echo(render_json(result) if fmt == Format.json else render_scan(result))
-    write_output(out, render_json(result))
+        from nandoctor.render.common import render_json
+        from nandoctor.render.scan import render_scan
+        exits.emit(render_json(result) if fmt == Format.json else render_scan(result))
+        write_output(out, render_json(result))
     if result["stopped"]:  # the user's data raised: the scan is incomplete, what it found stands
         stopped = result["stopped"]
         typer.echo(f"nandoctor: reading batch {stopped['batch']} of data raised {stopped['error']}", err=True)
@@ -372,14 +308,14 @@ def feature_stats(
                                         "types: critical; not normalized, ids: warning; heavy tail, constant: info)"),
 ) -> None:
     """Per-column statistics and flags (not normalized, heavy tail, ids, NaN) for training data."""
-    with guarded():
+    with guarded(fmt=fmt.value if emit_norm is None else "text", out=out) as exits:
         from nandoctor import api
-        from nandoctor.featurestats.files import flagged_at_or_above
+        from nandoctor.featurestats.files import discover, flagged_at_or_above
 
-        check_writable(out)
+        check_writable(out, inputs=discover(paths) if out is not None else [], exits=exits)
         result = api.feature_stats(paths, columns=columns, limit_rows=limit_rows)
-    typer.echo(result.render(fmt.value, emit_norm.value if emit_norm else None))
-    write_output(out, result.to_json())
+        exits.emit(result.render(fmt.value, emit_norm.value if emit_norm else None))
+        write_output(out, result.to_json())
     flagged = flagged_at_or_above(result.to_dict(), fail_on.value)
     if flagged:
         typer.echo(f"nandoctor: {len(flagged)} column(s) flagged at or above {fail_on.value}: "

@@ -2,8 +2,8 @@
 
 ``redirect_stdout`` only catches Python's ``print``: ``os.system``, a subprocess without capture
 and ``os.write(1, ...)`` write to the descriptor itself, and would land inside the one JSON object
-``--format json`` prints. The descriptor is pointed at stderr for the run and back before the
-report is printed.
+``--format json`` prints. The descriptor points at stderr for the run; nandoctor's own output
+takes it back for the time it writes (:meth:`Descriptors.ours`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 
 
+class Descriptors:
+    """Descriptor 1 as it was (``saved``) while it points at stderr."""
+
+    def __init__(self, saved: int | None, stdout_fd: int | None, stderr_fd: int | None):
+        self.saved, self.stdout_fd, self.stderr_fd = saved, stdout_fd, stderr_fd
+
+    @contextmanager
+    def ours(self) -> Iterator[None]:
+        """Descriptor 1 back on the real stdout while nandoctor prints its own output."""
+        if self.saved is None:
+            yield
+            return
+        _flush()
+        os.dup2(self.saved, self.stdout_fd)
+        try:
+            yield
+        finally:
+            _flush()
+            os.dup2(self.stderr_fd, self.stdout_fd)
+
+
 @contextmanager
-def user_output_to_stderr() -> Iterator[None]:
+def user_output_to_stderr() -> Iterator[Descriptors]:
     """Python's stdout and descriptor 1 both go to stderr inside; both come back after."""
     try:
         stdout_fd, stderr_fd = sys.__stdout__.fileno(), sys.__stderr__.fileno()
@@ -28,7 +49,7 @@ def user_output_to_stderr() -> Iterator[None]:
         os.dup2(stderr_fd, stdout_fd)
     try:
         with redirect_stdout(sys.stderr):
-            yield
+            yield Descriptors(saved, stdout_fd, stderr_fd)
     finally:
         if saved is not None:
             _flush()

@@ -120,8 +120,28 @@ class CodeDoc:
 
 @dataclass(frozen=True)
 class Setting:
-    """One tunable threshold: its name in ``--settings FILE``, its default and what it means."""
+    """One tunable threshold: its name in ``--settings FILE``, its default and what it means.
+
+    ``minimum`` is the least value that makes sense. Left out, the default's kind says it: a count
+    (an int default of 1 or more) is at least 1, an int defaulting to 0 at least 0, and a positive
+    float (a share, a factor, a threshold, seconds) stays above 0: a negative or zero count or
+    threshold would make a run that silently checks nothing.
+    """
 
     name: str
     default: Any
     meaning: str
+    minimum: float | None = None
+
+    def out_of_range(self, value: Any) -> str | None:
+        """Why ``value`` is out of this setting's range, or None when it is in it."""
+        if isinstance(self.default, (str, bool)) or not isinstance(value, (int, float)):
+            return None
+        if self.minimum is not None:
+            return None if value >= self.minimum else f"at least {self.minimum}"
+        if isinstance(self.default, int):
+            least = 1 if self.default >= 1 else 0
+            return None if value >= least else f"at least {least}"
+        if self.default > 0 and not value > 0:
+            return "above 0"
+        return None

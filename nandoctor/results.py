@@ -67,6 +67,19 @@ class Report:
                    sections={k: v for k, v in data.items() if k not in known},
                    version=data.get("nandoctor_version", __version__))
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when their JSON reports agree on spec, verdict, findings and coverage: a report read
+        back from its JSON (where a NaN in the evidence is the string "nan") equals the report."""
+        if not isinstance(other, Report):
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    def _compared(self) -> Any:
+        from nandoctor.render.common import json_safe
+
+        return json_safe({"spec": self.spec, "verdict": self.verdict, "coverage": self.coverage,
+                          "findings": [f.to_dict() for f in self.findings]})
+
     @property
     def healthy(self) -> bool:
         return self.verdict == "healthy"
@@ -132,6 +145,24 @@ class SweepReport:
         from nandoctor.render.common import render_json
 
         return render_json(self._data)
+
+    @staticmethod
+    def check_plot_path(path: str | Path | None) -> None:
+        """Refuse a plot file matplotlib cannot write (its extension), before a sweep runs for it.
+
+        matplotlib is imported here, on use, never when the CLI only shows its help.
+        """
+        if path is None:
+            return
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+        except ImportError as exc:
+            raise UsageError("--plot needs matplotlib: pip install 'nandoctor[plot]'") from exc
+        suffix = Path(path).suffix.lower().lstrip(".")
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if suffix and suffix not in formats:
+            raise UsageError(f"--plot cannot write a .{suffix} file: give one of "
+                             f"{', '.join('.' + f for f in sorted(formats))}")
 
     def plot(self, path: str | Path) -> None:
         """Loss and gradient-norm curves per rate to a PNG (needs matplotlib)."""

@@ -27,6 +27,10 @@ def select_probes(only: list[str] | None, skip: list[str] | None,
         if name not in known:
             raise UsageError(f"unknown probe {name!r} (probes: {', '.join(known)})")
     chosen = [p for p in PROBES if (not only or p.name in only) and p.name not in (skip or [])]
+    if not chosen:  # a run that checks nothing must not pass as healthy
+        asked = f"the chosen probes ({', '.join(only)})" if only else "every probe"
+        raise UsageError(f"no probe left to run: {asked} skipped (--skip/--quick skip "
+                         f"{', '.join(dict.fromkeys(skip or []))})")
     if not only:
         return sorted(chosen, key=lambda p: p.order)
     probes, added = with_dependencies(chosen)

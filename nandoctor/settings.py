@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nandoctor import context, probes
-from nandoctor.errors import InternalError, UsageError
+from nandoctor.errors import InternalError, UsageError, first_line
 from nandoctor.findings import Setting
 from nandoctor.measure import trace
 from nandoctor.sweep import limits
@@ -42,7 +42,13 @@ def _coerce(setting: Setting, value: Any) -> Any:
         return str(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UsageError(f"setting {setting.name!r} must be a number, got {value!r}")
-    return type(setting.default)(value)
+    if isinstance(setting.default, int) and isinstance(value, float) and not value.is_integer():
+        raise UsageError(f"setting {setting.name!r} must be a whole number, got {value!r}")
+    value = type(setting.default)(value)
+    problem = setting.out_of_range(value)
+    if problem:
+        raise UsageError(f"setting {setting.name!r} must be {problem}, got {value!r}")
+    return value
 
 
 class Settings:
@@ -55,8 +61,6 @@ class Settings:
             raise UsageError(f"unknown settings: {', '.join(unknown)} (known: {', '.join(table)})")
         merged = {name: setting.default for name, setting in table.items()}
         merged.update({k: _coerce(table[k], v) for k, v in values.items()})
-        if merged["batches"] < 1:
-            raise UsageError("setting 'batches' must be at least 1")
         object.__setattr__(self, "_values", merged)
         object.__setattr__(self, "_defaults", {name: setting.default for name, setting in table.items()})
 
@@ -91,8 +95,11 @@ def load_settings(path: str | None, overrides: dict[str, Any] | None = None) -> 
             raise UsageError(f"no such settings file: {path}")
         try:
             loaded = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UsageError(f"settings file {path} is not valid YAML: {exc}") from exc
+        except yaml.YAMLError as exc:  # one line: where it broke, not PyYAML's multi-line dump
+            mark = getattr(exc, "problem_mark", None)
+            at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or first_line(exc)
+            raise UsageError(f"settings file {path} is not valid YAML{at}: {problem}") from exc
         if not isinstance(loaded, dict):
             raise UsageError(f"settings file {path} must hold a mapping")
         values.update(loaded)

@@ -50,13 +50,18 @@ class Setup:
     device: Any = None
 
 
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: numbers as Python reads them, anything else as a YAML scalar."""
+def parse_value(text: str, float_wanted: bool = False) -> Any:
+    """A ``--set`` value: numbers as Python reads them, anything else as a YAML scalar.
+
+    A word Python reads as a float (``nan``, ``inf``) stays a string (``--set mode=nan``) unless
+    ``float_wanted``: the build function's default for that parameter is a float.
+    """
     for number in (int, float):
         try:
-            return number(text)
+            value = number(text)
         except ValueError:
-            pass
+            continue
+        return value if float_wanted or any(c.isdigit() for c in text) else text
     import yaml
 
     try:
@@ -65,20 +70,22 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(pairs: Overrides) -> dict[str, Any]:
-    """``["steps=3", "lr=1e-3"]`` (or one such string) -> ``{"steps": 3, "lr": 0.001}``; a mapping as it is."""
+def parse_overrides(pairs: Overrides, float_parameters: Iterable[str] = ()) -> dict[str, Any]:
+    """``["steps=3", "lr=1e-3"]`` (or one such string) -> ``{"steps": 3, "lr": 0.001}``; a mapping as it is.
+    ``float_parameters`` (the build's float defaults) read ``inf``/``nan`` as numbers, else they stay words."""
     if isinstance(pairs, Mapping):
         bad = [k for k in pairs if not (isinstance(k, str) and k.isidentifier())]
         if bad:
             raise UsageError(f"overrides must be keyword names, got {bad!r}")
         return dict(pairs)
     kwargs: dict[str, Any] = {}
+    floats = set(float_parameters)
     for pair in [pairs] if isinstance(pairs, str) else pairs or []:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
             raise UsageError(f"--set takes key=value with a Python identifier as key, got {pair!r}")
-        kwargs[key] = parse_value(value)
+        kwargs[key] = parse_value(value, key in floats)
     return kwargs
 
 
@@ -388,9 +395,12 @@ def load(spec: SpecLike, overrides: Overrides = None, seed: int = 0,
     ``seed`` (the same spec builds the same model); a mapping is already built and taken as it is."""
     import torch
 
-    label, kwargs = name or spec_label(spec), parse_overrides(overrides)
+    label = name or spec_label(spec)
+    if isinstance(spec, torch.nn.Module):  # callable, but calling it would run its forward with no input
+        raise UsageError(f"a model alone is not a spec: pass {{'model': model, 'data': batches}} (got a "
+                         f"{type(spec).__name__}), or a build function that returns that mapping")
     if isinstance(spec, Mapping) or (hasattr(spec, "model") and hasattr(spec, "data")):
-        if kwargs:
+        if parse_overrides(overrides):
             raise UsageError("overrides are passed to a build function; this spec is already built")
         return validate(spec, label)
     if not isinstance(spec, str) and not callable(spec):
@@ -398,5 +408,15 @@ def load(spec: SpecLike, overrides: Overrides = None, seed: int = 0,
                          f"'data', got {type(spec).__name__}")
     progress(f"nandoctor: loading {label}")
     function, user_file = resolve_function(spec) if isinstance(spec, str) else (spec, None)
+    kwargs = parse_overrides(overrides, _float_parameters(function))
     torch.manual_seed(seed)
     return validate(call_build(function, kwargs, label, user_file), label)
+
+
+def _float_parameters(function: Callable[..., Any]) -> set[str]:
+    """The build function's parameters whose default is a float (``--set x=inf`` means the number there)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return set()
+    return {name for name, p in parameters.items() if isinstance(p.default, float)}

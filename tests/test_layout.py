@@ -61,7 +61,7 @@ LAYERS = [
     ("render", ["nandoctor.render"]),
     ("results", ["nandoctor.results"]),
     ("run", ["nandoctor.runner", "nandoctor.sweep_report", "nandoctor.scan", "nandoctor.guard.replay"]),
-    ("cli/api", ["nandoctor.api", "nandoctor.cli", "nandoctor.__main__", "nandoctor.descriptors"]),
+    ("cli/api", ["nandoctor.api", "nandoctor.exits", "nandoctor.descriptors", "nandoctor.cli", "nandoctor.__main__"]),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from nandoctor.render.common import render_json
@@ -46,9 +47,16 @@ def _is_id(column: dict[str, Any]) -> bool:
     return any(f["flag"] == "integer_ids" for f in column["flags"])
 
 
+def _quoted(name: str) -> str:
+    """A column name as a one-line string literal, valid in YAML and in Python alike: a name with a
+    newline or a quote must not put a line of its own into the snippet the user pastes."""
+    return json.dumps(name)
+
+
 def render_norm_yaml(result: dict[str, Any]) -> str:
     lines = ["# standardize each feature as (x - mean) / std  (nandoctor feature-stats)"]
-    for name, c in result["columns"].items():
+    for column, c in result["columns"].items():
+        name = _quoted(column)
         norm = c["normalization"]
         if norm is None:
             lines.append(f"# {name}: constant or empty, drop it")
@@ -64,7 +72,8 @@ def render_norm_yaml(result: dict[str, Any]) -> str:
 
 def render_norm_python(result: dict[str, Any]) -> str:
     names, means, stds, notes = [], [], [], []
-    for name, c in result["columns"].items():
+    for column, c in result["columns"].items():
+        name = _quoted(column)
         norm = c["normalization"]
         if norm is None:
             names.append(name)

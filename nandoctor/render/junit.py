@@ -38,3 +38,14 @@ def render_junit(report: dict[str, Any], fail_on: str, seconds: float = 0.0) -> 
                       f'<testsuite name={quoteattr("nandoctor " + report["spec"])} tests="{len(cases)}" '
                       f'failures="{failures}" errors="{errors}" skipped="{skipped}" time="{seconds:.2f}">',
                       *cases, "</testsuite>"])
+
+
+def render_junit_error(spec: str | None, kind: str, message: str) -> str:
+    """The JUnit XML of a run that ended without a report (bad input, our failure, Ctrl-C): one
+    ``<error>``, so a CI step that uploads the file on every outcome finds one."""
+    return "\n".join(['<?xml version="1.0" encoding="utf-8"?>',
+                      f'<testsuite name={quoteattr("nandoctor " + (spec or ""))} tests="1" failures="0" '
+                      'errors="1" skipped="0" time="0.00">',
+                      f'    <testcase classname="nandoctor" name={quoteattr(kind)}>'
+                      f'<error type={quoteattr(kind)} message={quoteattr(message)}/></testcase>',
+                      "</testsuite>"])
