@@ -51,7 +51,7 @@ def _imports(path: Path) -> set[str]:
 # Render sits before results: a Report renders itself (``str(report)``), and renderers format the
 # report's plain data. The "run" layer drives a whole command over the layers below it.
 LAYERS = [
-    ("foundation", ["nandoctor", "nandoctor.errors", "nandoctor.findings", "nandoctor.state", "nandoctor.batches",
+    ("foundation", ["nandoctor", "nandoctor.errors", "nandoctor.findings", "nandoctor.state", "nandoctor.batches", "nandoctor.overrides",
                     "nandoctor.conventions", "nandoctor.config", "nandoctor.examples", "nandoctor.featurestats.columns"]),
     ("spec", ["nandoctor.spec", "nandoctor.loss", "nandoctor.guard", "nandoctor.integrations"]),
     ("context", ["nandoctor.context"]),

@@ -95,3 +95,17 @@ def test_closure_optimizers_and_gradient_penalties_run_every_probe(kind):
     assert {"dynamics", "steps"} <= set(report["coverage"]["probes_run"]) and not report["coverage"]["probes_not_run"]
     sweep = _invoke("lr-sweep", spec, "--set", f"kind={kind}", "--format", "json")
     assert sweep.exit_code == 0 and json.loads(sweep.stdout)["recommended_lr"] is not None, sweep.output
+
+
+def test_user_output_on_descriptor_1_never_lands_in_the_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = f"{Path(__file__).parent / 'specs'}/noisy.py:build"
+    done = subprocess.run([sys.executable, "-m", "nandoctor", "diagnose", spec, "--quick", "--format", "json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["verdict"] == "healthy"  # pure JSON: the user's writes went to stderr
+    assert "from-os-write-in-the-loss" in done.stderr and "from-os-system-in-the-build" in done.stderr
