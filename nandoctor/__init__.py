@@ -12,14 +12,36 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "diagnose": "nandoctor.api", "lr_sweep": "nandoctor.api", "feature_stats": "nandoctor.api",
-    "Report": "nandoctor.api", "SweepReport": "nandoctor.api", "FeatureStats": "nandoctor.api",
-    "Finding": "nandoctor.findings", "Where": "nandoctor.findings", "Fix": "nandoctor.findings",
-    "Severity": "nandoctor.findings", "UsageError": "nandoctor.errors",
-    "Guard": "nandoctor.guard", "GuardTripped": "nandoctor.guard",
+    "diagnose": "nandoctor.api",
+    "lr_sweep": "nandoctor.api",
+    "feature_stats": "nandoctor.api",
+    "Report": "nandoctor.api",
+    "SweepReport": "nandoctor.api",
+    "FeatureStats": "nandoctor.api",
+    "Finding": "nandoctor.findings",
+    "Where": "nandoctor.findings",
+    "Fix": "nandoctor.findings",
+    "Severity": "nandoctor.findings",
+    "UsageError": "nandoctor.errors",
+    "Guard": "nandoctor.guard",
+    "GuardTripped": "nandoctor.guard",
 }
-__all__ = ["__version__", "diagnose", "lr_sweep", "feature_stats", "Report", "SweepReport", "FeatureStats",
-           "Finding", "Where", "Fix", "Severity", "UsageError", "Guard", "GuardTripped"]
+__all__ = [
+    "__version__",
+    "diagnose",
+    "lr_sweep",
+    "feature_stats",
+    "Report",
+    "SweepReport",
+    "FeatureStats",
+    "Finding",
+    "Where",
+    "Fix",
+    "Severity",
+    "UsageError",
+    "Guard",
+    "GuardTripped",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -2,8 +2,8 @@
 
 The CLI is a thin layer over these functions (their results: nandoctor.results). A call leaves
 the caller's process as it found it: the torch, Python and NumPy random streams, torch's global
-flags, the model's weights, modes and hooks, and ``sys.modules`` (a build file and its sibling modules are imported for the
-call only, so two specs with a sibling ``model.py`` each never see each other's).
+flags, the model's weights, modes and hooks, and ``sys.modules`` (a build file and its sibling
+modules are imported for the call only, so two specs with a sibling ``model.py`` each never see each other's).
 """
 
 from __future__ import annotations
@@ -19,8 +19,17 @@ from nandoctor.errors import UsageError
 from nandoctor.results import FeatureStats, Report, SweepReport, finding_from_dict
 from nandoctor.spec import Overrides, SpecLike, load, spec_label, stderr_progress
 
-__all__ = ["diagnose", "lr_sweep", "feature_stats", "load", "Report", "SweepReport", "FeatureStats",
-           "finding_from_dict", "caller_state_kept"]
+__all__ = [
+    "diagnose",
+    "lr_sweep",
+    "feature_stats",
+    "load",
+    "Report",
+    "SweepReport",
+    "FeatureStats",
+    "finding_from_dict",
+    "caller_state_kept",
+]
 
 #: ``True`` prints progress on stderr, ``False`` is silent, a callable receives each line.
 Progress = Union[bool, Callable[[str], None]]
@@ -61,9 +70,12 @@ def _count(name: str, value: Any, least: int) -> None:
 
 def _names(name: str, value: Any) -> list[str]:
     """Probe names: a list of strings (a bare string would be read letter by letter)."""
-    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)) \
-            or not all(isinstance(v, str) for v in value):
-        raise UsageError(f"{name} takes a list of probe names, e.g. [\"forward\"], got {value!r}")
+    if (
+        isinstance(value, str)
+        or not isinstance(value, (list, tuple, set, frozenset))
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise UsageError(f'{name} takes a list of probe names, e.g. ["forward"], got {value!r}')
     return list(value)
 
 
@@ -121,8 +133,13 @@ def caller_state_kept(spec: SpecLike) -> Iterator[None]:
 
     from nandoctor.state import preserved_rng, preserved_torch_globals
 
-    with imported_for_the_call(_user_folders(spec)), preserved_torch_globals(), preserved_rng(), \
-            torch.inference_mode(False), torch.enable_grad():
+    with (
+        imported_for_the_call(_user_folders(spec)),
+        preserved_torch_globals(),
+        preserved_rng(),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+    ):
         yield
 
 
@@ -149,12 +166,24 @@ def _config(config: str | Path | Mapping[str, Any] | None) -> dict[str, Any] | N
 # ----------------------------------------------------------------------------- the calls
 
 
-def diagnose(spec: SpecLike, *, overrides: Overrides = None, probes: Sequence[str] = (),
-             skip: Sequence[str] = (), quick: bool = False, batches: int | None = None,
-             seed: int | None = None, amp_what_if: str | None = None, steps: int | None = None,
-             settings: str | Path | Mapping[str, Any] | None = None,
-             config: str | Path | Mapping[str, Any] | None = None, budget_s: float | None = None,
-             progress: Progress = True, debug: bool = False, name: str | None = None) -> Report:
+def diagnose(
+    spec: SpecLike,
+    *,
+    overrides: Overrides = None,
+    probes: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    quick: bool = False,
+    batches: int | None = None,
+    seed: int | None = None,
+    amp_what_if: str | None = None,
+    steps: int | None = None,
+    settings: str | Path | Mapping[str, Any] | None = None,
+    config: str | Path | Mapping[str, Any] | None = None,
+    budget_s: float | None = None,
+    progress: Progress = True,
+    debug: bool = False,
+    name: str | None = None,
+) -> Report:
     """Run the probes on a training setup and return the ranked root-cause report.
 
     ``spec`` is a SPEC string (``"model.py:build"``), the mapping a build function returns
@@ -176,10 +205,12 @@ def diagnose(spec: SpecLike, *, overrides: Overrides = None, probes: Sequence[st
     say = progress_printer(progress)
     start = time.monotonic()
     with caller_state_kept(spec):
-        chosen_settings = _settings(settings, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if,
-                                               "guard_steps": steps})
-        chosen = select_probes(_names("probes", probes), _names("skip", skip) + (training_probes() if quick else []),
-                               progress=say)
+        chosen_settings = _settings(
+            settings, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if, "guard_steps": steps}
+        )
+        chosen = select_probes(
+            _names("probes", probes), _names("skip", skip) + (training_probes() if quick else []), progress=say
+        )
         config_values = _config(config)
         setup = load(spec, overrides, chosen_settings.seed, say, name)
         if config_values is not None:
@@ -203,10 +234,18 @@ def _rates(lrs: Sequence[float] | str | None) -> list[float] | None:
     return parse_rates(",".join(repr(float(r)) for r in lrs)) if len(lrs) else None
 
 
-def lr_sweep(spec: SpecLike, *, overrides: Overrides = None, lrs: Sequence[float] | str | None = None,
-             steps: int | None = None, batches: int | None = None, seed: int | None = None,
-             settings: str | Path | Mapping[str, Any] | None = None,
-             progress: Progress = True, name: str | None = None) -> SweepReport:
+def lr_sweep(
+    spec: SpecLike,
+    *,
+    overrides: Overrides = None,
+    lrs: Sequence[float] | str | None = None,
+    steps: int | None = None,
+    batches: int | None = None,
+    seed: int | None = None,
+    settings: str | Path | Mapping[str, Any] | None = None,
+    progress: Progress = True,
+    name: str | None = None,
+) -> SweepReport:
     """Train ``steps`` steps (default: planned from the model's size, as ``diagnose`` plans them) at
     each rate (default: two decades each way of the spec's ``lr``, extended where the loss says)
     from the same start, as the user trains (optimizer, clipping, precision). ``settings``: a YAML
@@ -227,8 +266,13 @@ def lr_sweep(spec: SpecLike, *, overrides: Overrides = None, lrs: Sequence[float
             return SweepReport.from_dict(sweep_report(name or spec_label(spec), setup, chosen, rates, steps))
 
 
-def feature_stats(paths: str | Path | Sequence[str | Path], *, columns: Sequence[str] | str | None = None,
-                  limit_rows: int | None = None, progress: Progress = True) -> FeatureStats:
+def feature_stats(
+    paths: str | Path | Sequence[str | Path],
+    *,
+    columns: Sequence[str] | str | None = None,
+    limit_rows: int | None = None,
+    progress: Progress = True,
+) -> FeatureStats:
     """Statistics and flags of every numeric column of parquet/CSV/TSV files (files, folders, globs)."""
     from nandoctor.featurestats.files import analyse, unusable
 

@@ -95,9 +95,13 @@ def loader_error(exc: BaseException) -> str:
     if not head or "Original Traceback" not in text:
         import traceback
 
-        user = [frame for frame in traceback.extract_tb(exc.__traceback__)
-                if "site-packages" not in frame.filename and "/torch/" not in frame.filename
-                and "/nandoctor/" not in frame.filename]
+        user = [
+            frame
+            for frame in traceback.extract_tb(exc.__traceback__)
+            if "site-packages" not in frame.filename
+            and "/torch/" not in frame.filename
+            and "/nandoctor/" not in frame.filename
+        ]
         return describe(exc) + (f" (at {user[-1].filename}:{user[-1].lineno})" if user else "")
     lines = text.rstrip().splitlines()
     frames = [(index, match) for index, line in enumerate(lines) if (match := _FRAME.match(line))]
@@ -118,8 +122,9 @@ def read_batches(data: Iterable, count: int) -> list[Any]:
         except SystemExit as exc:
             raise UserExit.of(exc, "the data loader") from None
     except Exception as exc:
-        raise UsageError(f"reading batches from 'data' raised {loader_error(exc)} "
-                         f"(after {len(batches)} good batch(es))") from exc
+        raise UsageError(
+            f"reading batches from 'data' raised {loader_error(exc)} (after {len(batches)} good batch(es))"
+        ) from exc
     if not batches:
         raise UsageError("'data' yielded no batches")
     if not any(True for batch in batches for _ in iter_tensors(batch)):
@@ -140,15 +145,21 @@ def check_feature_names(feature_names: Any, batch: Any) -> None:
     widths = ", ".join(f"{path}: {width(t)}" for path, t in floats.items()) or "none"
     if not isinstance(feature_names, Mapping):
         if not any(width(t) == len(feature_names) for t in floats.values()):
-            raise UsageError(f"'feature_names' lists {len(feature_names)} names but no float input of the "
-                             f"batches is that wide (last dimensions: {widths})")
+            raise UsageError(
+                f"'feature_names' lists {len(feature_names)} names but no float input of the "
+                f"batches is that wide (last dimensions: {widths})"
+            )
         return
     fields = getattr(batch, "_fields", None)
     for key, names in feature_names.items():
         path = fields[key] if fields and isinstance(key, int) and 0 <= key < len(fields) else str(key)
         if path not in floats:
-            raise UsageError(f"'feature_names' names {key!r}, but the batches hold no float input there "
-                             f"(float inputs: {', '.join(floats) or 'none'})")
+            raise UsageError(
+                f"'feature_names' names {key!r}, but the batches hold no float input there "
+                f"(float inputs: {', '.join(floats) or 'none'})"
+            )
         if width(floats[path]) != len(names):
-            raise UsageError(f"'feature_names'[{key!r}] lists {len(names)} names but {path!r} has "
-                             f"{width(floats[path])} features (its last dimension)")
+            raise UsageError(
+                f"'feature_names'[{key!r}] lists {len(names)} names but {path!r} has "
+                f"{width(floats[path])} features (its last dimension)"
+            )

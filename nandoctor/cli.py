@@ -14,8 +14,13 @@ from nandoctor import __version__
 from nandoctor.errors import UsageError
 from nandoctor.exits import check_writable, fail, guarded, spec_file, write_output
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Find why a PyTorch training run goes NaN or refuses to learn.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Find why a PyTorch training run goes NaN or refuses to learn.",
+)
+
 
 class Format(str, Enum):
     text = "text"
@@ -58,14 +63,26 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="Print the version and exit.")) -> None:
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Find why a PyTorch training run goes NaN or refuses to learn."""
 
 
-def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_file: Optional[str],
-               probes: list[str], skip: list[str], debug: bool, config: Optional[str] = None,
-               budget_s: Optional[float] = None, quick: bool = False):
+def _diagnosis(
+    spec: str,
+    overrides: list[str],
+    settings_values: dict,
+    settings_file: Optional[str],
+    probes: list[str],
+    skip: list[str],
+    debug: bool,
+    config: Optional[str] = None,
+    budget_s: Optional[float] = None,
+    quick: bool = False,
+):
     """The API's diagnose; returns (report, config document, config text)."""
     from nandoctor import api
 
@@ -74,9 +91,18 @@ def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_
         from nandoctor.config import load_config, plain
 
         document, text = load_config(config)
-    report = api.diagnose(spec, overrides=overrides, probes=probes, skip=skip, quick=quick, settings=settings_file,
-                          config=None if document is None else plain(document), budget_s=budget_s,
-                          debug=debug, **settings_values)
+    report = api.diagnose(
+        spec,
+        overrides=overrides,
+        probes=probes,
+        skip=skip,
+        quick=quick,
+        settings=settings_file,
+        config=None if document is None else plain(document),
+        budget_s=budget_s,
+        debug=debug,
+        **settings_values,
+    )
     return report, document, text
 
 
@@ -84,19 +110,31 @@ def _diagnosis(spec: str, overrides: list[str], settings_values: dict, settings_
 def diagnose(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-    fmt: ReportFormat = typer.Option(ReportFormat.text, "--format", help="text for a terminal, json for scripts, markdown for PRs"),
+    fmt: ReportFormat = typer.Option(
+        ReportFormat.text, "--format", help="text for a terminal, json for scripts, markdown for PRs"
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON report to this file"),
     fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
     probe: List[str] = typer.Option([], "--probe", help="run only these probes (repeatable)"),
     skip: List[str] = typer.Option([], "--skip", help="skip these probes (repeatable)"),
     batches: Optional[int] = typer.Option(None, "--batches", help="batches to read from data and reuse"),
-    settings_file: Optional[str] = typer.Option(None, "--settings", help="YAML file of probe settings (see configs/probes.yaml)"),
+    settings_file: Optional[str] = typer.Option(
+        None, "--settings", help="YAML file of probe settings (see configs/probes.yaml)"
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and the probes (default 0)"),
     quick: bool = typer.Option(False, "--quick", help="skip the training-dynamics sweep and the training steps"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="train your own configuration this many steps first and trace a step that goes NaN/Inf (default 40)"),
-    amp_what_if: Optional[str] = typer.Option(None, "--amp-what-if", help="for a float32 spec: check fp16 or bf16 as a what-if"),
+    steps: Optional[int] = typer.Option(
+        None,
+        "--steps",
+        help="train your own configuration this many steps first and trace a step that goes NaN/Inf (default 40)",
+    ),
+    amp_what_if: Optional[str] = typer.Option(
+        None, "--amp-what-if", help="for a float32 spec: check fp16 or bf16 as a what-if"
+    ),
     config: Optional[str] = typer.Option(None, "--config", help="the training config (YAML) whose keys the fixes name"),
-    write_fixed: Optional[Path] = typer.Option(None, "--write-fixed", help="write the config with the fixes applied here"),
+    write_fixed: Optional[Path] = typer.Option(
+        None, "--write-fixed", help="write the config with the fixes applied here"
+    ),
     in_place: bool = typer.Option(False, "--in-place", help="allow writing the fixes into the --config file itself"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
@@ -109,10 +147,19 @@ def diagnose(
         if write_fixed is not None and not in_place and Path(config).resolve() == write_fixed.resolve():
             raise UsageError(f"--write-fixed would overwrite the input config {config}: pass --in-place to allow it")
         report, document, text = _diagnosis(
-            spec, set_, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if, "steps": steps}, settings_file,
-            probe, skip, debug, config, quick=quick)
+            spec,
+            set_,
+            {"batches": batches, "seed": seed, "amp_what_if": amp_what_if, "steps": steps},
+            settings_file,
+            probe,
+            skip,
+            debug,
+            config,
+            quick=quick,
+        )
         if document is not None and (write_fixed is not None or in_place):
-            from nandoctor.config import apply_fixes, write_fixed as write
+            from nandoctor.config import apply_fixes
+            from nandoctor.config import write_fixed as write
 
             _, missing = apply_fixes(document, report.findings)
             target = str(write_fixed) if write_fixed is not None else config
@@ -160,15 +207,19 @@ def smoke(
     with guarded(debug, fmt.value, spec, out) as exits:
         check_writable(out, exits=exits)
         seconds = parse_budget(budget)
-        report, *_ = _diagnosis(spec, set_, {"batches": batches}, None, [], [], debug, budget_s=seconds,
-                                quick=not dynamics)
+        report, *_ = _diagnosis(
+            spec, set_, {"batches": batches}, None, [], [], debug, budget_s=seconds, quick=not dynamics
+        )
         from nandoctor.render.junit import render_junit
         from nandoctor.render.text import summary_line
 
         took = time.monotonic() - start
-        text = {"text": lambda: summary_line(report.to_dict(), took), "json": report.to_json,
-                "markdown": lambda: report.render("markdown"),
-                "junit": lambda: render_junit(report.to_dict(), fail_on.value, took)}[fmt.value]()
+        text = {
+            "text": lambda: summary_line(report.to_dict(), took),
+            "json": report.to_json,
+            "markdown": lambda: report.render("markdown"),
+            "junit": lambda: render_junit(report.to_dict(), fail_on.value, took),
+        }[fmt.value]()
         exits.emit(text)
         write_output(out, text)
         if fmt != SmokeFormat.text:
@@ -192,20 +243,41 @@ def explain(code: Optional[str] = typer.Argument(None, help="a finding code; omi
         import difflib
 
         close = difflib.get_close_matches(code, list(CODES), n=3)
-        fail(f"unknown code {code!r}" + (f" (did you mean {', '.join(close)}?)" if close else
-                                         " (nandoctor explain lists them)"))
+        fail(
+            f"unknown code {code!r}"
+            + (f" (did you mean {', '.join(close)}?)" if close else " (nandoctor explain lists them)")
+        )
         return
-    typer.echo("\n".join([doc.code, "", f"What it means:  {doc.meaning}", f"Why it breaks:  {doc.why}",
-                          f"Example:        {doc.example}", f"Fix:            {doc.fix}"]))
+    typer.echo(
+        "\n".join(
+            [
+                doc.code,
+                "",
+                f"What it means:  {doc.meaning}",
+                f"Why it breaks:  {doc.why}",
+                f"Example:        {doc.example}",
+                f"Fix:            {doc.fix}",
+            ]
+        )
+    )
 
 
 @app.command("lr-sweep")
 def lr_sweep(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-    lrs: Optional[str] = typer.Option(None, "--lrs", help="comma-separated rates (default: two decades each way of the spec's lr)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="training steps per rate that reaches the end (default: planned from the model's size, as diagnose plans them)"),
-    settings_file: Optional[str] = typer.Option(None, "--settings", help="YAML file of probe settings (see configs/probes.yaml)"),
+    lrs: Optional[str] = typer.Option(
+        None, "--lrs", help="comma-separated rates (default: two decades each way of the spec's lr)"
+    ),
+    steps: Optional[int] = typer.Option(
+        None,
+        "--steps",
+        help="training steps per rate that reaches the end "
+        "(default: planned from the model's size, as diagnose plans them)",
+    ),
+    settings_file: Optional[str] = typer.Option(
+        None, "--settings", help="YAML file of probe settings (see configs/probes.yaml)"
+    ),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write loss and gradient-norm curves to this PNG"),
     fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
@@ -219,8 +291,9 @@ def lr_sweep(
 
         check_writable(out, plot, inputs=[Path(p) for p in (settings_file,) if p], exits=exits)
         api.SweepReport.check_plot_path(plot)
-        result = api.lr_sweep(spec, overrides=set_, lrs=lrs, steps=steps, batches=batches, seed=seed,
-                              settings=settings_file)
+        result = api.lr_sweep(
+            spec, overrides=set_, lrs=lrs, steps=steps, batches=batches, seed=seed, settings=settings_file
+        )
         # the results first: a plot that fails loses nothing
         exits.emit(result.to_json() if fmt == Format.json else str(result))
         write_output(out, result.to_json())
@@ -240,16 +313,26 @@ def replay(
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON report to this file"),
     fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and the probes (default 0)"),
-    trust_spec: bool = typer.Option(False, "--trust-spec", help="run the spec the capture records (a file, shown first)"),
+    trust_spec: bool = typer.Option(
+        False, "--trust-spec", help="run the spec the capture records (a file, shown first)"
+    ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Re-run a guard's capture to its failing step and diagnose that step."""
     with guarded(debug, fmt.value, spec, out) as exits:
         from nandoctor.guard.replay import replay as replay_capture
         from nandoctor.settings import load_settings
+
         check_writable(out, inputs=[capture], exits=exits)
-        report = replay_capture(str(capture), spec, set_, load_settings(None, {"seed": seed}),
-                                progress=lambda m: typer.echo(m, err=True), debug=debug, trust_spec=trust_spec)
+        report = replay_capture(
+            str(capture),
+            spec,
+            set_,
+            load_settings(None, {"seed": seed}),
+            progress=lambda m: typer.echo(m, err=True),
+            debug=debug,
+            trust_spec=trust_spec,
+        )
         exits.emit(report.render(fmt.value))
         write_output(out, report.to_json())
         code = report.exit_code(fail_on.value)
@@ -260,28 +343,45 @@ def replay(
 def scan(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-    max_batches: Optional[int] = typer.Option(None, "--max-batches", help="stop after this many batches (default: all of data)"),
-    with_backward: bool = typer.Option(False, "--with-backward", help="also run the backward pass and check the gradients"),
-    extreme_factor: float = typer.Option(1000.0, "--extreme-factor", help="flag a sample whose largest |value| is this many times an input's typical largest value"),
+    max_batches: Optional[int] = typer.Option(
+        None, "--max-batches", help="stop after this many batches (default: all of data)"
+    ),
+    with_backward: bool = typer.Option(
+        False, "--with-backward", help="also run the backward pass and check the gradients"
+    ),
+    extreme_factor: float = typer.Option(
+        1000.0,
+        "--extreme-factor",
+        help="flag a sample whose largest |value| is this many times an input's typical largest value",
+    ),
     fmt: Format = typer.Option(Format.text, "--format", help="text for a terminal, json for scripts"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
     fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function (default 0)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
-    """Every batch of data through the model: bad inputs, ids, labels or loss by batch and sample (Ctrl-C keeps them)."""
+    """Every batch of data through the model: bad inputs, ids, labels or loss by batch and sample.
+
+    Ctrl-C keeps what was found.
+    """
     with guarded(debug, fmt.value, spec, out) as exits:
         from nandoctor.render.scan import ProgressBar
         from nandoctor.scan import run_scan
+
         check_writable(out, exits=exits)
         if (max_batches is not None and max_batches < 1) or not extreme_factor > 1:
             raise UsageError("--max-batches must be at least 1 and --extreme-factor above 1")
         from nandoctor.spec import load
+
         setup = load(spec, set_, seed or 0)
-        result = {"nandoctor_version": __version__, "spec": spec,
-                  **run_scan(setup, max_batches, with_backward, extreme_factor, ProgressBar(sys.stderr))}
+        result = {
+            "nandoctor_version": __version__,
+            "spec": spec,
+            **run_scan(setup, max_batches, with_backward, extreme_factor, ProgressBar(sys.stderr)),
+        }
         from nandoctor.render.common import render_json
         from nandoctor.render.scan import render_scan
+
         exits.emit(render_json(result) if fmt == Format.json else render_scan(result))
         write_output(out, render_json(result))
     if result["stopped"]:  # the user's data raised: the scan is incomplete, what it found stands
@@ -292,7 +392,9 @@ def scan(
         raise typer.Exit(130)
     from nandoctor.results import exit_code
 
-    raise typer.Exit(exit_code((f["severity"] for f in result["findings"]), result["stopped"] is not None, fail_on.value))
+    raise typer.Exit(
+        exit_code((f["severity"] for f in result["findings"]), result["stopped"] is not None, fail_on.value)
+    )
 
 
 @app.command("feature-stats")
@@ -301,11 +403,16 @@ def feature_stats(
     columns: Optional[str] = typer.Option(None, "--columns", help="comma-separated columns to analyse"),
     limit_rows: Optional[int] = typer.Option(None, "--limit-rows", help="stop after this many rows"),
     fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
-    emit_norm: Optional[EmitNorm] = typer.Option(None, "--emit-norm", help="print per-feature mean/std as yaml or python"),
+    emit_norm: Optional[EmitNorm] = typer.Option(
+        None, "--emit-norm", help="print per-feature mean/std as yaml or python"
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
-    fail_on: FailOn = typer.Option(FailOn.never, "--fail-on",
-                                   help="exit 1 when a column has a flag at least this severe (NaN, mixed "
-                                        "types: critical; not normalized, ids: warning; heavy tail, constant: info)"),
+    fail_on: FailOn = typer.Option(
+        FailOn.never,
+        "--fail-on",
+        help="exit 1 when a column has a flag at least this severe (NaN, mixed "
+        "types: critical; not normalized, ids: warning; heavy tail, constant: info)",
+    ),
 ) -> None:
     """Per-column statistics and flags (not normalized, heavy tail, ids, NaN) for training data."""
     with guarded(fmt=fmt.value if emit_norm is None else "text", out=out) as exits:
@@ -318,8 +425,10 @@ def feature_stats(
         write_output(out, result.to_json())
     flagged = flagged_at_or_above(result.to_dict(), fail_on.value)
     if flagged:
-        typer.echo(f"nandoctor: {len(flagged)} column(s) flagged at or above {fail_on.value}: "
-                   f"{', '.join(flagged[:10])}", err=True)
+        typer.echo(
+            f"nandoctor: {len(flagged)} column(s) flagged at or above {fail_on.value}: {', '.join(flagged[:10])}",
+            err=True,
+        )
         raise typer.Exit(1)
 
 

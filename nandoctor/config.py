@@ -18,6 +18,7 @@ from typing import Any
 
 from nandoctor.errors import UsageError, first_line
 
+
 @dataclass(frozen=True)
 class FixKey:
     """What a fix tunes (``lr``: the spec's key, as the contract names it) and the names a training
@@ -28,15 +29,35 @@ class FixKey:
 
 
 LR = FixKey("lr", ("lr", "learning_rate", "learningrate", "base_lr", "max_lr"))
-GRAD_CLIP = FixKey("grad_clip", ("grad_clip", "gradient_clip_val", "max_norm", "clip_grad_norm", "grad_clip_norm",
-                                 "gradient_clip", "clip_norm", "max_grad_norm"))
+GRAD_CLIP = FixKey(
+    "grad_clip",
+    (
+        "grad_clip",
+        "gradient_clip_val",
+        "max_norm",
+        "clip_grad_norm",
+        "grad_clip_norm",
+        "gradient_clip",
+        "clip_norm",
+        "max_grad_norm",
+    ),
+)
 AMP = FixKey("amp", ("amp", "use_amp", "precision", "mixed_precision"))
 
 
 def loss_weight(component: str) -> FixKey:
     """The weight of one named loss component (``loss_weights.<component>``)."""
-    return FixKey(f"loss_weights.{component}", (f"lambda_{component}", f"{component}_weight", f"weight_{component}",
-                                                f"w_{component}", f"{component}_lambda", f"lambda{component}"))
+    return FixKey(
+        f"loss_weights.{component}",
+        (
+            f"lambda_{component}",
+            f"{component}_weight",
+            f"weight_{component}",
+            f"w_{component}",
+            f"{component}_lambda",
+            f"lambda{component}",
+        ),
+    )
 
 
 def _flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -70,8 +91,9 @@ def fix_config(setup: Any, what: FixKey, value: Any) -> tuple[dict[str, Any], st
     if key is not None:
         return {key: value}, ""
     if setup.config:
-        return {what.name: value}, (f" (no key for {what.name} found in your config: add one, or map it in "
-                                    "config_keys)")
+        return {what.name: value}, (
+            f" (no key for {what.name} found in your config: add one, or map it in config_keys)"
+        )
     return {what.name: value}, ""
 
 
@@ -95,7 +117,8 @@ def _yaml():
 
     yaml.representer.add_representer(float, float_repr)
     yaml.representer.add_representer(  # ruamel writes None as nothing: keep the user's "null"
-        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     return yaml
 
 
@@ -172,5 +195,11 @@ def write_fixed(doc: Any, original: str, source: str | None, target: str, in_pla
         raise UsageError(f"--write-fixed would overwrite the input config {source}: pass --in-place to allow it")
     fixed = dump(doc)
     target_path.write_text(fixed)
-    return "".join(difflib.unified_diff(original.splitlines(keepends=True), fixed.splitlines(keepends=True),
-                                        fromfile=source or "config", tofile=target))
+    return "".join(
+        difflib.unified_diff(
+            original.splitlines(keepends=True),
+            fixed.splitlines(keepends=True),
+            fromfile=source or "config",
+            tofile=target,
+        )
+    )

@@ -91,8 +91,9 @@ def _positional_count(function: Callable) -> int:
         return 2
     if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters):
         return 2
-    return sum(p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-               for p in parameters)
+    return sum(
+        p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in parameters
+    )
 
 
 def training_step_loss(model: Any, batch: Any, batch_index: int = 0) -> Any:
@@ -151,7 +152,8 @@ def _manual_optimization(model: Any) -> Iterator[list[Any]]:
     stand_ins = {
         "optimizers": lambda use_pl_optimizer=True: optimizers[0] if len(optimizers) == 1 else optimizers,
         "manual_backward": lambda loss, *args, **kwargs: handed.append(loss),
-        "toggle_optimizer": toggle, "untoggle_optimizer": untoggle,
+        "toggle_optimizer": toggle,
+        "untoggle_optimizer": untoggle,
     }
     shadowed = {name: model.__dict__[name] for name in stand_ins if name in model.__dict__}
     for name, function in stand_ins.items():
@@ -250,8 +252,14 @@ def datamodule_loader(datamodule: Any) -> Any:
     return datamodule.train_dataloader()
 
 
-_PRECISION = {"16-mixed": "fp16", "16": "fp16", "fp16": "fp16", "16-mixed-precision": "fp16",
-              "bf16-mixed": "bf16", "bf16": "bf16"}
+_PRECISION = {
+    "16-mixed": "fp16",
+    "16": "fp16",
+    "fp16": "fp16",
+    "16-mixed-precision": "fp16",
+    "bf16-mixed": "bf16",
+    "bf16": "bf16",
+}
 
 
 def trainer_settings(trainer: Any) -> tuple[float | None, str | None]:

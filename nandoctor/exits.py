@@ -48,8 +48,9 @@ def fail(message: str, code: int = 2) -> None:
 
 
 @contextmanager
-def guarded(debug: bool = False, fmt: str = "text", spec: Optional[str] = None,
-            out: Optional[Path] = None) -> Iterator[Exits]:
+def guarded(
+    debug: bool = False, fmt: str = "text", spec: Optional[str] = None, out: Optional[Path] = None
+) -> Iterator[Exits]:
     """The contract's exits around a command's body; yields the :class:`Exits` whose ``emit`` prints.
 
     A UsageError is exit 2; Ctrl-C exit 130; any other exception is ours: exit 3 (--debug adds
@@ -78,8 +79,12 @@ def guarded(debug: bool = False, fmt: str = "text", spec: Optional[str] = None,
             _print_traceback()
         from nandoctor.errors import describe
 
-        _error_exit(exits, "internal", f"internal error in nandoctor ({_where_raised(exc)}): {describe(exc)}; "
-                    "run with --debug for the traceback", 3)
+        _error_exit(
+            exits,
+            "internal",
+            f"internal error in nandoctor ({_where_raised(exc)}): {describe(exc)}; run with --debug for the traceback",
+            3,
+        )
 
 
 def _error_exit(exits: Exits, kind: str, message: str, code: int) -> None:
@@ -90,8 +95,12 @@ def _error_exit(exits: Exits, kind: str, message: str, code: int) -> None:
 
 def error_report(spec: Optional[str], kind: str, message: str) -> dict:
     """The contract's object for an exit without a report (``"verdict": "error"``)."""
-    return {"nandoctor_version": __version__, "spec": spec, "verdict": "error",
-            "error": {"kind": kind, "message": message}}
+    return {
+        "nandoctor_version": __version__,
+        "spec": spec,
+        "verdict": "error",
+        "error": {"kind": kind, "message": message},
+    }
 
 
 def _error_output(exits: Exits, kind: str, message: str) -> None:
@@ -150,8 +159,7 @@ def _problem_writing(path: Path, inputs: Iterable[Path]) -> Optional[str]:
     return None
 
 
-def check_writable(*paths: Optional[Path], inputs: Iterable[Path] = (),
-                   exits: Optional[Exits] = None) -> None:
+def check_writable(*paths: Optional[Path], inputs: Iterable[Path] = (), exits: Optional[Exits] = None) -> None:
     """Refuse an output path that cannot be written, or that is one of the command's own inputs,
     before anything runs (not after the whole run)."""
     inputs = [Path(p) for p in inputs]
@@ -171,4 +179,3 @@ def write_output(path: Optional[Path], text: str) -> None:
         path.write_text(text + "\n")
     except OSError as exc:
         typer.echo(f"nandoctor: error: could not write {path}: {exc.strerror or exc}", err=True)
-

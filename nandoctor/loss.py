@@ -39,8 +39,10 @@ def interpret_loss(output: Any, weights: Mapping[str, float]) -> LossResult:
     if has_loss_entry(output):
         loss = loss_entry(output)
         if loss is None:
-            raise UsageError(f"the model's {type(output).__name__} has no loss (its 'loss' is None): put the "
-                             "targets in the batch (Hugging Face models take 'labels') or give the spec a 'loss'")
+            raise UsageError(
+                f"the model's {type(output).__name__} has no loss (its 'loss' is None): put the "
+                "targets in the batch (Hugging Face models take 'labels') or give the spec a 'loss'"
+            )
         return LossResult(_scalar(loss, "the output's 'loss'"), {})
     if isinstance(output, Mapping):
         if not output:
@@ -50,8 +52,9 @@ def interpret_loss(output: Any, weights: Mapping[str, float]) -> LossResult:
         return LossResult(total, components)
     if output is None:
         raise UsageError("the loss (or training_step) returned None; it must return the loss")
-    raise UsageError(f"the loss must be a scalar tensor, a mapping of them, or an object with "
-                     f".loss; got {type(output).__name__}")
+    raise UsageError(
+        f"the loss must be a scalar tensor, a mapping of them, or an object with .loss; got {type(output).__name__}"
+    )
 
 
 def compute_loss(setup: Any, model: Any, batch: Any) -> LossResult:

@@ -28,7 +28,8 @@ def fold(findings: list[Finding]) -> list[Finding]:
             if cause is None or symptom not in kept:
                 continue
             explains = list(cause.evidence.get("explains", [])) + [
-                {"code": symptom.code, "title": symptom.title, "where": vars(symptom.where)}]
+                {"code": symptom.code, "title": symptom.title, "where": vars(symptom.where)}
+            ]
             severity = max(cause.severity, symptom.severity, key=lambda s: s.rank)
             updated = replace(cause, severity=severity, evidence=dict(cause.evidence, explains=explains))
             kept[kept.index(cause)] = updated

@@ -24,9 +24,14 @@ def finding_from_dict(data: Mapping[str, Any]) -> Finding:
     where_fields = {f.name for f in dataclasses.fields(Where)}
     where = {k: v for k, v in (data.get("where") or {}).items() if k in where_fields}
     fix = data.get("fix") or {}
-    return Finding(code=data["code"], severity=Severity(data["severity"]), title=data["title"],
-                   where=Where(**where), evidence=dict(data.get("evidence") or {}),
-                   fix=Fix(config=dict(fix.get("config") or {}), advice=fix.get("advice", "")))
+    return Finding(
+        code=data["code"],
+        severity=Severity(data["severity"]),
+        title=data["title"],
+        where=Where(**where),
+        evidence=dict(data.get("evidence") or {}),
+        fix=Fix(config=dict(fix.get("config") or {}), advice=fix.get("advice", "")),
+    )
 
 
 def exit_code(severities: Iterable[str], incomplete: bool, fail_on: str = "critical") -> int:
@@ -61,11 +66,15 @@ class Report:
         """A report from its JSON form (``json.load`` of ``--out``)."""
         data = copy.deepcopy(dict(data))
         known = {"nandoctor_version", "spec", "verdict", "findings", "coverage", "probes"}
-        return cls(spec=data.get("spec", ""), verdict=data["verdict"],
-                   findings=tuple(finding_from_dict(f) for f in data["findings"]),
-                   coverage=data.get("coverage") or {}, probes=data.get("probes") or {},
-                   sections={k: v for k, v in data.items() if k not in known},
-                   version=data.get("nandoctor_version", __version__))
+        return cls(
+            spec=data.get("spec", ""),
+            verdict=data["verdict"],
+            findings=tuple(finding_from_dict(f) for f in data["findings"]),
+            coverage=data.get("coverage") or {},
+            probes=data.get("probes") or {},
+            sections={k: v for k, v in data.items() if k not in known},
+            version=data.get("nandoctor_version", __version__),
+        )
 
     def __eq__(self, other: object) -> bool:
         """Equal when their JSON reports agree on spec, verdict, findings and coverage: a report read
@@ -77,8 +86,14 @@ class Report:
     def _compared(self) -> Any:
         from nandoctor.render.common import json_safe
 
-        return json_safe({"spec": self.spec, "verdict": self.verdict, "coverage": self.coverage,
-                          "findings": [f.to_dict() for f in self.findings]})
+        return json_safe(
+            {
+                "spec": self.spec,
+                "verdict": self.verdict,
+                "coverage": self.coverage,
+                "findings": [f.to_dict() for f in self.findings],
+            }
+        )
 
     @property
     def healthy(self) -> bool:
@@ -91,9 +106,17 @@ class Report:
         return 3 if self.sections.get("replay", {}).get("reproduced") is False else code
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy({"nandoctor_version": self.version, "spec": self.spec, "verdict": self.verdict,
-                              "findings": [f.to_dict() for f in self.findings], "coverage": self.coverage,
-                              "probes": self.probes, **self.sections})
+        return copy.deepcopy(
+            {
+                "nandoctor_version": self.version,
+                "spec": self.spec,
+                "verdict": self.verdict,
+                "findings": [f.to_dict() for f in self.findings],
+                "coverage": self.coverage,
+                "probes": self.probes,
+                **self.sections,
+            }
+        )
 
     def to_json(self) -> str:
         from nandoctor.render.common import render_json
@@ -127,8 +150,14 @@ class SweepReport:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SweepReport":
         data = copy.deepcopy(dict(data))
-        return cls(spec=data["spec"], user_lr=data["user_lr"], recommended_lr=data["recommended_lr"],
-                   why=data["why"], runs=tuple(data["runs"]), _data=data)
+        return cls(
+            spec=data["spec"],
+            user_lr=data["user_lr"],
+            recommended_lr=data["recommended_lr"],
+            why=data["why"],
+            runs=tuple(data["runs"]),
+            _data=data,
+        )
 
     @property
     def user_diverges(self) -> bool:
@@ -161,8 +190,9 @@ class SweepReport:
         suffix = Path(path).suffix.lower().lstrip(".")
         formats = FigureCanvasBase.get_supported_filetypes()
         if suffix and suffix not in formats:
-            raise UsageError(f"--plot cannot write a .{suffix} file: give one of "
-                             f"{', '.join('.' + f for f in sorted(formats))}")
+            raise UsageError(
+                f"--plot cannot write a .{suffix} file: give one of {', '.join('.' + f for f in sorted(formats))}"
+            )
 
     def plot(self, path: str | Path) -> None:
         """Loss and gradient-norm curves per rate to a PNG (needs matplotlib)."""

@@ -19,8 +19,9 @@ from nandoctor.spec import Setup
 from nandoctor.state import ModelSnapshot, preserved_model, preserved_rng, preserved_torch_globals, run_snapshot
 
 
-def select_probes(only: list[str] | None, skip: list[str] | None,
-                  progress: Callable[[str], None] | None = None) -> list[Any]:
+def select_probes(
+    only: list[str] | None, skip: list[str] | None, progress: Callable[[str], None] | None = None
+) -> list[Any]:
     """The chosen probes plus those that provide what they need (said on ``progress``), in run order."""
     known = {probe.name: probe for probe in PROBES}
     for name in (only or []) + (skip or []):
@@ -29,8 +30,9 @@ def select_probes(only: list[str] | None, skip: list[str] | None,
     chosen = [p for p in PROBES if (not only or p.name in only) and p.name not in (skip or [])]
     if not chosen:  # a run that checks nothing must not pass as healthy
         asked = f"the chosen probes ({', '.join(only)})" if only else "every probe"
-        raise UsageError(f"no probe left to run: {asked} skipped (--skip/--quick skip "
-                         f"{', '.join(dict.fromkeys(skip or []))})")
+        raise UsageError(
+            f"no probe left to run: {asked} skipped (--skip/--quick skip {', '.join(dict.fromkeys(skip or []))})"
+        )
     if not only:
         return sorted(chosen, key=lambda p: p.order)
     probes, added = with_dependencies(chosen)
@@ -74,13 +76,17 @@ def _refuse_meta(model: Any) -> None:
     """
     tensors = list(model.parameters()) + list(model.buffers())
     if tensors and all(tensor.is_meta for tensor in tensors):
-        raise UsageError("the model is on the meta device and holds no values: materialize it "
-                         "(model.to_empty(device=...), then load or initialize the weights) before returning it")
+        raise UsageError(
+            "the model is on the meta device and holds no values: materialize it "
+            "(model.to_empty(device=...), then load or initialize the weights) before returning it"
+        )
     from torch.nn.parameter import is_lazy
 
     if any(not is_lazy(tensor) and tensor.is_inference() for tensor in tensors):
-        raise UsageError("the model was built under torch.inference_mode(): its weights cannot take gradients; "
-                         "build it outside that block (torch.no_grad() is fine)")
+        raise UsageError(
+            "the model was built under torch.inference_mode(): its weights cannot take gradients; "
+            "build it outside that block (torch.no_grad() is fine)"
+        )
 
 
 def _initialize_lazy(ctx: RunContext, progress: Callable[[str], None]) -> None:
@@ -92,8 +98,11 @@ def _initialize_lazy(ctx: RunContext, progress: Callable[[str], None]) -> None:
     import torch
     from torch.nn.modules.lazy import LazyModuleMixin
 
-    lazy = [name for name, module in ctx.model.named_modules()
-            if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()]
+    lazy = [
+        name
+        for name, module in ctx.model.named_modules()
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()
+    ]
     if not lazy:
         return
     with preserved_torch_globals(), preserved_rng(), preserved_model(ctx.model), torch.no_grad():
@@ -104,14 +113,15 @@ def _initialize_lazy(ctx: RunContext, progress: Callable[[str], None]) -> None:
             raise
         except Exception:  # the user's forward raised: the forward probe says where
             return
-    progress(f"nandoctor: initialized the lazy modules {', '.join(repr(n) for n in lazy[:3])}"
-             f"{' ...' if len(lazy) > 3 else ''} with the first batch (seed {ctx.settings.seed}); "
-             "they keep those weights")
+    progress(
+        f"nandoctor: initialized the lazy modules {', '.join(repr(n) for n in lazy[:3])}"
+        f"{' ...' if len(lazy) > 3 else ''} with the first batch (seed {ctx.settings.seed}); "
+        "they keep those weights"
+    )
 
 
 @contextmanager
-def open_context(setup: Setup, settings: Settings,
-                 progress: Callable[[str], None] = _say) -> Iterator[RunContext]:
+def open_context(setup: Setup, settings: Settings, progress: Callable[[str], None] = _say) -> Iterator[RunContext]:
     """The run context: the model on its device and the first batches read once, moved there."""
     _refuse_meta(setup.model)
     with on_device(setup.model, setup.device):
@@ -141,9 +151,14 @@ def _run_one(probe: Any, ctx: RunContext, snapshot: ModelSnapshot, debug: bool) 
             snapshot.restore()
 
 
-def run_probes(setup: Setup, settings: Settings, probes: list[Any],
-               progress: Callable[[str], None] = _say, debug: bool = False,
-               budget_s: float | None = None) -> dict[str, Any]:
+def run_probes(
+    setup: Setup,
+    settings: Settings,
+    probes: list[Any],
+    progress: Callable[[str], None] = _say,
+    debug: bool = False,
+    budget_s: float | None = None,
+) -> dict[str, Any]:
     """Every chosen probe in order, the model restored after each; returns report parts.
 
     One snapshot serves the run (restoring copies in place): a probe adds no copy of the weights.
@@ -182,15 +197,29 @@ def run_probes(setup: Setup, settings: Settings, probes: list[Any],
             else:
                 ran.append(probe.name)
         checked = len(ctx.batches)
-    coverage = {"batches_checked": checked, "batches_total": batches_total(setup.data),
-                "probes_run": ran, "probes_not_run": not_run}
+    coverage = {
+        "batches_checked": checked,
+        "batches_total": batches_total(setup.data),
+        "probes_run": ran,
+        "probes_not_run": not_run,
+    }
     return {"findings": rank(findings), "probes": raw, "coverage": coverage}
 
 
 def build_report(spec: str, parts: dict[str, Any], **sections: Any) -> Report:
     """The report of one run: its ranked findings, coverage and raw probe results (plus a command's sections)."""
     findings = parts["findings"]
-    coverage = parts.get("coverage") or {"batches_checked": None, "batches_total": None,
-                                         "probes_run": [], "probes_not_run": {}}
-    return Report(spec=spec, verdict=verdict(findings, complete=not coverage["probes_not_run"]),
-                  findings=tuple(findings), coverage=coverage, probes=parts["probes"], sections=sections)
+    coverage = parts.get("coverage") or {
+        "batches_checked": None,
+        "batches_total": None,
+        "probes_run": [],
+        "probes_not_run": {},
+    }
+    return Report(
+        spec=spec,
+        verdict=verdict(findings, complete=not coverage["probes_not_run"]),
+        findings=tuple(findings),
+        coverage=coverage,
+        probes=parts["probes"],
+        sections=sections,
+    )

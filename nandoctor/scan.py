@@ -50,7 +50,9 @@ class _Queued:
     batch: Any
     size: int | None
     floats: list[tuple[str, Any]] = field(default_factory=list)  # path, per-sample largest |value|
-    lookups: list[tuple[str, str | None, int, Any, Any]] = field(default_factory=list)  # code, path, limit, count, per-sample
+    lookups: list[tuple[str, str | None, int, Any, Any]] = field(
+        default_factory=list
+    )  # code, path, limit, count, per-sample
     loss: Any = None
     grad_ok: Any = None
     error: str | None = None
@@ -65,8 +67,11 @@ class _Lookups:
         from torch.overrides import TorchFunctionMode
 
         self.torch, self.queued = torch, queued
-        self.sources = {t.untyped_storage().data_ptr(): (path, t) for path, t in iter_tensors(batch)
-                        if not t.is_floating_point() and t.numel()}
+        self.sources = {
+            t.untyped_storage().data_ptr(): (path, t)
+            for path, t in iter_tensors(batch)
+            if not t.is_floating_point() and t.numel()
+        }
         self.embedding = (F.embedding, inspect.signature(F.embedding))
         outer = self
 
@@ -154,8 +159,12 @@ def _read_back(queue: list[_Queued]) -> list[list[Any]]:
     out = []
     for q in queue:
         values = [[next(flat) for _ in range(v.numel())] for _, v in q.floats]
-        values += [[next(flat) for _ in range(t.numel())] for _, _, _, count, per_sample in q.lookups
-                   for t in (count, per_sample) if t is not None]
+        values += [
+            [next(flat) for _ in range(t.numel())]
+            for _, _, _, count, per_sample in q.lookups
+            for t in (count, per_sample)
+            if t is not None
+        ]
         values += [next(flat) for t in (q.loss, q.grad_ok) if t is not None]
         out.append(values)
     return out
@@ -204,8 +213,13 @@ class Scanner:
             if not math.isfinite(value):
                 self._add("nonfinite_input", q.index, sample, path, f"{path} holds {value}")
             elif reference > 0 and value > self.extreme_factor * reference:
-                self._add("unnormalized_input", q.index, sample, path,
-                          f"{path} reaches {value:.4g}, {value / reference:,.0f}x the typical largest value {reference:.4g}")
+                self._add(
+                    "unnormalized_input",
+                    q.index,
+                    sample,
+                    path,
+                    f"{path} reaches {value:.4g}, {value / reference:,.0f}x the typical largest value {reference:.4g}",
+                )
 
     def _nonfinite_samples(self, q: _Queued) -> list[int | None]:
         """The samples whose loss alone is non-finite (one forward each), or [None] when that cannot tell."""
@@ -234,7 +248,7 @@ class Scanner:
 def _take(batch: Any, sample: int, size: int) -> Any:
     from nandoctor.batches import map_tensors
 
-    return map_tensors(batch, lambda t: t[sample:sample + 1] if t.dim() and t.shape[0] == size else t)
+    return map_tensors(batch, lambda t: t[sample : sample + 1] if t.dim() and t.shape[0] == size else t)
 
 
 def _plain_batch_size(data: Any) -> int | None:
@@ -248,8 +262,13 @@ def _plain_batch_size(data: Any) -> int | None:
     return None
 
 
-def run_scan(setup: Any, max_batches: int | None, with_backward: bool, extreme_factor: float,
-             progress: Callable[[int, int | None, bool], None]) -> dict[str, Any]:
+def run_scan(
+    setup: Any,
+    max_batches: int | None,
+    with_backward: bool,
+    extreme_factor: float,
+    progress: Callable[[int, int | None, bool], None],
+) -> dict[str, Any]:
     """Scan the batches; Ctrl-C stops it and keeps what was found (``interrupted``)."""
     from nandoctor.runner import batches_total, on_device
     from nandoctor.state import preserved_everything
@@ -283,11 +302,19 @@ def run_scan(setup: Any, max_batches: int | None, with_backward: bool, extreme_f
         scanner.judge(queue)
     seconds = time.monotonic() - start
     progress(scanned, total, True)
-    return {"batches_scanned": scanned, "batches_total": total, "samples_scanned": scanner.samples,
-            "seconds": seconds, "batches_per_s": scanned / seconds if seconds > 0 else None,
-            "interrupted": interrupted, "stopped": stopped, "with_backward": with_backward,
-            "findings": [f.to_dict() for f in findings_of(scanner.problems)],
-            "problems": [vars(p) for p in scanner.problems[:MAX_LISTED]], "problems_total": len(scanner.problems)}
+    return {
+        "batches_scanned": scanned,
+        "batches_total": total,
+        "samples_scanned": scanner.samples,
+        "seconds": seconds,
+        "batches_per_s": scanned / seconds if seconds > 0 else None,
+        "interrupted": interrupted,
+        "stopped": stopped,
+        "with_backward": with_backward,
+        "findings": [f.to_dict() for f in findings_of(scanner.problems)],
+        "problems": [vars(p) for p in scanner.problems[:MAX_LISTED]],
+        "problems_total": len(scanner.problems),
+    }
 
 
 def _data_error(data: Any, batch: int, exc: BaseException) -> dict[str, Any]:
@@ -295,14 +322,19 @@ def _data_error(data: Any, batch: int, exc: BaseException) -> dict[str, Any]:
     message (a DataLoader worker's own, with its line)."""
     size = _plain_batch_size(data)
     indices = [batch * size, (batch + 1) * size - 1] if size else None
-    return {"batch": batch, "dataset_indices": indices,
-            "error": loader_error(exc) if isinstance(exc, Exception) else f"the data loader called sys.exit({exc.code!r})"}
+    return {
+        "batch": batch,
+        "dataset_indices": indices,
+        "error": loader_error(exc) if isinstance(exc, Exception) else f"the data loader called sys.exit({exc.code!r})",
+    }
 
 
 ADVICE = {
     "nonfinite_input": "Drop or impute these samples in the data pipeline; assert torch.isfinite on each batch.",
-    "unnormalized_input": "Check these samples for a unit or parsing error (a sentinel like 1e9, raw counts); clip or normalise.",
-    "index_out_of_range": "Remap these ids into the vocabulary or grow num_embeddings; on CUDA they crash with a device assert.",
+    "unnormalized_input": "Check these samples for a unit or parsing error (a sentinel like 1e9, raw counts); "
+    "clip or normalise.",
+    "index_out_of_range": "Remap these ids into the vocabulary or grow num_embeddings; "
+    "on CUDA they crash with a device assert.",
     "label_out_of_range": "Fix these targets: they must lie in 0..classes-1 (or equal ignore_index).",
     "forward_nonfinite": "The loss of these samples is NaN/Inf with finite inputs: run nandoctor diagnose on them.",
     "backward_nonfinite": "A gradient turns NaN/Inf on these batches: run nandoctor diagnose on them.",
@@ -320,12 +352,20 @@ def findings_of(problems: list[Problem]) -> list[Finding]:
         first = group[0]
         batches = sorted({p.batch for p in group})
         where = f" in {tensor!r}" if tensor else ""
-        findings.append(Finding(
-            code, Severity.CRITICAL,
-            f"{len(group)} bad sample(s){where} in {len(batches)} batch(es), first: batch {first.batch}"
-            + (f", sample {first.sample}" if first.sample is not None else "") + f": {first.detail}",
-            Where(feature=tensor, batch=first.batch, sample=first.sample),
-            {"count": len(group), "batches": batches[:50], "dataset_indices": [p.dataset_index for p in group
-                                                                             if p.dataset_index is not None][:50]},
-            Fix(advice=ADVICE[code])))
+        findings.append(
+            Finding(
+                code,
+                Severity.CRITICAL,
+                f"{len(group)} bad sample(s){where} in {len(batches)} batch(es), first: batch {first.batch}"
+                + (f", sample {first.sample}" if first.sample is not None else "")
+                + f": {first.detail}",
+                Where(feature=tensor, batch=first.batch, sample=first.sample),
+                {
+                    "count": len(group),
+                    "batches": batches[:50],
+                    "dataset_indices": [p.dataset_index for p in group if p.dataset_index is not None][:50],
+                },
+                Fix(advice=ADVICE[code]),
+            )
+        )
     return findings

@@ -23,8 +23,12 @@ _CHOICES = {"amp_what_if": ("", "fp16", "bf16")}
 
 def declared() -> list[Setting]:
     """Every setting: the run's, the traced pass's, the sweep's, then each registered probe's."""
-    table = [*context.RUN_SETTINGS, *trace.SETTINGS, *limits.SETTINGS,
-             *(s for probe in probes.PROBES for s in probe.settings)]
+    table = [
+        *context.RUN_SETTINGS,
+        *trace.SETTINGS,
+        *limits.SETTINGS,
+        *(s for probe in probes.PROBES for s in probe.settings),
+    ]
     names = [setting.name for setting in table]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -37,8 +41,9 @@ def _coerce(setting: Setting, value: Any) -> Any:
         value = "" if value is None else value
         choices = _CHOICES.get(setting.name)
         if choices is not None and value not in choices:
-            raise UsageError(f"setting {setting.name!r} must be one of {', '.join(c or 'empty' for c in choices)}, "
-                             f"got {value!r}")
+            raise UsageError(
+                f"setting {setting.name!r} must be one of {', '.join(c or 'empty' for c in choices)}, got {value!r}"
+            )
         return str(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UsageError(f"setting {setting.name!r} must be a number, got {value!r}")
@@ -109,9 +114,11 @@ def load_settings(path: str | None, overrides: dict[str, Any] | None = None) -> 
 
 def settings_yaml() -> str:
     """``configs/probes.yaml``: every setting with its default and meaning."""
-    lines = ["# Default probe settings of nandoctor (written from the probes' declarations by",
-             "# scripts/write_probe_settings.py; a test keeps them equal).",
-             "# Pass a copy with your own values: nandoctor diagnose SPEC --settings my_probes.yaml"]
+    lines = [
+        "# Default probe settings of nandoctor (written from the probes' declarations by",
+        "# scripts/write_probe_settings.py; a test keeps them equal).",
+        "# Pass a copy with your own values: nandoctor diagnose SPEC --settings my_probes.yaml",
+    ]
     table = declared()
     width = max(len(f"{s.name}: {_yaml_value(s.default)}") for s in table)
     for setting in table:

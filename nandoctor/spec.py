@@ -24,8 +24,21 @@ from nandoctor.errors import UsageError, UserExit, describe
 from nandoctor.overrides import Overrides, parse_overrides, parse_value  # noqa: F401 (re-exported)
 
 AMP_CHOICES = (None, "fp16", "bf16")
-_SETUP_KEYS = ("model", "data", "loss", "loss_weights", "optimizer", "lr", "grad_clip", "amp",
-               "feature_names", "config", "config_keys", "device", "trainer")
+_SETUP_KEYS = (
+    "model",
+    "data",
+    "loss",
+    "loss_weights",
+    "optimizer",
+    "lr",
+    "grad_clip",
+    "amp",
+    "feature_names",
+    "config",
+    "config_keys",
+    "device",
+    "trainer",
+)
 
 #: What ``load`` takes: a SPEC string (``"model.py:build"``), a build function or what one returns
 #: (a mapping or an object); ``Overrides``: its keyword arguments, a mapping or ``--set`` pairs.
@@ -110,8 +123,9 @@ def import_target(target: str) -> tuple[Any, str | None]:
                 module_spec.loader.exec_module(module)
             except Exception as exc:  # the user's file raised while importing
                 sys.modules.pop(module_name, None)
-                raise UsageError(f"importing {target} raised {describe(exc)} "
-                                 f"(at {_user_frame(exc, str(path))})") from exc
+                raise UsageError(
+                    f"importing {target} raised {describe(exc)} (at {_user_frame(exc, str(path))})"
+                ) from exc
         return module, str(path)
     with _on_sys_path(os.getcwd()):
         try:
@@ -119,11 +133,9 @@ def import_target(target: str) -> tuple[Any, str | None]:
         except ModuleNotFoundError as exc:
             if exc.name and target.startswith(exc.name):
                 raise UsageError(f"no module named {target!r} (and no file of that name)") from exc
-            raise UsageError(f"importing {target} raised {describe(exc)} "
-                             f"(at {_user_frame(exc, None)})") from exc
+            raise UsageError(f"importing {target} raised {describe(exc)} (at {_user_frame(exc, None)})") from exc
         except Exception as exc:
-            raise UsageError(f"importing {target} raised {describe(exc)} "
-                             f"(at {_user_frame(exc, None)})") from exc
+            raise UsageError(f"importing {target} raised {describe(exc)} (at {_user_frame(exc, None)})") from exc
 
 
 def resolve_function(spec: str) -> tuple[Callable, str | None]:
@@ -164,18 +176,35 @@ def _as_mapping(result: Any, spec: str) -> dict[str, Any]:
         return dict(result)
     if hasattr(result, "model") and hasattr(result, "data"):
         return {key: getattr(result, key) for key in _SETUP_KEYS if hasattr(result, key)}
-    raise UsageError(f"{spec} returned {type(result).__name__}; expected a dict (or an object) "
-                     "with at least 'model' and 'data'")
+    raise UsageError(
+        f"{spec} returned {type(result).__name__}; expected a dict (or an object) with at least 'model' and 'data'"
+    )
 
 
 # names people use for the contract's keys (§1): a misspelt key is ignored, so say so
 _KEY_ALIASES = {
-    "learning_rate": "lr", "lr_rate": "lr", "max_norm": "grad_clip", "clip": "grad_clip",
-    "gradient_clip_val": "grad_clip", "clip_grad_norm": "grad_clip", "precision": "amp",
-    "mixed_precision": "amp", "dataloader": "data", "loader": "data", "train_loader": "data",
-    "train_dataloader": "data", "dataset": "data", "criterion": "loss", "loss_fn": "loss",
-    "optim": "optimizer", "opt": "optimizer", "net": "model", "network": "model",
-    "features": "feature_names", "columns": "feature_names", "weights": "loss_weights",
+    "learning_rate": "lr",
+    "lr_rate": "lr",
+    "max_norm": "grad_clip",
+    "clip": "grad_clip",
+    "gradient_clip_val": "grad_clip",
+    "clip_grad_norm": "grad_clip",
+    "precision": "amp",
+    "mixed_precision": "amp",
+    "dataloader": "data",
+    "loader": "data",
+    "train_loader": "data",
+    "train_dataloader": "data",
+    "dataset": "data",
+    "criterion": "loss",
+    "loss_fn": "loss",
+    "optim": "optimizer",
+    "opt": "optimizer",
+    "net": "model",
+    "network": "model",
+    "features": "feature_names",
+    "columns": "feature_names",
+    "weights": "loss_weights",
 }
 
 
@@ -189,8 +218,11 @@ def warn_unknown_keys(mapping: Mapping, spec: str) -> None:
             continue
         close = difflib.get_close_matches(key.lower(), candidates, n=1, cutoff=0.75)
         hint = f" (did you mean {_KEY_ALIASES.get(close[0], close[0])!r}?)" if close else ""
-        print(f"nandoctor: warning: {spec} returned the key {key!r}, which nandoctor does not read; "
-              f"it is ignored{hint}", file=sys.stderr, flush=True)
+        print(
+            f"nandoctor: warning: {spec} returned the key {key!r}, which nandoctor does not read; it is ignored{hint}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _feature_names(value: Any, spec: str) -> Any:
@@ -251,16 +283,19 @@ def apply_conventions(mapping: dict[str, Any], spec: str) -> dict[str, Any]:
         mapping["data"] = _users_call(model.train_dataloader, "the LightningModule's train_dataloader()", spec)
     if conventions.is_datamodule(mapping.get("data")):
         data_module = mapping["data"]
-        mapping["data"] = _users_call(lambda: conventions.datamodule_loader(data_module),
-                                      f"setting up the {type(data_module).__name__}", spec)
+        mapping["data"] = _users_call(
+            lambda: conventions.datamodule_loader(data_module), f"setting up the {type(data_module).__name__}", spec
+        )
     if lightning and mapping.get("loss") is None:
         mapping["loss"] = conventions.training_step_loss
     if lightning and mapping.get("optimizer") is None:
         returned = _users_call(model.configure_optimizers, f"{type(model).__name__}.configure_optimizers()", spec)
         instance = conventions.first_optimizer(returned)
         if instance is None:
-            raise UsageError(f"{spec}: configure_optimizers() returned no optimizer "
-                             f"(got {type(returned).__name__}); give the spec an 'optimizer'")
+            raise UsageError(
+                f"{spec}: configure_optimizers() returned no optimizer "
+                f"(got {type(returned).__name__}); give the spec an 'optimizer'"
+            )
         mapping["optimizer"] = conventions.optimizer_like(*conventions.all_optimizers(returned))
         if mapping.get("lr") is None and instance.param_groups:
             mapping["lr"] = conventions.group_rate(instance.param_groups[0])
@@ -288,8 +323,10 @@ def validate(result: Any, spec: str) -> Setup:
         raise UsageError(f"{spec}: 'model' must be a torch.nn.Module, got {type(model).__name__}")
     data = mapping["data"]
     if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
-        raise UsageError(f"{spec}: 'data' must be an iterable of batches (a DataLoader, a list, "
-                         f"a generator), got {type(data).__name__}")
+        raise UsageError(
+            f"{spec}: 'data' must be an iterable of batches (a DataLoader, a list, "
+            f"a generator), got {type(data).__name__}"
+        )
     for key in ("loss", "optimizer"):
         if mapping.get(key) is not None and not callable(mapping[key]):
             raise UsageError(f"{spec}: '{key}' must be callable, got {type(mapping[key]).__name__}")
@@ -350,23 +387,31 @@ def spec_label(spec: SpecLike) -> str:
     return "<python>"
 
 
-def load(spec: SpecLike, overrides: Overrides = None, seed: int = 0,
-         progress: Callable[[str], None] = stderr_progress, name: str | None = None) -> Setup:
+def load(
+    spec: SpecLike,
+    overrides: Overrides = None,
+    seed: int = 0,
+    progress: Callable[[str], None] = stderr_progress,
+    name: str | None = None,
+) -> Setup:
     """A validated :class:`Setup` from any :data:`SpecLike`: a build is called with torch seeded to
     ``seed`` (the same spec builds the same model); a mapping is already built and taken as it is."""
     import torch
 
     label = name or spec_label(spec)
     if isinstance(spec, torch.nn.Module):  # callable, but calling it would run its forward with no input
-        raise UsageError(f"a model alone is not a spec: pass {{'model': model, 'data': batches}} (got a "
-                         f"{type(spec).__name__}), or a build function that returns that mapping")
+        raise UsageError(
+            f"a model alone is not a spec: pass {{'model': model, 'data': batches}} (got a "
+            f"{type(spec).__name__}), or a build function that returns that mapping"
+        )
     if isinstance(spec, Mapping) or (hasattr(spec, "model") and hasattr(spec, "data")):
         if parse_overrides(overrides):
             raise UsageError("overrides are passed to a build function; this spec is already built")
         return validate(spec, label)
     if not isinstance(spec, str) and not callable(spec):
-        raise UsageError(f"expected a SPEC string, a build function or a mapping with 'model' and "
-                         f"'data', got {type(spec).__name__}")
+        raise UsageError(
+            f"expected a SPEC string, a build function or a mapping with 'model' and 'data', got {type(spec).__name__}"
+        )
     progress(f"nandoctor: loading {label}")
     function, user_file = resolve_function(spec) if isinstance(spec, str) else (spec, None)
     kwargs = parse_overrides(overrides, _float_parameters(function))

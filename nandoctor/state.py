@@ -26,10 +26,18 @@ class ModelSnapshot:
         import torch
         from torch.nn.parameter import is_lazy
 
-        self.slots = [(module, kind, dict(getattr(module, kind)))
-                      for module in model.modules() for kind in ("_parameters", "_buffers", "_modules")]
-        unique = {id(t): t for _, kind, slot in self.slots if kind != "_modules" for t in slot.values()
-                  if t is not None and not is_lazy(t)}
+        self.slots = [
+            (module, kind, dict(getattr(module, kind)))
+            for module in model.modules()
+            for kind in ("_parameters", "_buffers", "_modules")
+        ]
+        unique = {
+            id(t): t
+            for _, kind, slot in self.slots
+            if kind != "_modules"
+            for t in slot.values()
+            if t is not None and not is_lazy(t)
+        }
         self.tensors = list(unique.values())
         with torch.no_grad():
             self.saved = [t.detach().clone() for t in self.tensors]
@@ -123,8 +131,10 @@ def preserved_torch_globals() -> Iterator[None]:
         if torch.get_default_dtype() != default_dtype:
             torch.set_default_dtype(default_dtype)
         # only when changed: the setter imports torch._inductor, two seconds on a CPU
-        if (torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled()) != (deterministic, deterministic_warn):
+        if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) != (
+            deterministic,
+            deterministic_warn,
+        ):
             torch.use_deterministic_algorithms(deterministic, warn_only=deterministic_warn)
 
 

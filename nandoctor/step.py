@@ -165,6 +165,7 @@ class TrainingStep:
 
     def measure(self, step: int, batches: Sequence[Any]) -> StepFailure | None:
         """Forward and backward only: the loss and norm of a step whose update is not wanted."""
+
         def backward_only(chunk: Sequence[Any]) -> Any:
             self.optimizer.zero_grad(set_to_none=True)
             return self._backward(chunk)[0]
@@ -235,9 +236,18 @@ class TrainingStep:
         return torch.stack([loss, norm.float().to(loss.device)]), loss
 
 
-def run_steps(trainer: TrainingStep, log: StepLog, steps: int, batch_at: Callable[[int], Any],
-              record: Callable[[list[list[float]]], bool], *, accumulate: int = 1, checkpoints: Sequence[int] = (),
-              at_checkpoint: Callable[[int], None] | None = None, budget_s: float = math.inf) -> None:
+def run_steps(
+    trainer: TrainingStep,
+    log: StepLog,
+    steps: int,
+    batch_at: Callable[[int], Any],
+    record: Callable[[list[list[float]]], bool],
+    *,
+    accumulate: int = 1,
+    checkpoints: Sequence[int] = (),
+    at_checkpoint: Callable[[int], None] | None = None,
+    budget_s: float = math.inf,
+) -> None:
     """Up to ``steps`` steps into ``log``, each on ``accumulate`` micro-batches (``batch_at(i)``, i counting
     micro-batches). ``record`` takes each read-back into the log and says when the run ends (non-finite,
     blown up); a raising step ends it too, after the steps before it are recorded."""
@@ -304,6 +314,6 @@ def score(setup: Any, batches: list[Any]) -> tuple[float | None, float | None]:
             for buffer, value in zip(buffers, saved):
                 buffer.copy_(value)
     values = torch.stack(losses + spreads).tolist()  # one read-back
-    loss = sum(values[:len(losses)]) / len(losses)
-    spread = sum(values[len(losses):]) / len(spreads) if spreads else None
+    loss = sum(values[: len(losses)]) / len(losses)
+    spread = sum(values[len(losses) :]) / len(spreads) if spreads else None
     return loss, spread

@@ -29,8 +29,9 @@ def parse_rates(text: str | None) -> list[float] | None:
     return rates
 
 
-def sweep_report(spec: str, setup: Setup, settings: Settings, rates: list[float] | None,
-                 steps: int | None) -> dict[str, Any]:
+def sweep_report(
+    spec: str, setup: Setup, settings: Settings, rates: list[float] | None, steps: int | None
+) -> dict[str, Any]:
     from nandoctor.runner import open_context
     from nandoctor.state import preserved_torch_globals
     from nandoctor.sweep.plan import plan_sweep
@@ -41,16 +42,31 @@ def sweep_report(spec: str, setup: Setup, settings: Settings, rates: list[float]
         try:
             # the same plan as diagnose's (steps given with --steps are kept as asked)
             plan = plan_sweep(ctx, len(grid), steps)
-            sweep = run_sweep(ctx, grid, plan, setup.grad_clip, center=setup.lr, extend=not rates,
-                              progress=lambda m: print(m, file=sys.stderr, flush=True))
+            sweep = run_sweep(
+                ctx,
+                grid,
+                plan,
+                setup.grad_clip,
+                center=setup.lr,
+                extend=not rates,
+                progress=lambda m: print(m, file=sys.stderr, flush=True),
+            )
         except UsageError:
             raise
         except Exception as exc:
-            raise UsageError(f"a training step raised {describe(exc)} "
-                             f"(run `nandoctor diagnose {spec}` to find where)") from exc
+            raise UsageError(
+                f"a training step raised {describe(exc)} (run `nandoctor diagnose {spec}` to find where)"
+            ) from exc
     best, why = recommend(sweep, settings)
     user = sweep.user
-    return {"nandoctor_version": __version__, "spec": spec, "user_lr": setup.lr, "optimizer":
-            getattr(setup.optimizer, "__name__", "custom") if setup.optimizer else "AdamW",
-            "grad_clip": setup.grad_clip, "amp": setup.amp, "steps": plan.steps,
-            "user_diverged": user.verdict == "diverged", **sweep_summary(sweep, best, why)}
+    return {
+        "nandoctor_version": __version__,
+        "spec": spec,
+        "user_lr": setup.lr,
+        "optimizer": getattr(setup.optimizer, "__name__", "custom") if setup.optimizer else "AdamW",
+        "grad_clip": setup.grad_clip,
+        "amp": setup.amp,
+        "steps": plan.steps,
+        "user_diverged": user.verdict == "diverged",
+        **sweep_summary(sweep, best, why),
+    }

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from benchtools import median_time
 from torch import nn
 from torch.nn import functional as F
 
 from nandoctor.probes.components import component_gradients
-from benchtools import median_time
 from nandoctor.runner import open_context
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
@@ -54,7 +54,9 @@ def main() -> None:
         plain_s, probe_s = median_time(plain), median_time(probe)
     print(f"{args.components} components, {sum(p.numel() for p in setup.model.parameters()) / 1e6:.1f}M parameters")
     print(f"plain forward + backward of the total : {plain_s * 1e3:7.1f} ms   1.00x")
-    print(f"component probe (1 fwd + {args.components} bwd)        : {probe_s * 1e3:7.1f} ms   {probe_s / plain_s:.2f}x")
+    print(
+        f"component probe (1 fwd + {args.components} bwd)        : {probe_s * 1e3:7.1f} ms   {probe_s / plain_s:.2f}x"
+    )
 
 
 if __name__ == "__main__":

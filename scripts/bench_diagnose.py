@@ -15,10 +15,10 @@ import time
 from types import SimpleNamespace
 
 import torch
-
-import nandoctor
 from bench_lr_sweep import build, plain_step_time
 from benchtools import model_benchmark
+
+import nandoctor
 
 
 def main() -> None:
@@ -41,18 +41,22 @@ def main() -> None:
     model = spec["model"].to(device)
     step_s = plain_step_time(SimpleNamespace(model=model), [(x.to(device), y.to(device)) for x, y in spec["data"][:6]])
     sweep = report.probes.get("dynamics", {})
-    print(f"model: {sum(p.numel() for p in spec['model'].parameters()) / 1e6:.1f}M parameters, "
-          f"batch {args.batch}x{args.length}, "
-          f"{torch.cuda.get_device_name() if args.cuda else f'{torch.get_num_threads()} threads'}")
+    print(
+        f"model: {sum(p.numel() for p in spec['model'].parameters()) / 1e6:.1f}M parameters, "
+        f"batch {args.batch}x{args.length}, "
+        f"{torch.cuda.get_device_name() if args.cuda else f'{torch.get_num_threads()} threads'}"
+    )
     print(f"{'probe':<12} {'seconds':>8} {'plain steps':>12}")
     ends = [m[0] for m in marks[1:]] + [total]
     for (start, name), end in zip(marks, ends):
         print(f"{name:<12} {end - start:8.1f} {(end - start) / step_s:12.1f}")
     runs = sweep.get("runs", [])
     judged = ", ".join("%.3g:%s" % (r["lr"], r["verdict"]) for r in runs)
-    print(f"rates judged: {len(runs)} ({judged}); "
-          f"optimizer steps {sweep.get('steps_run')}; not run {sweep.get('rates_not_run')}, "
-          f"not continued {sweep.get('rates_not_continued')}")
+    print(
+        f"rates judged: {len(runs)} ({judged}); "
+        f"optimizer steps {sweep.get('steps_run')}; not run {sweep.get('rates_not_run')}, "
+        f"not continued {sweep.get('rates_not_continued')}"
+    )
     print(f"verdict {report.verdict}; findings {[f.code for f in report.findings]}")
     for finding in report.findings[:2]:
         print(f"  {finding.severity.value} {finding.code}: {finding.title}")

@@ -25,8 +25,9 @@ print(json.dumps({{"seconds": elapsed, "peak_mb": resource.getrusage(resource.RU
 """
 
 PANDAS = "import pandas as pd\nresult = pd.read_parquet(sys.argv[1]).describe()"
-NANDOCTOR = ("from nandoctor.featurestats.files import analyse\n"
-             "result = analyse([sys.argv[1]], progress=lambda message: None)")
+NANDOCTOR = (
+    "from nandoctor.featurestats.files import analyse\nresult = analyse([sys.argv[1]], progress=lambda message: None)"
+)
 
 
 def generate(path: Path, rows: int, chunk: int = 1_000_000) -> None:
@@ -38,18 +39,25 @@ def generate(path: Path, rows: int, chunk: int = 1_000_000) -> None:
     writer = None
     for start in range(0, rows, chunk):
         n = min(chunk, rows - start)
-        table = pa.table({
-            "time": rng.uniform(5714, 77785, n), "charge": np.clip(rng.lognormal(0, 1.2, n), 0.025, 2762),
-            "sensor_id": rng.integers(0, 5160, n), "auxiliary": rng.integers(0, 2, n),
-            "x": rng.normal(0, 150, n), "y": rng.normal(0, 150, n)})
+        table = pa.table(
+            {
+                "time": rng.uniform(5714, 77785, n),
+                "charge": np.clip(rng.lognormal(0, 1.2, n), 0.025, 2762),
+                "sensor_id": rng.integers(0, 5160, n),
+                "auxiliary": rng.integers(0, 2, n),
+                "x": rng.normal(0, 150, n),
+                "y": rng.normal(0, 150, n),
+            }
+        )
         writer = writer or pq.ParquetWriter(path, table.schema, compression="none")
         writer.write_table(table, row_group_size=chunk)
     writer.close()
 
 
 def measure(body: str, path: Path) -> dict:
-    output = subprocess.run([sys.executable, "-c", MEASURE.format(body=body), str(path)],
-                            capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        [sys.executable, "-c", MEASURE.format(body=body), str(path)], capture_output=True, text=True, check=True
+    ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -67,14 +75,17 @@ def main() -> None:
     for _ in range(2):  # interleaved, best of two: these machines are noisy
         runs["pandas"].append(measure(PANDAS, args.path))
         runs["nandoctor"].append(measure(NANDOCTOR, args.path))
-    best = {k: {"seconds": min(r["seconds"] for r in v), "peak_mb": min(r["peak_mb"] for r in v)}
-            for k, v in runs.items()}
+    best = {
+        k: {"seconds": min(r["seconds"] for r in v), "peak_mb": min(r["peak_mb"] for r in v)} for k, v in runs.items()
+    }
     p, n = best["pandas"], best["nandoctor"]
     print(f"file: {args.path} ({size_gb:.2f} GB)")
     print(f"pandas read_parquet().describe(): {p['seconds']:6.1f} s  peak {p['peak_mb']:7.0f} MB")
     print(f"nandoctor feature-stats:          {n['seconds']:6.1f} s  peak {n['peak_mb']:7.0f} MB")
-    print(f"ratios (nandoctor / pandas): time {n['seconds'] / p['seconds']:.2f}x (target <= 1), "
-          f"peak memory {n['peak_mb'] / p['peak_mb']:.2f}x (target <= 0.2)")
+    print(
+        f"ratios (nandoctor / pandas): time {n['seconds'] / p['seconds']:.2f}x (target <= 1), "
+        f"peak memory {n['peak_mb'] / p['peak_mb']:.2f}x (target <= 0.2)"
+    )
 
 
 if __name__ == "__main__":

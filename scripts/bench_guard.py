@@ -18,17 +18,18 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_trace import loss_fn
 from benchtools import model_benchmark
+
 from nandoctor.guard import Guard
 
 
 def main() -> None:
     args, model = model_benchmark(__doc__, threads=1, pairs=64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batches = [(torch.randint(0, 4000, (args.batch, args.length)), torch.randint(0, 10, (args.batch,)))
-               for _ in range(4)]
+    batches = [
+        (torch.randint(0, 4000, (args.batch, args.length)), torch.randint(0, 10, (args.batch,))) for _ in range(4)
+    ]
     guard = Guard(model, optimizer, path=str(Path(tempfile.mkdtemp()) / "capture.pt"))
 
     def step(index: int, guarded: bool) -> tuple[float, float]:
@@ -45,7 +46,7 @@ def main() -> None:
     step(0, False)  # warm-up: the optimizer's state is created here
     totals = {"plain": [0.0, 0.0], "guard": [0.0, 0.0]}
     for index in range(args.pairs):
-        for guarded in ((False, True) if index % 2 == 0 else (True, False)):
+        for guarded in (False, True) if index % 2 == 0 else (True, False):
             wall, cpu = step(index, guarded)
             kind = totals["guard" if guarded else "plain"]
             kind[0] += wall
@@ -53,12 +54,20 @@ def main() -> None:
     guard.close()
     assert guard.tripped is None and guard.steps_seen == args.pairs
     (plain_wall, plain_cpu), (guard_wall, guard_cpu) = totals["plain"], totals["guard"]
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, batch {args.batch}x{args.length}, "
-          f"AdamW, {args.pairs} plain and {args.pairs} guarded steps alternating, {torch.get_num_threads()} thread(s), "
-          f"torch {torch.__version__}")
-    print(f"plain training step  : {plain_wall / args.pairs * 1e3:8.1f} ms wall   {plain_cpu / args.pairs * 1e3:8.1f} ms CPU")
-    print(f"with nandoctor.Guard : {guard_wall / args.pairs * 1e3:8.1f} ms wall   {guard_cpu / args.pairs * 1e3:8.1f} ms CPU")
-    print(f"overhead             : {guard_wall / plain_wall - 1:+8.1%} wall     {guard_cpu / plain_cpu - 1:+8.1%} CPU   (target < 3%)")
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, batch {args.batch}x{args.length}, "
+        f"AdamW, {args.pairs} plain and {args.pairs} guarded steps alternating, {torch.get_num_threads()} thread(s), "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"plain training step  : {plain_wall / args.pairs * 1e3:8.1f} ms wall   {plain_cpu / args.pairs * 1e3:8.1f} ms CPU"
+    )
+    print(
+        f"with nandoctor.Guard : {guard_wall / args.pairs * 1e3:8.1f} ms wall   {guard_cpu / args.pairs * 1e3:8.1f} ms CPU"
+    )
+    print(
+        f"overhead             : {guard_wall / plain_wall - 1:+8.1%} wall     {guard_cpu / plain_cpu - 1:+8.1%} CPU   (target < 3%)"
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import time
 from types import SimpleNamespace
 
 import torch
+from bench_trace import Transformer, loss_fn
 from torch.nn import functional as F
 
-from bench_trace import Transformer, loss_fn
 from nandoctor.runner import open_context
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
@@ -65,13 +65,19 @@ def plain_step_time(setup, batches, repeats: int = 5) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=0, help="steps of the rates that reach the end "
-                        "(default: planned as diagnose plans them)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="steps of the rates that reach the end (default: planned as diagnose plans them)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--cuda", type=int, default=0, help="1: run on the GPU")
-    parser.add_argument("--read-every", type=int, default=0, help="the sweep_read_every setting (GPU; default: its default)")
+    parser.add_argument(
+        "--read-every", type=int, default=0, help="the sweep_read_every setting (GPU; default: its default)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda else "cpu")
@@ -82,8 +88,14 @@ def main() -> None:
         start = time.perf_counter()
         rates = sweep_rates(setup, settings)
         plan = plan_sweep(ctx, len(rates), args.steps or None)
-        sweep = run_sweep(ctx, rates, plan, None, center=setup.lr,
-                          progress=lambda m: print(f"{time.perf_counter() - start:6.1f}s {m}", file=sys.stderr, flush=True))
+        sweep = run_sweep(
+            ctx,
+            rates,
+            plan,
+            None,
+            center=setup.lr,
+            progress=lambda m: print(f"{time.perf_counter() - start:6.1f}s {m}", file=sys.stderr, flush=True),
+        )
         sweep_s = time.perf_counter() - start
         best, why = recommend(sweep, settings)
     snapshot = {k: v.clone() for k, v in setup.model.state_dict().items()}
@@ -92,13 +104,19 @@ def main() -> None:
     setup.model.load_state_dict(snapshot)
     full = [r.lr for r in sweep.runs if r.reached >= sweep.checkpoints[-1]]
     where = torch.cuda.get_device_name() if args.cuda else f"{torch.get_num_threads()} threads"
-    print(f"model: {params / 1e6:.1f}M parameters, batch {args.batch}x{args.length}, {where}, "
-          f"read-back every {settings.sweep_read_every if args.cuda else 1} step(s)")
-    print(f"rates judged: {len(sweep.runs)} ({', '.join(f'{r.lr:.3g}' for r in sweep.runs)}); "
-          f"{len(full)} to {sweep.checkpoints[-1]} steps, the rest to {sweep.checkpoints[0]} or until they diverged")
+    print(
+        f"model: {params / 1e6:.1f}M parameters, batch {args.batch}x{args.length}, {where}, "
+        f"read-back every {settings.sweep_read_every if args.cuda else 1} step(s)"
+    )
+    print(
+        f"rates judged: {len(sweep.runs)} ({', '.join(f'{r.lr:.3g}' for r in sweep.runs)}); "
+        f"{len(full)} to {sweep.checkpoints[-1]} steps, the rest to {sweep.checkpoints[0]} or until they diverged"
+    )
     print(f"recommended: {best.lr if best else None} ({why})")
-    print(f"optimizer steps run: {sweep.steps_run} (every rate to the end would be "
-          f"{len(sweep.runs) * sweep.checkpoints[-1]})")
+    print(
+        f"optimizer steps run: {sweep.steps_run} (every rate to the end would be "
+        f"{len(sweep.runs) * sweep.checkpoints[-1]})"
+    )
     print(f"plain step (median)       : {step_s:7.3f} s")
     print(f"plain steps, same count   : {step_s * sweep.steps_run:7.1f} s   1.00x")
     print(f"nandoctor sweep           : {sweep_s:7.1f} s   {sweep_s / (step_s * sweep.steps_run):.2f}x")

@@ -74,6 +74,7 @@ TOOLS = ["user", "nandoctor", "lr_finder", "lightning"]
 # --------------------------------------------------------------------------------------------
 # setups
 
+
 def build(name: str, seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     return lr_truth_setups.SETUPS[name]()
@@ -102,8 +103,11 @@ def source_hash(name: str, protocol: dict[str, Any]) -> str:
             return
         seen.add(key)
         parts.append(inspect.getsource(obj))
-        codes = ([f.__code__ for f in vars(obj).values() if inspect.isfunction(f)] if inspect.isclass(obj)
-                 else [obj.__code__])
+        codes = (
+            [f.__code__ for f in vars(obj).values() if inspect.isfunction(f)]
+            if inspect.isclass(obj)
+            else [obj.__code__]
+        )
         names: set[str] = set()
         while codes:
             code = codes.pop()
@@ -124,6 +128,7 @@ def source_hash(name: str, protocol: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # truth
 
+
 def log_grid(lo_exp: int, hi_exp: int, per_decade: int) -> list[float]:
     return [float(f"{10 ** (k / per_decade):.3g}") for k in range(lo_exp * per_decade, hi_exp * per_decade + 1)]
 
@@ -137,8 +142,9 @@ def heldout_loss(model, loss_fn, heldout) -> float:
     return value
 
 
-def train_rate(spec, state, batches, rate: float, seed: int, steps: int,
-               checkpoints: tuple[int, ...]) -> dict[str, Any]:
+def train_rate(
+    spec, state, batches, rate: float, seed: int, steps: int, checkpoints: tuple[int, ...]
+) -> dict[str, Any]:
     """``steps`` steps at ``rate`` from ``state``; held-out loss at each checkpoint and at the end."""
     model, loss_fn = spec["model"], spec["loss"]
     model.load_state_dict(state)
@@ -192,8 +198,9 @@ def compute_truth(name: str, protocol: dict[str, Any], say) -> dict[str, Any]:
         for rate in rates:
             for s, entry in enumerate(per_seed):
                 if rate not in entry["runs"]:
-                    entry["runs"][rate] = train_rate(entry["spec"], entry["state"], entry["batches"], rate, s,
-                                                     steps, checkpoints)
+                    entry["runs"][rate] = train_rate(
+                        entry["spec"], entry["state"], entry["batches"], rate, s, steps, checkpoints
+                    )
 
     def table() -> dict[float, float]:
         scores = {}
@@ -220,11 +227,22 @@ def compute_truth(name: str, protocol: dict[str, Any], say) -> dict[str, Any]:
     rows = []
     for rate in sorted(scores):
         runs = [e["runs"][rate] for e in per_seed]
-        rows.append({"lr": rate, "score": scores[rate], "finals": [r["final"] for r in runs],
-                     "diverged": [r["diverged"] for r in runs],
-                     "at": {c: _mean([r["at"].get(c, math.inf) for r in runs]) for c in map(str, checkpoints)}})
-    return {"grid": rows, "initial_heldout": _mean([e["h0"] for e in per_seed]), "seconds": time.monotonic() - began,
-            "user_lr": per_seed[0]["spec"].get("lr", 1e-3), "protocol": protocol}
+        rows.append(
+            {
+                "lr": rate,
+                "score": scores[rate],
+                "finals": [r["final"] for r in runs],
+                "diverged": [r["diverged"] for r in runs],
+                "at": {c: _mean([r["at"].get(c, math.inf) for r in runs]) for c in map(str, checkpoints)},
+            }
+        )
+    return {
+        "grid": rows,
+        "initial_heldout": _mean([e["h0"] for e in per_seed]),
+        "seconds": time.monotonic() - began,
+        "user_lr": per_seed[0]["spec"].get("lr", 1e-3),
+        "protocol": protocol,
+    }
 
 
 def _mean(values: list[float]) -> float:
@@ -243,9 +261,16 @@ def band_of(truth: dict[str, Any]) -> dict[str, Any]:
         i -= 1
     while j + 1 < len(rates) and rates[j + 1] in inside:
         j += 1
-    return {"best_lr": best["lr"], "best_loss": best["score"], "limit": limit, "in_band": inside,
-            "low": rates[i], "high": rates[j], "gapped": len(inside) != j - i + 1,
-            "on_edge": best["lr"] in (rates[0], rates[-1])}
+    return {
+        "best_lr": best["lr"],
+        "best_loss": best["score"],
+        "limit": limit,
+        "in_band": inside,
+        "low": rates[i],
+        "high": rates[j],
+        "gapped": len(inside) != j - i + 1,
+        "on_edge": best["lr"] in (rates[0], rates[-1]),
+    }
 
 
 def nearest_row(truth: dict[str, Any], lr: float) -> dict[str, Any]:
@@ -291,6 +316,7 @@ def _from_json(obj: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # the tools
 
+
 def run_nandoctor(name: str, cmd: list[str], pythonpath: str | None) -> dict[str, Any]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if pythonpath:
@@ -331,6 +357,7 @@ def run_lr_finder(name: str) -> dict[str, Any]:
     params = [p for p in spec["model"].parameters() if p.requires_grad]
     optimizer = spec["optimizer"](params, 1e-7)
     if spec.get("grad_clip"):  # the library has no clipping option: clip before each step, as the user does
+
         def clip(*_):
             torch.nn.utils.clip_grad_norm_(params, spec["grad_clip"])
 
@@ -340,11 +367,18 @@ def run_lr_finder(name: str) -> dict[str, Any]:
         finder.range_test(WholeBatch(spec["data"]), start_lr=1e-7, end_lr=100, num_iter=100)
     lrs, losses = finder.history["lr"][10:-5], finder.history["loss"][10:-5]
     if len(losses) < 2:
-        return {"lr": None, "seconds": time.monotonic() - start,
-                "error": f"range test stopped after {len(finder.history['lr'])} iterations"}
+        return {
+            "lr": None,
+            "seconds": time.monotonic() - start,
+            "error": f"range test stopped after {len(finder.history['lr'])} iterations",
+        }
     pick = float(lrs[int(np.gradient(np.array(losses)).argmin())])
-    return {"lr": pick, "seconds": time.monotonic() - start, "iterations": len(finder.history["lr"]),
-            "stopped_at": finder.history["lr"][-1]}
+    return {
+        "lr": pick,
+        "seconds": time.monotonic() - start,
+        "iterations": len(finder.history["lr"]),
+        "stopped_at": finder.history["lr"][-1],
+    }
 
 
 def run_lightning(name: str) -> dict[str, Any]:
@@ -369,28 +403,49 @@ def run_lightning(name: str) -> dict[str, Any]:
         logging.getLogger(logger_name).setLevel(logging.ERROR)
     start = time.monotonic()
     spec = build(name, 0)
-    with tempfile.TemporaryDirectory() as root, warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        tempfile.TemporaryDirectory() as root,
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
-        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
-                             gradient_clip_val=spec.get("grad_clip"), max_epochs=1000)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=root,
+            gradient_clip_val=spec.get("grad_clip"),
+            max_epochs=1000,
+        )
         finder = Tuner(trainer).lr_find(Module(spec), train_dataloaders=spec["data"])
         pick = finder.suggestion() if finder is not None else None
-    return {"lr": float(pick) if pick is not None else None, "seconds": time.monotonic() - start,
-            "iterations": len(finder.results["lr"]) if finder is not None else 0}
+    return {
+        "lr": float(pick) if pick is not None else None,
+        "seconds": time.monotonic() - start,
+        "iterations": len(finder.results["lr"]) if finder is not None else 0,
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # scoring and the report
 
+
 def score_pick(truth: dict[str, Any], band: dict[str, Any], lr: float | None) -> dict[str, Any]:
     if lr is None or not (lr > 0 and math.isfinite(lr)):
         return {"lr": None, "in_band": False, "decades_off": None, "loss_ratio": None, "diverges": None}
     row = nearest_row(truth, lr)
-    return {"lr": lr, "grid_lr": row["lr"], "in_band": row["lr"] in band["in_band"],
-            "decades_off": math.log10(lr / band["best_lr"]), "loss_ratio": row["score"] / band["best_loss"],
-            "diverges": any(row["diverged"])}
+    return {
+        "lr": lr,
+        "grid_lr": row["lr"],
+        "in_band": row["lr"] in band["in_band"],
+        "decades_off": math.log10(lr / band["best_lr"]),
+        "loss_ratio": row["score"] / band["best_loss"],
+        "diverges": any(row["diverged"]),
+    }
 
 
 def _g(value: float | None, fmt: str = ".3g") -> str:
@@ -404,20 +459,47 @@ def _g(value: float | None, fmt: str = ".3g") -> str:
 def render(results: list[dict[str, Any]], tools: list[str], protocol: dict[str, Any], startup_s: float | None) -> str:
     from tabulate import tabulate
 
-    lines = [f"Truth: {protocol['steps']} steps per rate, {protocol['seeds']} seed(s), {protocol['per_decade']} rates "
-             f"per decade from 1e{protocol['lo_exp']} to 1e{protocol['hi_exp']} (widened while the best is on an edge); "
-             f"score = mean held-out loss at the end, inf if any seed diverged; band = score <= best + "
-             f"{BAND_TOLERANCE:.0%} x (best + {FLOOR_SHARE:.0%} of the initial held-out loss)", ""]
+    lines = [
+        f"Truth: {protocol['steps']} steps per rate, {protocol['seeds']} seed(s), {protocol['per_decade']} rates "
+        f"per decade from 1e{protocol['lo_exp']} to 1e{protocol['hi_exp']} (widened while the best is on an edge); "
+        f"score = mean held-out loss at the end, inf if any seed diverged; band = score <= best + "
+        f"{BAND_TOLERANCE:.0%} x (best + {FLOOR_SHARE:.0%} of the initial held-out loss)",
+        "",
+    ]
     rows = []
     for res in results:
         t, b = res["truth"], res["band"]
         user = res["picks"]["user"]
-        rows.append([res["name"], _g(t["user_lr"]), _g(b["best_lr"]), f"{_g(b['low'])} .. {_g(b['high'])}"
-                     + (" (+gaps)" if b["gapped"] else "") + (" EDGE" if b["on_edge"] else ""),
-                     _g(b["best_loss"], ".4g"), _g(t["initial_heldout"], ".4g"), _g(user["loss_ratio"], ".3f"),
-                     f"{t['seconds']:.0f}" if t.get("seconds") is not None else "cached"])
-    lines.append(tabulate(rows, headers=["setup", "user lr", "best lr", "good band", "best loss", "initial loss",
-                                         "user loss/best", "truth s"], disable_numparse=True))
+        rows.append(
+            [
+                res["name"],
+                _g(t["user_lr"]),
+                _g(b["best_lr"]),
+                f"{_g(b['low'])} .. {_g(b['high'])}"
+                + (" (+gaps)" if b["gapped"] else "")
+                + (" EDGE" if b["on_edge"] else ""),
+                _g(b["best_loss"], ".4g"),
+                _g(t["initial_heldout"], ".4g"),
+                _g(user["loss_ratio"], ".3f"),
+                f"{t['seconds']:.0f}" if t.get("seconds") is not None else "cached",
+            ]
+        )
+    lines.append(
+        tabulate(
+            rows,
+            headers=[
+                "setup",
+                "user lr",
+                "best lr",
+                "good band",
+                "best loss",
+                "initial loss",
+                "user loss/best",
+                "truth s",
+            ],
+            disable_numparse=True,
+        )
+    )
     lines.append("")
     rows = []
     for res in results:
@@ -431,11 +513,36 @@ def render(results: list[dict[str, Any]], tools: list[str], protocol: dict[str, 
                 flags.append("DIVERGES in truth budget")
             if pick.get("error"):
                 flags.append(pick["error"][:60])
-            rows.append([res["name"], tool, _g(pick["lr"]), _g(pick.get("grid_lr")),
-                         "yes" if pick["in_band"] else "NO", _g(pick["decades_off"], "+.2f"),
-                         _g(pick["loss_ratio"], ".3f"), _g(pick.get("seconds"), ".1f"), "; ".join(flags)])
-    lines.append(tabulate(rows, headers=["setup", "tool", "pick", "grid rate", "in band", "decades off best",
-                                         "loss/best", "wall s", "flags"], disable_numparse=True))
+            rows.append(
+                [
+                    res["name"],
+                    tool,
+                    _g(pick["lr"]),
+                    _g(pick.get("grid_lr")),
+                    "yes" if pick["in_band"] else "NO",
+                    _g(pick["decades_off"], "+.2f"),
+                    _g(pick["loss_ratio"], ".3f"),
+                    _g(pick.get("seconds"), ".1f"),
+                    "; ".join(flags),
+                ]
+            )
+    lines.append(
+        tabulate(
+            rows,
+            headers=[
+                "setup",
+                "tool",
+                "pick",
+                "grid rate",
+                "in band",
+                "decades off best",
+                "loss/best",
+                "wall s",
+                "flags",
+            ],
+            disable_numparse=True,
+        )
+    )
     lines.append("")
     rows = []
     for tool in tools:
@@ -446,16 +553,37 @@ def render(results: list[dict[str, Any]], tools: list[str], protocol: dict[str, 
         ratios = [p["loss_ratio"] for p in picks if p["loss_ratio"] is not None]
         finite = [x for x in ratios if math.isfinite(x)]
         times = [p["seconds"] for p in picks if p.get("seconds") is not None]
-        rows.append([tool, f"{sum(p['in_band'] for p in picks)}/{len(picks)}",
-                     _g(sorted(offs)[len(offs) // 2] if offs else None, ".2f"),
-                     _g(math.exp(sum(map(math.log, finite)) / len(finite)) if finite else None, ".3f")
-                     + (f" (+{len(ratios) - len(finite)} inf)" if len(finite) < len(ratios) else ""),
-                     sum(bool(p.get("diverges")) for p in picks), sum(p["lr"] is None for p in picks),
-                     _g(sum(times) if times else None, ".1f")])
-    lines.append(tabulate(rows, headers=["tool", "in band", "median |decades off|", "geomean loss/best",
-                                         "diverging picks", "no pick", "total wall s"], disable_numparse=True))
+        rows.append(
+            [
+                tool,
+                f"{sum(p['in_band'] for p in picks)}/{len(picks)}",
+                _g(sorted(offs)[len(offs) // 2] if offs else None, ".2f"),
+                _g(math.exp(sum(map(math.log, finite)) / len(finite)) if finite else None, ".3f")
+                + (f" (+{len(ratios) - len(finite)} inf)" if len(finite) < len(ratios) else ""),
+                sum(bool(p.get("diverges")) for p in picks),
+                sum(p["lr"] is None for p in picks),
+                _g(sum(times) if times else None, ".1f"),
+            ]
+        )
+    lines.append(
+        tabulate(
+            rows,
+            headers=[
+                "tool",
+                "in band",
+                "median |decades off|",
+                "geomean loss/best",
+                "diverging picks",
+                "no pick",
+                "total wall s",
+            ],
+            disable_numparse=True,
+        )
+    )
     if startup_s is not None:
-        lines.append(f"\nstartup: a fresh `python -c 'import torch'` takes {startup_s:.1f}s; nandoctor's wall times include it")
+        lines.append(
+            f"\nstartup: a fresh `python -c 'import torch'` takes {startup_s:.1f}s; nandoctor's wall times include it"
+        )
     return "\n".join(lines)
 
 
@@ -465,10 +593,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 setups, 100 steps, 1 seed, 1e-4..1")
     parser.add_argument("--recompute", action="store_true", help="recompute the truth even when cached")
     parser.add_argument("--tools", default=",".join(TOOLS[1:]), help=f"comma-separated, of {', '.join(TOOLS[1:])}")
-    parser.add_argument("--nandoctor-cmd", default=f"{shlex.quote(sys.executable)} -m nandoctor",
-                        help="how to run nandoctor (default: this python -m nandoctor)")
-    parser.add_argument("--nandoctor-pythonpath", default=str(ROOT),
-                        help="put this first on PYTHONPATH for nandoctor (default: this checkout); '' for none")
+    parser.add_argument(
+        "--nandoctor-cmd",
+        default=f"{shlex.quote(sys.executable)} -m nandoctor",
+        help="how to run nandoctor (default: this python -m nandoctor)",
+    )
+    parser.add_argument(
+        "--nandoctor-pythonpath",
+        default=str(ROOT),
+        help="put this first on PYTHONPATH for nandoctor (default: this checkout); '' for none",
+    )
     parser.add_argument("--truth-steps", type=int, default=None, help="steps per rate for the truth (default 300)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds for the truth (default 2)")
     parser.add_argument("--out", type=Path, default=None, help="write everything (truth, picks, nandoctor's JSON) here")
@@ -476,15 +610,19 @@ def main() -> None:
 
     torch.set_num_threads(1)
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    protocol = {"steps": 100, "seeds": 1, "per_decade": 3, "lo_exp": -4, "hi_exp": 0} if args.quick else \
-        {"steps": 300, "seeds": 2, "per_decade": 3, "lo_exp": -5, "hi_exp": 1}
+    protocol = (
+        {"steps": 100, "seeds": 1, "per_decade": 3, "lo_exp": -4, "hi_exp": 0}
+        if args.quick
+        else {"steps": 300, "seeds": 2, "per_decade": 3, "lo_exp": -5, "hi_exp": 1}
+    )
     protocol.update({"min_exp": -8, "max_exp": 2, "band": [BAND_TOLERANCE, FLOOR_SHARE], "version": 2})
     if args.truth_steps:
         protocol["steps"] = args.truth_steps
     if args.seeds:
         protocol["seeds"] = args.seeds
-    names = [n for chunk in args.only for n in chunk.split(",") if n] or \
-        (QUICK_SETUPS if args.quick else list(lr_truth_setups.SETUPS))
+    names = [n for chunk in args.only for n in chunk.split(",") if n] or (
+        QUICK_SETUPS if args.quick else list(lr_truth_setups.SETUPS)
+    )
     unknown = [n for n in names if n not in lr_truth_setups.SETUPS]
     if unknown:
         parser.error(f"unknown setup(s) {', '.join(unknown)}; known: {', '.join(lr_truth_setups.SETUPS)}")
@@ -499,10 +637,21 @@ def main() -> None:
         start = time.monotonic()
         subprocess.run([sys.executable, "-c", "import torch"], check=True)
         startup_s = time.monotonic() - start
-        where = subprocess.run(nandoctor_cmd[:1] + (["-c", "import nandoctor; print(nandoctor.__file__, nandoctor.__version__)"]
-                               if nandoctor_cmd[1:2] == ["-m"] else ["--help"]), cwd=ROOT, capture_output=True, text=True,
-                               env=dict(os.environ, PYTHONPATH=args.nandoctor_pythonpath) if args.nandoctor_pythonpath else None)
-        say(f"nandoctor: {args.nandoctor_cmd} -> {where.stdout.strip().splitlines()[0] if where.stdout.strip() else '?'}")
+        where = subprocess.run(
+            nandoctor_cmd[:1]
+            + (
+                ["-c", "import nandoctor; print(nandoctor.__file__, nandoctor.__version__)"]
+                if nandoctor_cmd[1:2] == ["-m"]
+                else ["--help"]
+            ),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=args.nandoctor_pythonpath) if args.nandoctor_pythonpath else None,
+        )
+        say(
+            f"nandoctor: {args.nandoctor_cmd} -> {where.stdout.strip().splitlines()[0] if where.stdout.strip() else '?'}"
+        )
 
     cache = load_cache()
     results = []
@@ -523,14 +672,21 @@ def main() -> None:
         for tool in tools[1:]:
             say(f"{name}: {tool}")
             try:
-                raw = {"nandoctor": lambda: run_nandoctor(name, nandoctor_cmd, args.nandoctor_pythonpath or None),
-                       "lr_finder": lambda: run_lr_finder(name), "lightning": lambda: run_lightning(name)}[tool]()
+                raw = {
+                    "nandoctor": lambda: run_nandoctor(name, nandoctor_cmd, args.nandoctor_pythonpath or None),
+                    "lr_finder": lambda: run_lr_finder(name),
+                    "lightning": lambda: run_lightning(name),
+                }[tool]()
             except Exception as exc:  # a tool that fails is a result, not a crash of the benchmark
                 raw = {"lr": None, "seconds": None, "error": f"{type(exc).__name__}: {exc}"}
             res["picks"][tool] = {**score_pick(truth, band, raw["lr"]), **{k: v for k, v in raw.items() if k != "lr"}}
         results.append(res)
-        say(f"{name}: best {band['best_lr']:.3g}, band {band['low']:.3g}..{band['high']:.3g}; " + ", ".join(
-            f"{t} {_g(res['picks'][t]['lr'])}{'' if res['picks'][t]['in_band'] else ' (out)'}" for t in tools))
+        say(
+            f"{name}: best {band['best_lr']:.3g}, band {band['low']:.3g}..{band['high']:.3g}; "
+            + ", ".join(
+                f"{t} {_g(res['picks'][t]['lr'])}{'' if res['picks'][t]['in_band'] else ' (out)'}" for t in tools
+            )
+        )
     print(render(results, tools, protocol, startup_s))
     if args.out:
         args.out.write_text(json.dumps(_inf_safe({"protocol": protocol, "results": results}), indent=1) + "\n")

@@ -26,14 +26,15 @@ MIB = 1024 * 1024
 
 def _setup(batches: int, batch: int, length: int) -> dict:
     import torch
-
     from bench_trace import Transformer, loss_fn
 
     torch.manual_seed(0)
     model = Transformer()
     g = torch.Generator().manual_seed(1)
-    data = [(torch.randint(0, 4000, (batch, length), generator=g), torch.randint(0, 10, (batch,), generator=g))
-            for _ in range(batches)]
+    data = [
+        (torch.randint(0, 4000, (batch, length), generator=g), torch.randint(0, 10, (batch,), generator=g))
+        for _ in range(batches)
+    ]
     return {"model": model, "data": data, "loss": loss_fn, "lr": 1e-4}
 
 
@@ -80,8 +81,18 @@ def main() -> None:
         return
     results = {}
     for mode in ("plain", "training", "diagnose"):
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--threads", str(args.threads),
-                   "--batch", str(args.batch), "--length", str(args.length)]
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            mode,
+            "--threads",
+            str(args.threads),
+            "--batch",
+            str(args.batch),
+            "--length",
+            str(args.length),
+        ]
         if not args.dynamics:
             command.append("--no-dynamics")
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -89,18 +100,28 @@ def main() -> None:
     plain, diagnose = results["plain"], results["diagnose"]
     weights = plain["weights_mib"]
     target = plain["peak_mib"] + weights + 2 * weights  # + one copy of the weights and of AdamW's state
-    print(f"model: {weights * MIB / 4 / 1e6:.1f}M float32 parameters ({weights:.0f} MiB), batch "
-          f"{args.batch}x{args.length}, {args.threads} threads, sweep {'on' if args.dynamics else 'off'}")
+    print(
+        f"model: {weights * MIB / 4 / 1e6:.1f}M float32 parameters ({weights:.0f} MiB), batch "
+        f"{args.batch}x{args.length}, {args.threads} threads, sweep {'on' if args.dynamics else 'off'}"
+    )
     print(f"after building model and batches: {plain['built_mib']:7.0f} MiB")
     print(f"plain AdamW step peak           : {plain['peak_mib']:7.0f} MiB   1.00x")
-    print(f"three AdamW steps peak          : {results['training']['peak_mib']:7.0f} MiB   "
-          f"{results['training']['peak_mib'] / plain['peak_mib']:.2f}x  (the optimizer state now lives through a step)")
-    print(f"nandoctor diagnose peak         : {diagnose['peak_mib']:7.0f} MiB   "
-          f"{diagnose['peak_mib'] / plain['peak_mib']:.2f}x")
-    print(f"target (plain + weights + AdamW state): {target:7.0f} MiB   "
-          f"{target / plain['peak_mib']:.2f}x  -> {'within' if diagnose['peak_mib'] <= target else 'OVER'}")
-    print(f"above the built process: plain +{plain['peak_mib'] - plain['built_mib']:.0f} MiB, "
-          f"diagnose +{diagnose['peak_mib'] - diagnose['built_mib']:.0f} MiB")
+    print(
+        f"three AdamW steps peak          : {results['training']['peak_mib']:7.0f} MiB   "
+        f"{results['training']['peak_mib'] / plain['peak_mib']:.2f}x  (the optimizer state now lives through a step)"
+    )
+    print(
+        f"nandoctor diagnose peak         : {diagnose['peak_mib']:7.0f} MiB   "
+        f"{diagnose['peak_mib'] / plain['peak_mib']:.2f}x"
+    )
+    print(
+        f"target (plain + weights + AdamW state): {target:7.0f} MiB   "
+        f"{target / plain['peak_mib']:.2f}x  -> {'within' if diagnose['peak_mib'] <= target else 'OVER'}"
+    )
+    print(
+        f"above the built process: plain +{plain['peak_mib'] - plain['built_mib']:.0f} MiB, "
+        f"diagnose +{diagnose['peak_mib'] - diagnose['built_mib']:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

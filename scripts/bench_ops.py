@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 
 import torch
-from torch.nn import functional as F
-
 from bench_trace import loss_fn
 from benchtools import median_time, model_benchmark
+from torch.nn import functional as F
+
 from nandoctor.context import RunContext
 from nandoctor.measure.ops import locate_nonfinite_op
 from nandoctor.measure.trace import trace_batch
@@ -62,13 +62,17 @@ def main() -> None:
     trace_s = median_time(lambda: trace_batch(healthy, 0), args.repeats)
     ops_s = median_time(lambda: locate_nonfinite_op(failing, 0), args.repeats)
     params = sum(p.numel() for p in model.parameters())
-    print(f"model: {params / 1e6:.1f}M parameters, batch {args.batch}x{args.length}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}; {first.ops_seen} ops per pass")
+    print(
+        f"model: {params / 1e6:.1f}M parameters, batch {args.batch}x{args.length}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}; {first.ops_seen} ops per pass"
+    )
     print(f"plain forward                 : {plain_s * 1e3:8.1f} ms   1.00x")
     print(f"forward probe, healthy model  : {probe_s * 1e3:8.1f} ms   {probe_s / plain_s:.2f}x  (op pass not run)")
     print(f"traced pass alone             : {trace_s * 1e3:8.1f} ms   {trace_s / plain_s:.2f}x")
-    print(f"op pass, NaN loss             : {ops_s * 1e3:8.1f} ms   {ops_s / plain_s:.2f}x  "
-          f"(found {first.site.op} at {first.site.source})")
+    print(
+        f"op pass, NaN loss             : {ops_s * 1e3:8.1f} ms   {ops_s / plain_s:.2f}x  "
+        f"(found {first.site.op} at {first.site.source})"
+    )
     print(f"first op pass in a process    : {first_s * 1e3:8.1f} ms   (one-time: torch's dispatch imports)")
 
 

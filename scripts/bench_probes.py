@@ -13,11 +13,10 @@ and each one's ratio to plain.
 
 from __future__ import annotations
 
-
 import torch
-
 from bench_trace import loss_fn
 from benchtools import median_time, model_benchmark
+
 from nandoctor.context import RunContext
 from nandoctor.measure.trace import traced
 from nandoctor.probes.dead_units import DeadUnitsProbe
@@ -28,8 +27,10 @@ from nandoctor.spec import validate
 
 def main() -> None:
     args, model = model_benchmark(__doc__, threads=2, repeats=3, batches=4)
-    batches = [(torch.randint(0, 4000, (args.batch, args.length)), torch.randint(0, 10, (args.batch,)))
-               for _ in range(args.batches)]
+    batches = [
+        (torch.randint(0, 4000, (args.batch, args.length)), torch.randint(0, 10, (args.batch,)))
+        for _ in range(args.batches)
+    ]
     setup = validate({"model": model, "data": batches, "loss": loss_fn}, "bench")
 
     def context() -> RunContext:
@@ -50,12 +51,15 @@ def main() -> None:
         def step():
             ctx.shared.pop("activity", None)  # anything the probe itself records
             kind().run(ctx)
+
         return step
 
     steps = {"plain": plain, "trace": trace, "saturation": probe(SaturationProbe), "dead_units": probe(DeadUnitsProbe)}
     times = {name: median_time(step, args.repeats) for name, step in steps.items()}
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {args.batches} batches of "
-          f"{args.batch}x{args.length}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {args.batches} batches of "
+        f"{args.batch}x{args.length}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     for name, seconds in times.items():
         print(f"{name:<11}: {seconds * 1e3:9.1f} ms   {seconds / times['plain']:6.2f}x plain")
 

@@ -14,10 +14,10 @@ import statistics
 import time
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
-
 from bench_trace import loss_fn
 from benchtools import model_benchmark
+from torch.utils.data import DataLoader, TensorDataset
+
 from nandoctor.scan import run_scan
 from nandoctor.spec import validate
 
@@ -46,15 +46,19 @@ def main() -> None:
     plain()  # warm-up
     rates: dict[str, list[tuple[float, float]]] = {"plain": [], "scan": []}
     for number in range(args.rounds):
-        for kind, run in ((("plain", plain), ("scan", scan)) if number % 2 == 0 else (("scan", scan), ("plain", plain))):
+        for kind, run in (("plain", plain), ("scan", scan)) if number % 2 == 0 else (("scan", scan), ("plain", plain)):
             rates[kind].append(run())
     plain_rate, scan_rate = (statistics.median(r[0] for r in rates[k]) for k in ("plain", "scan"))
     plain_cpu, scan_cpu = (statistics.median(r[1] for r in rates[k]) for k in ("plain", "scan"))
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {args.batches} batches of "
-          f"{args.batch}x{args.length}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {args.batches} batches of "
+        f"{args.batch}x{args.length}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     print(f"plain no-grad forward loop : {plain_rate:7.2f} batches/s wall  {plain_cpu:7.2f} per CPU-s   1.00x")
-    print(f"nandoctor scan             : {scan_rate:7.2f} batches/s wall  {scan_cpu:7.2f} per CPU-s   "
-          f"{scan_rate / plain_rate:.2f}x wall, {scan_cpu / plain_cpu:.2f}x CPU  (target >= 0.80x)")
+    print(
+        f"nandoctor scan             : {scan_rate:7.2f} batches/s wall  {scan_cpu:7.2f} per CPU-s   "
+        f"{scan_rate / plain_rate:.2f}x wall, {scan_cpu / plain_cpu:.2f}x CPU  (target >= 0.80x)"
+    )
 
 
 if __name__ == "__main__":

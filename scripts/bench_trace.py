@@ -15,14 +15,14 @@ import argparse
 import warnings
 
 import torch
+from benchtools import median_time
 from torch import nn
 from torch.nn import functional as F
 
-from benchtools import median_time
 from nandoctor.context import RunContext
+from nandoctor.measure.trace import trace_batch
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
-from nandoctor.measure.trace import trace_batch
 
 
 class Attention(nn.Module):
@@ -104,8 +104,10 @@ def main() -> None:
         for name, step in (("plain", plain), ("trace", traced), ("anomaly", anomaly)):
             results[name].append(median_time(step, max(args.repeats // 3, 1)))
     plain_s, trace_s, anomaly_s = (min(results[k]) for k in ("plain", "trace", "anomaly"))
-    print(f"model: {params / 1e6:.1f}M parameters, batch {args.batch}x{args.length}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"model: {params / 1e6:.1f}M parameters, batch {args.batch}x{args.length}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     print(f"plain forward+backward : {plain_s * 1e3:8.1f} ms   1.00x")
     print(f"nandoctor trace pass   : {trace_s * 1e3:8.1f} ms   {trace_s / plain_s:.2f}x  (target <= 1.5x)")
     print(f"detect_anomaly step    : {anomaly_s * 1e3:8.1f} ms   {anomaly_s / plain_s:.2f}x")

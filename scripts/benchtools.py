@@ -24,7 +24,6 @@ def model_benchmark(doc: str, threads: int, **options: int):
     import argparse
 
     import torch
-
     from bench_trace import Transformer
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])

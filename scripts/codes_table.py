@@ -1,7 +1,7 @@
 """Print (or, with --write, update in README.md) the table of finding codes from nandoctor/codes.py.
 
-    python scripts/codes_table.py            # print it
-    python scripts/codes_table.py --write    # replace the table between the README's codes markers
+python scripts/codes_table.py            # print it
+python scripts/codes_table.py --write    # replace the table between the README's codes markers
 """
 
 import re

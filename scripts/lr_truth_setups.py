@@ -35,15 +35,20 @@ def _gen(seed: int) -> torch.Generator:
 
 def _loader(tensors, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
     """A plain DataLoader over tensors; a shuffled one draws its order from its own generator."""
-    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, drop_last=True,
-                      generator=_gen(seed) if shuffle else None)
+    return DataLoader(
+        TensorDataset(*tensors),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=True,
+        generator=_gen(seed) if shuffle else None,
+    )
 
 
 def _split(tensors, n_train: int, batch_size: int, shuffle: bool = False):
     """The first ``n_train`` samples as the training stream, the rest as held-out batches."""
     train = [t[:n_train] for t in tensors]
     rest = [t[n_train:] for t in tensors]
-    heldout = [tuple(t[i * batch_size:(i + 1) * batch_size] for t in rest) for i in range(len(rest[0]) // batch_size)]
+    heldout = [tuple(t[i * batch_size : (i + 1) * batch_size] for t in rest) for i in range(len(rest[0]) // batch_size)]
     return _loader(train, batch_size, shuffle), heldout
 
 
@@ -116,17 +121,26 @@ def _markov_tokens(n_seq: int, seq_len: int, vocab: int, seed: int, order: int =
 
 # --- 1. tabular regression MLP, Adam -------------------------------------------------------------
 
+
 def build_mlp_regression():
     """A 16-feature regression MLP against a teacher network, Adam at the usual 1e-3."""
     bs = 64
     x, y = _teacher_regression((STREAM_BATCHES + HELDOUT_BATCHES) * bs, 16, seed=101, noise=0.3)
     data, heldout = _split((x, y), STREAM_BATCHES * bs, bs)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
-    return {"model": model, "data": data, "heldout": heldout, "loss": _xy_loss_mse, "optimizer": _adam,
-            "lr": 1e-3, "grad_clip": None}
+    return {
+        "model": model,
+        "data": data,
+        "heldout": heldout,
+        "loss": _xy_loss_mse,
+        "optimizer": _adam,
+        "lr": 1e-3,
+        "grad_clip": None,
+    }
 
 
 # --- 2. a small ResNet (transformers ResNetConfig) on noisy shifted templates, AdamW ------------
+
 
 def _template_images(n: int, classes: int, size: int, seed: int):
     """Each class is a fixed smooth random pattern, shifted by up to 3 pixels, scaled, in noise."""
@@ -148,15 +162,23 @@ def build_resnet_cnn():
     bs = 32
     x, y = _template_images((STREAM_BATCHES + HELDOUT_BATCHES) * bs, 4, 16, seed=202)
     data, heldout = _split((x, y), STREAM_BATCHES * bs, bs)
-    config = ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                          layer_type="basic", num_labels=4)
+    config = ResNetConfig(
+        num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=4
+    )
     model = ResNetForImageClassification(config)
-    return {"model": model, "data": data, "heldout": heldout,
-            "loss": lambda m, b: m(pixel_values=b[0], labels=b[1]).loss,
-            "optimizer": _adamw, "lr": 1e-3, "grad_clip": None}
+    return {
+        "model": model,
+        "data": data,
+        "heldout": heldout,
+        "loss": lambda m, b: m(pixel_values=b[0], labels=b[1]).loss,
+        "optimizer": _adamw,
+        "lr": 1e-3,
+        "grad_clip": None,
+    }
 
 
 # --- 3. a small GPT-2 (transformers GPT2Config) language model, AdamW at the HF default ----------
+
 
 def build_gpt2_lm():
     """A 2-layer GPT-2 on a first-order Markov chain; AdamW at 5e-5 (the Hugging Face Trainer default)."""
@@ -164,19 +186,38 @@ def build_gpt2_lm():
 
     bs, seq, vocab = 16, 32, 48
     tokens = _markov_tokens((STREAM_BATCHES + HELDOUT_BATCHES) * bs, seq, vocab, seed=303, order=1)
-    train, held = tokens[:STREAM_BATCHES * bs], tokens[STREAM_BATCHES * bs:]
+    train, held = tokens[: STREAM_BATCHES * bs], tokens[STREAM_BATCHES * bs :]
     data = DataLoader([{"input_ids": t, "labels": t} for t in train], batch_size=bs)
-    heldout = [{"input_ids": held[i * bs:(i + 1) * bs], "labels": held[i * bs:(i + 1) * bs]}
-               for i in range(HELDOUT_BATCHES)]
-    config = GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=32, n_layer=2, n_head=2,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=0, eos_token_id=0)
+    heldout = [
+        {"input_ids": held[i * bs : (i + 1) * bs], "labels": held[i * bs : (i + 1) * bs]}
+        for i in range(HELDOUT_BATCHES)
+    ]
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_positions=seq,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = GPT2LMHeadModel(config)
-    return {"model": model, "data": data, "heldout": heldout, "loss": lambda m, b: m(**b).loss,
-            "optimizer": _adamw, "lr": 5e-5, "grad_clip": None}
+    return {
+        "model": model,
+        "data": data,
+        "heldout": heldout,
+        "loss": lambda m, b: m(**b).loss,
+        "optimizer": _adamw,
+        "lr": 5e-5,
+        "grad_clip": None,
+    }
 
 
 # --- 4. an LSTM language model, Adam -------------------------------------------------------------
+
 
 class LSTMLM(nn.Module):
     def __init__(self, vocab: int, dim: int = 32, hidden: int = 64):
@@ -201,24 +242,47 @@ def build_lstm_lm():
     bs, seq, vocab = 16, 24, 32
     tokens = _markov_tokens((STREAM_BATCHES + HELDOUT_BATCHES) * bs, seq, vocab, seed=404)
     data, heldout = _split((tokens,), STREAM_BATCHES * bs, bs)
-    return {"model": LSTMLM(vocab), "data": data, "heldout": heldout, "loss": _lm_loss, "optimizer": _adam,
-            "lr": 1e-3, "grad_clip": None}
+    return {
+        "model": LSTMLM(vocab),
+        "data": data,
+        "heldout": heldout,
+        "loss": _lm_loss,
+        "optimizer": _adam,
+        "lr": 1e-3,
+        "grad_clip": None,
+    }
 
 
 # --- 5. a BatchNorm MLP classifier, SGD with momentum --------------------------------------------
+
 
 def build_bn_mlp_sgd():
     """A 20-feature, 10-class MLP with BatchNorm; SGD with momentum 0.9 at 1e-2."""
     bs = 64
     x, y = _teacher_classes((STREAM_BATCHES + HELDOUT_BATCHES) * bs, 20, 10, seed=505, flip=0.1)
     data, heldout = _split((x, y), STREAM_BATCHES * bs, bs)
-    model = nn.Sequential(nn.Linear(20, 128), nn.BatchNorm1d(128), nn.ReLU(),
-                          nn.Linear(128, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, 10))
-    return {"model": model, "data": data, "heldout": heldout, "loss": _xy_loss_ce, "optimizer": _sgd_momentum,
-            "lr": 1e-2, "grad_clip": None}
+    model = nn.Sequential(
+        nn.Linear(20, 128),
+        nn.BatchNorm1d(128),
+        nn.ReLU(),
+        nn.Linear(128, 128),
+        nn.BatchNorm1d(128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+    return {
+        "model": model,
+        "data": data,
+        "heldout": heldout,
+        "loss": _xy_loss_ce,
+        "optimizer": _sgd_momentum,
+        "lr": 1e-2,
+        "grad_clip": None,
+    }
 
 
 # --- 6. small data, AdamW: a wide MLP on only 256 labelled samples ------------------------------
+
 
 def build_small_data_adamw():
     """A wide 20-feature, 4-class MLP on only 256 training samples (16 batches, reshuffled each epoch,
@@ -226,14 +290,24 @@ def build_small_data_adamw():
     bs, n_train = 16, 256
     x, y = _teacher_classes(n_train + HELDOUT_BATCHES * 64, 20, 4, seed=606, flip=0.1)
     data = _loader((x[:n_train], y[:n_train]), bs, shuffle=True, seed=607)
-    heldout = [(x[n_train + i * 64:n_train + (i + 1) * 64], y[n_train + i * 64:n_train + (i + 1) * 64])
-               for i in range(HELDOUT_BATCHES)]
+    heldout = [
+        (x[n_train + i * 64 : n_train + (i + 1) * 64], y[n_train + i * 64 : n_train + (i + 1) * 64])
+        for i in range(HELDOUT_BATCHES)
+    ]
     model = nn.Sequential(nn.Linear(20, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 4))
-    return {"model": model, "data": data, "heldout": heldout, "loss": _xy_loss_ce, "optimizer": _adamw,
-            "lr": 1e-3, "grad_clip": None}
+    return {
+        "model": model,
+        "data": data,
+        "heldout": heldout,
+        "loss": _xy_loss_ce,
+        "optimizer": _adamw,
+        "lr": 1e-3,
+        "grad_clip": None,
+    }
 
 
 # --- 7. a GRU sequence regressor, plain SGD with gradient clipping -------------------------------
+
 
 class GRURegressor(nn.Module):
     def __init__(self, d_in: int = 4, hidden: int = 32):
@@ -254,14 +328,22 @@ def build_gru_clip():
     x = torch.randn(n, seq, d_in, generator=g)
     w = torch.randn(5, d_in, generator=g) / math.sqrt(5 * d_in)
     padded = F.pad(x, (0, 0, 4, 0))
-    filt = sum(padded[:, 4 - k:4 - k + seq] @ w[k] for k in range(5))
+    filt = sum(padded[:, 4 - k : 4 - k + seq] @ w[k] for k in range(5))
     y = (torch.tanh(2 * filt) + 0.1 * torch.randn(n, seq, generator=g)).unsqueeze(-1)
     data, heldout = _split((x, y), STREAM_BATCHES * bs, bs)
-    return {"model": GRURegressor(d_in), "data": data, "heldout": heldout, "loss": _xy_loss_mse,
-            "optimizer": _sgd, "lr": 0.1, "grad_clip": 1.0}
+    return {
+        "model": GRURegressor(d_in),
+        "data": data,
+        "heldout": heldout,
+        "loss": _xy_loss_mse,
+        "optimizer": _sgd,
+        "lr": 0.1,
+        "grad_clip": 1.0,
+    }
 
 
 # --- 8. a deep plain MLP (10 linear layers, no normalization), Adam ------------------------------
+
 
 def build_deep_mlp():
     """Ten Linear+ReLU layers of width 64, default init, no normalization; regression, Adam at 1e-3."""
@@ -273,23 +355,46 @@ def build_deep_mlp():
         layers += [nn.Linear(width, 64), nn.ReLU()]
         width = 64
     model = nn.Sequential(*layers, nn.Linear(64, 1))
-    return {"model": model, "data": data, "heldout": heldout, "loss": _xy_loss_mse, "optimizer": _adam,
-            "lr": 1e-3, "grad_clip": None}
+    return {
+        "model": model,
+        "data": data,
+        "heldout": heldout,
+        "loss": _xy_loss_mse,
+        "optimizer": _adam,
+        "lr": 1e-3,
+        "grad_clip": None,
+    }
 
 
 # --- 9. a small pure-torch CNN, SGD with momentum ------------------------------------------------
+
 
 def build_small_cnn():
     """Two conv layers and a linear head on the 16x16 template images; SGD momentum 0.9 at 1e-2."""
     bs = 32
     x, y = _template_images((STREAM_BATCHES + HELDOUT_BATCHES) * bs, 4, 16, seed=909)
     data, heldout = _split((x, y), STREAM_BATCHES * bs, bs)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(16 * 4 * 4, 4))
-    return {"model": model, "data": data, "heldout": heldout, "loss": _xy_loss_ce, "optimizer": _sgd_momentum,
-            "lr": 1e-2, "grad_clip": None}
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 4),
+    )
+    return {
+        "model": model,
+        "data": data,
+        "heldout": heldout,
+        "loss": _xy_loss_ce,
+        "optimizer": _sgd_momentum,
+        "lr": 1e-2,
+        "grad_clip": None,
+    }
 
 
-SETUPS = {name[len("build_"):]: fn for name, fn in list(globals().items())
-          if name.startswith("build_") and callable(fn)}
+SETUPS = {
+    name[len("build_") :]: fn for name, fn in list(globals().items()) if name.startswith("build_") and callable(fn)
+}

@@ -1,7 +1,7 @@
 """Write configs/probes.yaml from the probes' declared settings (a test keeps the two equal).
 
-    python scripts/write_probe_settings.py           # print it
-    python scripts/write_probe_settings.py --write   # overwrite configs/probes.yaml
+python scripts/write_probe_settings.py           # print it
+python scripts/write_probe_settings.py --write   # overwrite configs/probes.yaml
 """
 
 import sys

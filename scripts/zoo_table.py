@@ -63,11 +63,13 @@ def main() -> None:
     print("|---|" + "---|" * len(columns))
     for arch in archs:
         print(f"| {arch} | " + " | ".join(cells.get((arch, c), "–") for c in columns) + " |")
-    print(f"\n{passed}/{total} cases pass; {time.monotonic() - began:.0f}s in all. Expected codes: "
-          "lr_too_high→lr_too_high, lr_too_low→lr_too_low, grad_clip_tiny→grad_clip_too_aggressive, "
-          "amp_overflow→amp_overflow, ids_beyond_vocab→index_out_of_range, labels_out_of_range→"
-          "label_out_of_range, unnormalized→unnormalized_input, nan_sample→nonfinite_input, "
-          "zero_init→dead_units; healthy, float64, no_loss_key→no critical/warning finding.")
+    print(
+        f"\n{passed}/{total} cases pass; {time.monotonic() - began:.0f}s in all. Expected codes: "
+        "lr_too_high→lr_too_high, lr_too_low→lr_too_low, grad_clip_tiny→grad_clip_too_aggressive, "
+        "amp_overflow→amp_overflow, ids_beyond_vocab→index_out_of_range, labels_out_of_range→"
+        "label_out_of_range, unnormalized→unnormalized_input, nan_sample→nonfinite_input, "
+        "zero_init→dead_units; healthy, float64, no_loss_key→no critical/warning finding."
+    )
 
 
 if __name__ == "__main__":

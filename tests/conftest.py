@@ -18,8 +18,13 @@ def on_test_device(result):
 
 def diagnose_setup(result, settings=None, probes=None):
     setup = validate(on_test_device(result), "test:build")
-    parts = run_probes(setup, settings or Settings(), probes or sorted(PROBES, key=lambda p: p.order),
-                       progress=lambda message: None, debug=True)
+    parts = run_probes(
+        setup,
+        settings or Settings(),
+        probes or sorted(PROBES, key=lambda p: p.order),
+        progress=lambda message: None,
+        debug=True,
+    )
     return build_report("test:build", parts).to_dict()
 
 

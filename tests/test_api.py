@@ -21,9 +21,14 @@ SPECS = Path(__file__).parent / "specs"
 
 def caller_state():
     """What a call must leave as it found it: RNG streams, torch's global flags, sys.modules."""
-    return {"torch_rng": torch.random.get_rng_state(), "python_rng": random.getstate(),
-            "numpy_rng": np.random.get_state()[1].copy(), "modules": set(sys.modules),
-            "grad": torch.is_grad_enabled(), "dtype": torch.get_default_dtype()}
+    return {
+        "torch_rng": torch.random.get_rng_state(),
+        "python_rng": random.getstate(),
+        "numpy_rng": np.random.get_state()[1].copy(),
+        "modules": set(sys.modules),
+        "grad": torch.is_grad_enabled(),
+        "dtype": torch.get_default_dtype(),
+    }
 
 
 def assert_same_state(before, after, modules=True):
@@ -37,10 +42,12 @@ def assert_same_state(before, after, modules=True):
 
 
 def test_import_and_help_stay_light_and_the_api_is_listed():
-    code = ("import sys, nandoctor\n"
-            "names = dir(nandoctor)\n"
-            "assert {'diagnose', 'lr_sweep', 'feature_stats', 'Report'} <= set(names), names\n"
-            "sys.stderr.write(' '.join(m for m in ('torch', 'pandas') if m in sys.modules))")
+    code = (
+        "import sys, nandoctor\n"
+        "names = dir(nandoctor)\n"
+        "assert {'diagnose', 'lr_sweep', 'feature_stats', 'Report'} <= set(names), names\n"
+        "sys.stderr.write(' '.join(m for m in ('torch', 'pandas') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
 
@@ -81,8 +88,7 @@ def test_diagnose_a_mapping_leaves_model_hooks_modes_and_rng_as_found():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     assert model.training and not model[1].training
     assert list(model[0]._forward_hooks.values()) == [hook.hooks_dict_ref()[hook.id]]
-    assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
-               for m in list(model)[1:])
+    assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in list(model)[1:])
 
 
 def test_diagnose_a_build_function_with_overrides():
@@ -118,8 +124,10 @@ def test_the_cli_in_process_leaves_rng_and_sys_modules_as_found():
     torch.manual_seed(123)
     runner = CliRunner()
     had_sibling = "helper_module" in sys.modules
-    commands = [["diagnose", f"{SPECS}/good_spec.py:build", "--probe", "forward"],
-                ["lr-sweep", f"{SPECS}/good_spec.py:build", "--lrs", "1e-3,1e-2", "--steps", "2"]]
+    commands = [
+        ["diagnose", f"{SPECS}/good_spec.py:build", "--probe", "forward"],
+        ["lr-sweep", f"{SPECS}/good_spec.py:build", "--lrs", "1e-3,1e-2", "--steps", "2"],
+    ]
     for call in range(2):  # the first call may import nandoctor's and torch's own modules lazily
         for command in commands:
             before = caller_state()
@@ -157,9 +165,11 @@ def test_feature_stats_api(tmp_path):
 
 def test_the_core_never_imports_the_frameworks():
     """Hugging Face and Lightning code is recognised by duck typing: neither is imported by a diagnosis."""
-    code = ("import sys, nandoctor, nandoctor.integrations.hf, nandoctor.integrations.lightning\n"
-            "nandoctor.diagnose('nandoctor.examples.healthy:build', quick=True, progress=False)\n"
-            "sys.stderr.write(' '.join(m for m in ('transformers', 'pytorch_lightning', 'lightning', 'accelerate')"
-            " if m in sys.modules))")
+    code = (
+        "import sys, nandoctor, nandoctor.integrations.hf, nandoctor.integrations.lightning\n"
+        "nandoctor.diagnose('nandoctor.examples.healthy:build', quick=True, progress=False)\n"
+        "sys.stderr.write(' '.join(m for m in ('transformers', 'pytorch_lightning', 'lightning', 'accelerate')"
+        " if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr

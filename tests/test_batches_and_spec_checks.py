@@ -55,8 +55,7 @@ def test_dataclass_batches_are_walked_and_mapped():
     assert [path for path, _ in iter_tensors(batch)] == ["features", "target"]
     moved = map_tensors(batch, lambda t: t + 1)
     assert isinstance(moved, Batch) and moved.source == "train" and float(moved.target[0, 0]) == 2.0
-    assert [path for path, _ in iter_tensors((Pair(torch.zeros(1), torch.zeros(1)), 3))] == \
-        ["0.features", "0.target"]
+    assert [path for path, _ in iter_tensors((Pair(torch.zeros(1), torch.zeros(1)), 3))] == ["0.features", "0.target"]
 
 
 class Regressor(nn.Module):
@@ -79,21 +78,39 @@ def _raw_scale_batches(make):
 
 
 def test_dataclass_batches_are_diagnosed(diagnose):
-    report = diagnose({"model": Regressor(), "data": _raw_scale_batches(Batch),
-                       "loss": lambda m, b: F.mse_loss(m(b.features), b.target)}, probes=QUICK)
+    report = diagnose(
+        {
+            "model": Regressor(),
+            "data": _raw_scale_batches(Batch),
+            "loss": lambda m, b: F.mse_loss(m(b.features), b.target),
+        },
+        probes=QUICK,
+    )
     assert report["findings"][0]["code"] == "unnormalized_input"
     assert report["findings"][0]["where"]["feature"] == "features[2]"
 
 
 def test_namedtuple_features_are_named_by_field(diagnose):
-    report = diagnose({"model": Regressor(), "data": _raw_scale_batches(Pair),
-                       "loss": lambda m, b: F.mse_loss(m(b.features), b.target)}, probes=QUICK)
+    report = diagnose(
+        {
+            "model": Regressor(),
+            "data": _raw_scale_batches(Pair),
+            "loss": lambda m, b: F.mse_loss(m(b.features), b.target),
+        },
+        probes=QUICK,
+    )
     assert report["findings"][0]["where"]["feature"] == "features[2]"
 
 
 def _setup(**extra):
-    return dict({"model": Regressor(), "data": [(torch.randn(8, 4), torch.randn(8, 1))],
-                 "loss": lambda m, b: F.mse_loss(m(b[0]), b[1])}, **extra)
+    return dict(
+        {
+            "model": Regressor(),
+            "data": [(torch.randn(8, 4), torch.randn(8, 1))],
+            "loss": lambda m, b: F.mse_loss(m(b[0]), b[1]),
+        },
+        **extra,
+    )
 
 
 def test_a_misspelt_key_warns_with_the_nearest_known_key(capsys):
@@ -106,21 +123,27 @@ def test_a_misspelt_key_warns_with_the_nearest_known_key(capsys):
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("names, message", [
-    ("time,charge", "must be a list of names"),
-    ([1.5, 2.5], "must be a non-empty list of names"),
-    ({"0": "time"}, "must be a list of names"),
-])
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        ("time,charge", "must be a list of names"),
+        ([1.5, 2.5], "must be a non-empty list of names"),
+        ({"0": "time"}, "must be a list of names"),
+    ],
+)
 def test_feature_names_of_the_wrong_type_are_a_usage_error(names, message):
     with pytest.raises(UsageError, match=message):
         validate(_setup(feature_names=names), "spec.py:build")
 
 
-@pytest.mark.parametrize("names, message", [
-    (["a", "b", "c"], "lists 3 names but no float input"),
-    ({0: ["a", "b"]}, "lists 2 names but '0' has 4 features"),
-    ({"pulses": ["a", "b", "c", "d"]}, "names 'pulses', but the batches hold no float input there"),
-])
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["a", "b", "c"], "lists 3 names but no float input"),
+        ({0: ["a", "b"]}, "lists 2 names but '0' has 4 features"),
+        ({"pulses": ["a", "b", "c", "d"]}, "names 'pulses', but the batches hold no float input there"),
+    ],
+)
 def test_feature_names_that_do_not_fit_the_batches_are_a_usage_error(names, message, diagnose):
     with pytest.raises(UsageError, match=message):
         diagnose(_setup(feature_names=names), probes=QUICK)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from nandoctor.cli import app
 from nandoctor.guard import Guard, GuardTripped
 
-SPEC = '''
+SPEC = """
 import collections
 import dataclasses
 
@@ -38,7 +38,7 @@ def build(kind: str = "namedtuple"):
     make = Pair if kind == "namedtuple" else Sample
     data = [make(torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(4)]
     return {"model": model, "data": data, "loss": loss, "lr": 1e-2}
-'''
+"""
 
 
 def _guarded_capture(tmp_path, kind, check_every=1, optimizer_class=torch.optim.AdamW):
@@ -52,8 +52,14 @@ def _guarded_capture(tmp_path, kind, check_every=1, optimizer_class=torch.optim.
     optimizer = optimizer_class(model.parameters(), lr=setup["lr"])
     g = torch.Generator().manual_seed(5)
     with pytest.raises(GuardTripped):
-        with Guard(model, optimizer, path=str(tmp_path / "capture.pt"), spec=f"{tmp_path / 'spec.py'}:build",
-                   spec_args={"kind": kind}, check_every=check_every) as guard:
+        with Guard(
+            model,
+            optimizer,
+            path=str(tmp_path / "capture.pt"),
+            spec=f"{tmp_path / 'spec.py'}:build",
+            spec_args={"kind": kind},
+            check_every=check_every,
+        ) as guard:
             for step in range(10):
                 batch = make(torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g))
                 if step == 6:
@@ -79,10 +85,23 @@ def _capture_naming(tmp_path, spec, spec_args=None):
     from nandoctor.guard.capture import save_capture
 
     model = torch.nn.Linear(2, 1)
-    return save_capture(tmp_path / "shared.pt", {
-        "model": model.state_dict(), "optimizer": None, "scaler": None, "rng": None, "reason": "nonfinite_loss",
-        "step": 1, "window_start": 0, "batches": [torch.randn(4, 2)], "lrs": [[1e-3]], "ring": [],
-        "spec": spec, "spec_args": spec_args or {}})
+    return save_capture(
+        tmp_path / "shared.pt",
+        {
+            "model": model.state_dict(),
+            "optimizer": None,
+            "scaler": None,
+            "rng": None,
+            "reason": "nonfinite_loss",
+            "step": 1,
+            "window_start": 0,
+            "batches": [torch.randn(4, 2)],
+            "lrs": [[1e-3]],
+            "ring": [],
+            "spec": spec,
+            "spec_args": spec_args or {},
+        },
+    )
 
 
 def test_replay_never_runs_a_spec_the_capture_chose(tmp_path):
@@ -115,10 +134,22 @@ def test_malformed_and_corrupt_captures_are_one_line_each(tmp_path):
 
     spec = tmp_path / "spec.py"
     spec.write_text(SPEC)
-    good = {"model": {}, "reason": "nonfinite_loss", "step": 2, "window_start": 1, "batches": [torch.zeros(2)] * 2,
-            "lrs": [[1e-3], [1e-3]], "ring": [], "spec": f"{spec}:build"}
-    cases = {"no_batches": dict(good, batches=[]), "no_step": {k: v for k, v in good.items() if k != "step"},
-             "nan_rates": dict(good, lrs=[[float("nan")], [1e-3]]), "ring": dict(good, ring=[1, 2])}
+    good = {
+        "model": {},
+        "reason": "nonfinite_loss",
+        "step": 2,
+        "window_start": 1,
+        "batches": [torch.zeros(2)] * 2,
+        "lrs": [[1e-3], [1e-3]],
+        "ring": [],
+        "spec": f"{spec}:build",
+    }
+    cases = {
+        "no_batches": dict(good, batches=[]),
+        "no_step": {k: v for k, v in good.items() if k != "step"},
+        "nan_rates": dict(good, lrs=[[float("nan")], [1e-3]]),
+        "ring": dict(good, ring=[1, 2]),
+    }
     for name, payload in cases.items():
         save_capture(tmp_path / f"{name}.pt", payload)
         result = CliRunner().invoke(app, ["replay", str(tmp_path / f"{name}.pt"), "--trust-spec"])

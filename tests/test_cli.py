@@ -24,10 +24,15 @@ def test_healthy_example_exits_0():
     assert "verdict: HEALTHY" in result.stdout
 
 
-@pytest.mark.parametrize("example, code", [
-    ("log_softmax_nan", "forward_nonfinite"), ("norm_grad_nan", "loss_component_nonfinite"),
-    ("small_vocab", "index_out_of_range"), ("nonfinite_init", "nonfinite_init"),
-])
+@pytest.mark.parametrize(
+    "example, code",
+    [
+        ("log_softmax_nan", "forward_nonfinite"),
+        ("norm_grad_nan", "loss_component_nonfinite"),
+        ("small_vocab", "index_out_of_range"),
+        ("nonfinite_init", "nonfinite_init"),
+    ],
+)
 def test_broken_examples_exit_1_with_their_code_first(example, code):
     result = invoke("diagnose", f"nandoctor.examples.{example}:build", "--format", "json")
     assert result.exit_code == 1
@@ -56,15 +61,18 @@ def test_probe_selection():
     assert invoke("diagnose", "nandoctor.examples.healthy:build", "--probe", "nope").exit_code == 2
 
 
-@pytest.mark.parametrize("args, message", [
-    (["diagnose", "missing.py:build"], "no such file: missing.py"),
-    (["diagnose", f"{SPECS}/good_spec.py:build_raises"], "raised ValueError"),
-    (["diagnose", f"{SPECS}/good_spec.py:build_empty_data"], "yielded no batches"),
-    (["diagnose", f"{SPECS}/good_spec.py:build_data_raises"], "reading batches from 'data' raised OSError"),
-    (["diagnose", f"{SPECS}/good_spec.py:build_vector_loss"], "scalar"),
-    (["diagnose", f"{SPECS}/good_spec.py:build", "--set", "oops"], "key=value"),
-    (["diagnose", "nandoctor.examples.healthy:build", "--settings", "nope.yaml"], "no such settings file"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["diagnose", "missing.py:build"], "no such file: missing.py"),
+        (["diagnose", f"{SPECS}/good_spec.py:build_raises"], "raised ValueError"),
+        (["diagnose", f"{SPECS}/good_spec.py:build_empty_data"], "yielded no batches"),
+        (["diagnose", f"{SPECS}/good_spec.py:build_data_raises"], "reading batches from 'data' raised OSError"),
+        (["diagnose", f"{SPECS}/good_spec.py:build_vector_loss"], "scalar"),
+        (["diagnose", f"{SPECS}/good_spec.py:build", "--set", "oops"], "key=value"),
+        (["diagnose", "nandoctor.examples.healthy:build", "--settings", "nope.yaml"], "no such settings file"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(args, message):
     result = invoke(*args)
     assert result.exit_code == 2
@@ -86,9 +94,11 @@ def test_version():
 
 
 def test_help_imports_neither_torch_nor_pandas():
-    code = ("import sys; from nandoctor.cli import app\n"
-            "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
-            "sys.stderr.write(' '.join(m for m in ('torch', 'pandas') if m in sys.modules))")
+    code = (
+        "import sys; from nandoctor.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write(' '.join(m for m in ('torch', 'pandas') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stderr.strip() == ""
 
@@ -99,8 +109,12 @@ def test_entry_point_subprocess_missing_file_and_example(tmp_path):
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip().splitlines()[-1] == "nandoctor: error: no such file: missing.py"
     assert "Traceback" not in missing.stderr
-    run = subprocess.run([sys.executable, "-m", "nandoctor", "diagnose", "nandoctor.examples.small_vocab:build",
-                          "--format", "json"], capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "nandoctor", "diagnose", "nandoctor.examples.small_vocab:build", "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert run.returncode == 1
     assert json.loads(run.stdout)["findings"][0]["code"] == "index_out_of_range"
     assert "[1/" in run.stderr  # progress goes to stderr
@@ -109,9 +123,7 @@ def test_entry_point_subprocess_missing_file_and_example(tmp_path):
 def test_settings_file_mirrors_the_defaults():
     import yaml
 
-    from nandoctor.settings import Settings
-
-    from nandoctor.settings import settings_yaml
+    from nandoctor.settings import Settings, settings_yaml
 
     path = Path(__file__).parents[1] / "configs" / "probes.yaml"
     assert path.read_text() == settings_yaml(), "run python scripts/write_probe_settings.py --write"

@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nandoctor.conventions import (call_model, first_optimizer, optimizer_like, takes_batch_keywords,
-                                   trainer_settings)
+from nandoctor.conventions import call_model, first_optimizer, optimizer_like, takes_batch_keywords, trainer_settings
 from nandoctor.errors import UsageError
 from nandoctor.loss import interpret_loss
 from nandoctor.spec import validate
@@ -73,9 +72,11 @@ def test_a_keyword_model_needs_no_loss_glue(diagnose):
 
 
 def _groups_optimizer(model):
-    return torch.optim.AdamW([{"params": [model.weight], "weight_decay": 0.1},
-                              {"params": [model.bias], "weight_decay": 0.0, "lr": 1e-4}],
-                             lr=1e-3, betas=(0.8, 0.95))
+    return torch.optim.AdamW(
+        [{"params": [model.weight], "weight_decay": 0.1}, {"params": [model.bias], "weight_decay": 0.0, "lr": 1e-4}],
+        lr=1e-3,
+        betas=(0.8, 0.95),
+    )
 
 
 @pytest.mark.parametrize("shape", ["optimizer", "list", "lists_with_schedulers", "dict", "list_of_dicts"])
@@ -83,9 +84,13 @@ def test_the_optimizer_is_rebuilt_from_any_configure_optimizers_shape(shape):
     model = nn.Linear(3, 2)
     optimizer = _groups_optimizer(model)
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01)  # warm-up: lr scaled now
-    returned = {"optimizer": optimizer, "list": [optimizer], "lists_with_schedulers": ([optimizer], [scheduler]),
-                "dict": {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}},
-                "list_of_dicts": [{"optimizer": optimizer, "lr_scheduler": scheduler}]}[shape]
+    returned = {
+        "optimizer": optimizer,
+        "list": [optimizer],
+        "lists_with_schedulers": ([optimizer], [scheduler]),
+        "dict": {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}},
+        "list_of_dicts": [{"optimizer": optimizer, "lr_scheduler": scheduler}],
+    }[shape]
     found = first_optimizer(returned)
     assert found is optimizer
     rebuilt = optimizer_like(found)(list(model.parameters()), 1e-1)
@@ -128,8 +133,11 @@ def test_trainer_settings_from_a_mapping():
     assert trainer_settings({"gradient_clip_val": 0, "precision": "bf16-mixed"}) == (None, "bf16")
     assert trainer_settings({"gradient_clip_val": 1.0, "gradient_clip_algorithm": "value"}) == (None, None)
     assert trainer_settings({"precision": "32-true"}) == (None, None)
-    spec = {"model": nn.Linear(2, 1), "data": [torch.zeros(1, 2)], "trainer": {"gradient_clip_val": 2.0,
-                                                                            "precision": 16}}
+    spec = {
+        "model": nn.Linear(2, 1),
+        "data": [torch.zeros(1, 2)],
+        "trainer": {"gradient_clip_val": 2.0, "precision": 16},
+    }
     setup = validate(spec, "test")
     assert (setup.grad_clip, setup.amp) == (2.0, "fp16")
     setup = validate(dict(spec, grad_clip=1.0, amp="bf16"), "test")  # the spec's own keys win

@@ -32,8 +32,10 @@ def test_a_requested_probe_runs_with_what_it_needs(probe):
 
 
 def test_a_starved_budget_is_incomplete_in_every_format(tmp_path):
-    results = {fmt: runner.invoke(app, ["smoke", HEALTHY, "--budget", "0.0001s", "--format", fmt])
-               for fmt in ("text", "json", "markdown", "junit")}
+    results = {
+        fmt: runner.invoke(app, ["smoke", HEALTHY, "--budget", "0.0001s", "--format", fmt])
+        for fmt in ("text", "json", "markdown", "junit")
+    }
     assert {fmt: r.exit_code for fmt, r in results.items()} == dict.fromkeys(results, 3)
     report = json.loads(results["json"].stdout)
     assert report["verdict"] == "incomplete" and report["coverage"]["probes_not_run"]
@@ -41,18 +43,30 @@ def test_a_starved_budget_is_incomplete_in_every_format(tmp_path):
     markdown = results["markdown"].stdout
     assert "every probe passed" not in markdown and "Not run" in markdown and "budget" in markdown
     suite = ElementTree.fromstring(results["junit"].stdout)
-    skipped = {case.get("name"): case.find("skipped").get("message") for case in suite.iter("testcase")
-               if case.find("skipped") is not None}
+    skipped = {
+        case.get("name"): case.find("skipped").get("message")
+        for case in suite.iter("testcase")
+        if case.find("skipped") is not None
+    }
     assert set(report["coverage"]["probes_not_run"]) <= set(skipped)
     text = render_text(report)
     assert "NOT RUN" in text and "budget" in text
 
 
 def _report(not_run: dict, checked: int = 4, total: int | None = 250) -> dict:
-    return {"nandoctor_version": "x", "spec": "s:b", "verdict": "incomplete" if not_run else "healthy",
-            "findings": [], "probes": {"inputs": {}, "forward": {}},
-            "coverage": {"batches_checked": checked, "batches_total": total, "probes_run": ["inputs"],
-                         "probes_not_run": not_run}}
+    return {
+        "nandoctor_version": "x",
+        "spec": "s:b",
+        "verdict": "incomplete" if not_run else "healthy",
+        "findings": [],
+        "probes": {"inputs": {}, "forward": {}},
+        "coverage": {
+            "batches_checked": checked,
+            "batches_total": total,
+            "probes_run": ["inputs"],
+            "probes_not_run": not_run,
+        },
+    }
 
 
 def test_text_and_markdown_state_the_batches_checked_and_what_did_not_run():

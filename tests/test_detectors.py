@@ -18,6 +18,7 @@ def _codes(report):
 
 # --- vanishing gradients by depth --------------------------------------------------------------
 
+
 def test_sigmoid_stack_names_the_fading_layer_and_the_orders_of_magnitude(diagnose):
     finding = diagnose(DETECTOR_CASES["sigmoid_stack"].build())["findings"][0]
     evidence = finding["evidence"]
@@ -30,8 +31,12 @@ class ResidualReLU(nn.Module):
     def __init__(self, depth=16, width=32):
         super().__init__()
         self.stem = nn.Linear(8, width)
-        self.blocks = nn.ModuleList([nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.ReLU(),
-                                                   nn.Linear(width, width)) for _ in range(depth)])
+        self.blocks = nn.ModuleList(
+            [
+                nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+                for _ in range(depth)
+            ]
+        )
         self.head = nn.Linear(width, 1)
 
     def forward(self, x):
@@ -43,8 +48,13 @@ class ResidualReLU(nn.Module):
 
 @pytest.mark.parametrize("model", ["residual", "plain_relu"])
 def test_deep_relu_nets_with_normal_init_have_no_fading_gradient(diagnose, model):
-    net = ResidualReLU() if model == "residual" else nn.Sequential(
-        *[layer for i in range(12) for layer in (nn.Linear(8 if i == 0 else 32, 32), nn.ReLU())], nn.Linear(32, 1))
+    net = (
+        ResidualReLU()
+        if model == "residual"
+        else nn.Sequential(
+            *[layer for i in range(12) for layer in (nn.Linear(8 if i == 0 else 32, 32), nn.ReLU())], nn.Linear(32, 1)
+        )
+    )
     g = _gen(1)
     x = torch.randn(64, 8, generator=g)
     data = [(x, x[:, :1] * 2 - x[:, 1:2])]
@@ -53,6 +63,7 @@ def test_deep_relu_nets_with_normal_init_have_no_fading_gradient(diagnose, model
 
 
 # --- a secondary loss component carrying most of the gradient ------------------------------------
+
 
 def test_secondary_component_share_is_in_the_evidence(diagnose):
     finding = diagnose(DETECTOR_CASES["sparsity_dominates"].build())["findings"][0]
@@ -83,6 +94,7 @@ def test_main_loss_dwarfing_a_light_regularizer_is_fine(diagnose):
 
 
 # --- saturation only where gradient is blocked ----------------------------------------------------
+
 
 class Gate(nn.Module):
     """Zero-initialized logits: sigmoid(0) = 0.5 everywhere, and the gradient flows."""
@@ -118,8 +130,9 @@ def test_sigmoid_of_zero_logits_is_not_saturation(diagnose, functional):
     for _ in range(2):
         x = torch.randn(16, 4, 10, generator=g)
         data.append((x, (x[:, 0].mean(-1) > 0).long()))
-    report = diagnose({"model": GatedPool(functional), "data": data,
-                       "loss": lambda m, b: F.cross_entropy(m(b[0]), b[1])})
+    report = diagnose(
+        {"model": GatedPool(functional), "data": data, "loss": lambda m, b: F.cross_entropy(m(b[0]), b[1])}
+    )
     assert "saturation" not in [f["code"] for f in report["findings"]], _codes(report)
     rows = {r["module"]: r for r in report["probes"]["saturation"]["modules"]}
     if functional:  # equal values everywhere, but the gradient control shows it passes
@@ -166,11 +179,18 @@ def test_clamped_critic_blocks_the_gradient(diagnose):
 
 # --- input scale where a feature is first consumed --------------------------------------------
 
+
 def test_model_that_standardizes_with_buffers_in_forward_is_fine(diagnose):
     from tests.fixtures.models import FEATURES, PulseTransformer, _pulse_loss, _pulse_table_batches
 
-    report = diagnose({"model": PulseTransformer(normalize=True), "data": _pulse_table_batches(False),
-                       "loss": _pulse_loss, "feature_names": FEATURES})
+    report = diagnose(
+        {
+            "model": PulseTransformer(normalize=True),
+            "data": _pulse_table_batches(False),
+            "loss": _pulse_loss,
+            "feature_names": FEATURES,
+        }
+    )
     assert "unnormalized_input" not in [f["code"] for f in report["findings"]], _codes(report)
     assert report["probes"]["inputs"]["consumed_by"]["pulses"]["module"] == "embed"
 
@@ -197,12 +217,14 @@ def test_raw_features_reshaped_before_the_first_layer_are_inputs(diagnose):
 
 
 def test_image_batches_are_judged_per_channel(diagnose):
-    report = diagnose({"model": TinyConvNet(False), "data": _image_batches(),
-                       "loss": lambda m, b: F.cross_entropy(m(b[0]), b[1])})
+    report = diagnose(
+        {"model": TinyConvNet(False), "data": _image_batches(), "loss": lambda m, b: F.cross_entropy(m(b[0]), b[1])}
+    )
     assert set(report["probes"]["inputs"]["features"]) == {"0[0]", "0[1]", "0[2]"}
 
 
 # --- a causal mask is not a broken init; NaN always is ----------------------------------------
+
 
 def test_infinite_buffer_that_makes_the_forward_nonfinite_is_still_reported(diagnose):
     class Offset(nn.Module):
@@ -220,6 +242,7 @@ def test_infinite_buffer_that_makes_the_forward_nonfinite_is_still_reported(diag
 
 
 # --- class labels against the loss's classes ------------------------------------------------------
+
 
 def _classifier_setup(labels, ignore_index=-100, loss="cross_entropy"):
     g = _gen(9)
@@ -265,7 +288,10 @@ def test_a_loss_call_reads_the_same_positional_or_keyword():
     from nandoctor.measure.labels import loss_targets
 
     logits, labels = torch.randn(4, 3), torch.tensor([0, 5, 2, 7])
-    for args, kwargs in [((logits, labels, None, None, 7), {}), ((), {"input": logits, "target": labels, "ignore_index": 7})]:
+    for args, kwargs in [
+        ((logits, labels, None, None, 7), {}),
+        ((), {"input": logits, "target": labels, "ignore_index": 7}),
+    ]:
         targets = loss_targets(F.cross_entropy, args, kwargs)
         assert (targets.loss, targets.classes, targets.ignore_index) == ("cross_entropy", 3, 7)
         assert targets.outside(targets.target).tolist() == [False, True, False, False]
@@ -284,13 +310,24 @@ def test_bert_labels_beyond_num_labels():
     transformers = pytest.importorskip("transformers")
     from tests.conftest import diagnose_setup
 
-    config = transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32, num_labels=3)
+    config = transformers.BertConfig(
+        vocab_size=60,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
     model = transformers.BertForSequenceClassification(config)
     g = _gen(10)
-    data = [{"input_ids": torch.randint(1, 60, (8, 10), generator=g),
-             "attention_mask": torch.ones(8, 10, dtype=torch.long),
-             "labels": torch.tensor([0, 1, 2, 1, 5, 0, 2, 1])}]
+    data = [
+        {
+            "input_ids": torch.randint(1, 60, (8, 10), generator=g),
+            "attention_mask": torch.ones(8, 10, dtype=torch.long),
+            "labels": torch.tensor([0, 1, 2, 1, 5, 0, 2, 1]),
+        }
+    ]
     report = diagnose_setup({"model": model, "data": data, "loss": lambda m, b: m(**b)})
     top = report["findings"][0]
     assert top["code"] == "label_out_of_range", _codes(report)
@@ -299,6 +336,7 @@ def test_bert_labels_beyond_num_labels():
 
 
 # --- ids are what reaches an embedding -------------------------------------------------------
+
 
 def test_class_labels_beside_a_two_row_embedding_are_not_its_ids(diagnose):
     class Segments(nn.Module):

@@ -11,10 +11,10 @@ from nandoctor.cli import app
 from nandoctor.runner import open_context, run_probes, select_probes
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
-from nandoctor.sweep_report import sweep_report
 from nandoctor.sweep.grid import default_grid, recommend, run_sweep
 from nandoctor.sweep.stream import BatchStream
 from nandoctor.sweep.training import BAD, COLLAPSED, LEARNS, train
+from nandoctor.sweep_report import sweep_report
 from tests.fixtures import dynamics as fx
 from tests.fixtures.dynamics import DYNAMICS_CASES
 from tests.test_state import _assert_same, _snapshot
@@ -26,8 +26,12 @@ runner = CliRunner()
 def dynamics_only(built, **settings):
     """The dynamics probe (and what it needs) on one setup: (findings as dicts, its raw table)."""
     torch.manual_seed(0)
-    parts = run_probes(validate(built, "test"), Settings(**settings), select_probes(["dynamics"], None, lambda m: None),
-                       progress=lambda m: None)
+    parts = run_probes(
+        validate(built, "test"),
+        Settings(**settings),
+        select_probes(["dynamics"], None, lambda m: None),
+        progress=lambda m: None,
+    )
     return [f.to_dict() for f in parts["findings"]], parts["probes"]["dynamics"], parts["coverage"]
 
 
@@ -175,32 +179,37 @@ def test_default_grid_is_two_decades_each_way_on_nice_values():
 
 def test_lr_sweep_command_table_json_and_plot(tmp_path):
     png = tmp_path / "sweep.png"
-    result = runner.invoke(app, ["lr-sweep", f"{FIXTURES}:adamw_fine", "--lrs", "0.001,0.03,3",
-                                 "--steps", "8", "--plot", str(png)])
+    result = runner.invoke(
+        app, ["lr-sweep", f"{FIXTURES}:adamw_fine", "--lrs", "0.001,0.03,3", "--steps", "8", "--plot", str(png)]
+    )
     assert result.exit_code == 0, result.output
     assert "<- yours" in result.stdout and "<- recommended" in result.stdout
     assert "held-out loss" in result.stdout and "verdict" in result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    result = runner.invoke(app, ["lr-sweep", f"{FIXTURES}:adamw_diverges", "--lrs", "0.001,3",
-                                 "--steps", "5", "--format", "json"])
+    result = runner.invoke(
+        app, ["lr-sweep", f"{FIXTURES}:adamw_diverges", "--lrs", "0.001,3", "--steps", "5", "--format", "json"]
+    )
     assert result.exit_code == 1  # the user's own rate diverges
     data = json.loads(result.stdout)
     assert [r["lr"] for r in data["runs"]] == [0.001, 3.0]
     assert data["runs"][1]["verdict"] == "diverged" and data["recommended_lr"] == 0.001 and data["user_diverged"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--lrs", "fast"], "--lrs takes comma-separated numbers"),
-    (["--lrs", "-1"], "finite positive"),
-    (["--lrs", "0"], "finite positive"),
-    (["--lrs", "inf"], "finite positive"),
-    (["--lrs", "nan"], "finite positive"),
-    (["--lrs", "1e308"], "between"),
-    (["--set", "lr=inf"], "'lr' must be a finite positive number"),
-    (["--set", "lr=1e308"], "'lr' must be between"),
-    (["--set", "lr=0"], "'lr' must be a finite positive number"),
-    (["--steps", "1"], "at least 2"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lrs", "fast"], "--lrs takes comma-separated numbers"),
+        (["--lrs", "-1"], "finite positive"),
+        (["--lrs", "0"], "finite positive"),
+        (["--lrs", "inf"], "finite positive"),
+        (["--lrs", "nan"], "finite positive"),
+        (["--lrs", "1e308"], "between"),
+        (["--set", "lr=inf"], "'lr' must be a finite positive number"),
+        (["--set", "lr=1e308"], "'lr' must be between"),
+        (["--set", "lr=0"], "'lr' must be a finite positive number"),
+        (["--steps", "1"], "at least 2"),
+    ],
+)
 def test_lr_sweep_bad_rates_and_options_exit_2_in_one_line(args, message):
     result = runner.invoke(app, ["lr-sweep", f"{FIXTURES}:adamw_diverges", *args])
     assert result.exit_code == 2 and message in result.stderr, result.output

@@ -16,10 +16,16 @@ runner = CliRunner()
 
 def pulse_table(rows=60_000, seed=0):
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "time": rng.uniform(5714, 77785, rows), "charge": np.clip(rng.lognormal(0, 1.2, rows), 0.025, 2762),
-        "sensor_id": rng.integers(0, 5160, rows), "auxiliary": rng.integers(0, 2, rows),
-        "dom_x": rng.normal(0, 1, rows), "detector": ["ic86"] * rows})
+    return pd.DataFrame(
+        {
+            "time": rng.uniform(5714, 77785, rows),
+            "charge": np.clip(rng.lognormal(0, 1.2, rows), 0.025, 2762),
+            "sensor_id": rng.integers(0, 5160, rows),
+            "auxiliary": rng.integers(0, 2, rows),
+            "dom_x": rng.normal(0, 1, rows),
+            "detector": ["ic86"] * rows,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +125,7 @@ def test_missing_values_are_counted(tmp_path):
 def test_one_bad_file_is_reported_and_the_rest_analysed(tmp_path, pulses):
     good = tmp_path / "good.parquet"
     good.write_bytes(pulses.read_bytes())
-    (tmp_path / "truncated.parquet").write_bytes(pulses.read_bytes()[: 4000])
+    (tmp_path / "truncated.parquet").write_bytes(pulses.read_bytes()[:4000])
     result = run(tmp_path, "--format", "json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
@@ -127,12 +133,15 @@ def test_one_bad_file_is_reported_and_the_rest_analysed(tmp_path, pulses):
     assert "skipping" in result.stderr
 
 
-@pytest.mark.parametrize("suffix, make, message", [
-    (".csv", lambda p: None, "no such file or folder"),
-    (".csv", lambda p: p.write_text(""), "Empty CSV"),
-    (".parquet", lambda p: p.write_bytes(b"PAR1 not really"), "no file could be read"),
-    (".csv", lambda p: p.write_text("name,city\na,b\n"), "no numeric columns (non-numeric: city, name)"),
-])
+@pytest.mark.parametrize(
+    "suffix, make, message",
+    [
+        (".csv", lambda p: None, "no such file or folder"),
+        (".csv", lambda p: p.write_text(""), "Empty CSV"),
+        (".parquet", lambda p: p.write_bytes(b"PAR1 not really"), "no file could be read"),
+        (".csv", lambda p: p.write_text("name,city\na,b\n"), "no numeric columns (non-numeric: city, name)"),
+    ],
+)
 def test_unusable_input_exits_2_with_one_line(tmp_path, suffix, make, message):
     path = tmp_path / f"input{suffix}"
     make(path)
@@ -197,7 +206,7 @@ def test_values_near_the_float64_limit_give_finite_statistics(tmp_path):
         column = analyse([str(path)], progress=lambda message: None)["columns"]["v"]
     for key in ("mean", "std", "p1", "p50", "p99"):
         assert np.isfinite(column[key]), key
-    assert column["std"] == pytest.approx(1.7e308 / 3 ** 0.5, rel=0.05)
+    assert column["std"] == pytest.approx(1.7e308 / 3**0.5, rel=0.05)
 
 
 def test_fail_on_exits_1_when_a_column_is_flagged(pulses, tmp_path):

@@ -11,7 +11,6 @@ from nandoctor.render.text import render_text
 from tests.fixtures import all_cases
 from tests.fixtures.models import CASES
 
-
 ALL = all_cases()
 
 
@@ -40,8 +39,16 @@ def test_report_is_contract_shaped_plain_data(name, diagnose):
     for finding in parsed["findings"]:
         assert finding["code"] in CODES
         assert finding["severity"] in ("critical", "warning", "info")
-        assert set(finding["where"]) == {"module", "component", "feature", "parameter",
-                                         "op", "source", "batch", "sample"}
+        assert set(finding["where"]) == {
+            "module",
+            "component",
+            "feature",
+            "parameter",
+            "op",
+            "source",
+            "batch",
+            "sample",
+        }
         assert set(finding["fix"]) == {"config", "advice"}
     assert render_text(report).startswith("nandoctor ")
 

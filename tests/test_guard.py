@@ -9,11 +9,11 @@ from torch import nn
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
-from nandoctor.cli import app
 from nandoctor import Guard, GuardTripped
+from nandoctor.cli import app
 from nandoctor.guard.capture import load_capture
 
-SPEC = textwrap.dedent('''
+SPEC = textwrap.dedent("""
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -26,7 +26,7 @@ SPEC = textwrap.dedent('''
         g = torch.Generator().manual_seed(0)
         data = [(torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(4)]
         return {"model": model, "data": data, "lr": lr, "loss": loss}
-''')
+""")
 
 
 def train_with_guard(tmp_path, bad_step=None, lr_spike_step=None, steps=40, **guard_options):
@@ -39,7 +39,9 @@ def train_with_guard(tmp_path, bad_step=None, lr_spike_step=None, steps=40, **gu
     model = setup["model"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=setup["lr"])
     g = torch.Generator().manual_seed(5)
-    options = dict(path=str(tmp_path / "capture.pt"), spec=f"{tmp_path / 'spec.py'}:build", check_every=4, sample_every=2)
+    options = dict(
+        path=str(tmp_path / "capture.pt"), spec=f"{tmp_path / 'spec.py'}:build", check_every=4, sample_every=2
+    )
     options.update(guard_options)
     with Guard(model, optimizer, **options) as guard:
         for step in range(steps):
@@ -132,7 +134,11 @@ def test_bad_capture_files_are_usage_errors(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     (tmp_path / "text.pt").write_text("hello")
     torch.save({"format": "nandoctor-capture", "version": 1, "step": 3, "model": {}}, tmp_path / "nospec.pt")
-    for name, says in (("missing.pt", "no such capture"), ("other.pt", "not a nandoctor capture"),
-                       ("text.pt", "not a nandoctor capture"), ("nospec.pt", "--spec")):
+    for name, says in (
+        ("missing.pt", "no such capture"),
+        ("other.pt", "not a nandoctor capture"),
+        ("text.pt", "not a nandoctor capture"),
+        ("nospec.pt", "--spec"),
+    ):
         result = CliRunner().invoke(app, ["replay", str(tmp_path / name)])
         assert result.exit_code == 2 and says in result.stderr, (name, result.output)

@@ -1,4 +1,5 @@
-"""The guard inside Lightning's ``Trainer.fit`` and Hugging Face's ``Trainer.train``: a NaN at step N, captured, replayed."""
+"""The guard inside Lightning's ``Trainer.fit`` and Hugging Face's ``Trainer.train``: a NaN at step N,
+captured, replayed."""
 
 import json
 import sys
@@ -51,7 +52,7 @@ MODELS = textwrap.dedent('''
         return {"model": Scorer(), "data": [Rows()[0:8]], "loss": lambda m, b: m(**b)["loss"]}
 ''')
 
-LIGHTNING = textwrap.dedent('''
+LIGHTNING = textwrap.dedent("""
     import torch
     import pytorch_lightning as pl
     from models import Rows, Scorer
@@ -71,7 +72,7 @@ LIGHTNING = textwrap.dedent('''
 
     def build():
         return {"model": Module(), "data": [Rows()[0:8]], "loss": lambda m, b: m.training_step(b, 0)}
-''')
+""")
 
 
 def _write(tmp_path):
@@ -105,8 +106,15 @@ def test_lightning_fit_is_stopped_at_the_nan_and_replayed(tmp_path, monkeypatch)
     module = Module()
     spec = f"{tmp_path / 'lit.py'}:build"
     callback = NanGuardCallback(path=str(tmp_path / "capture.pt"), check_every=4, spec=spec)
-    trainer = pl.Trainer(max_steps=30, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    trainer = pl.Trainer(
+        max_steps=30,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
     loader = DataLoader(models["Rows"](bad=8 * 13 + 3), batch_size=8)
     with pytest.raises(GuardTripped, match="at step 13"):
         trainer.fit(module, loader)
@@ -127,9 +135,18 @@ def test_hf_trainer_train_is_stopped_at_the_nan_and_replayed(tmp_path):
     models = _write(tmp_path)
     torch.manual_seed(0)
     model = models["Scorer"]()
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=30,
-                                          learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no",
-                                          logging_strategy="no", disable_tqdm=True, seed=0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=30,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
     spec = f"{tmp_path / 'models.py'}:build"
     callback = NanGuardCallback(path=str(tmp_path / "capture.pt"), check_every=4, spec=spec)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=models["Rows"](bad=100), callbacks=[callback])
@@ -159,9 +176,16 @@ def test_lightning_with_gradient_accumulation_keeps_every_micro_batch(tmp_path, 
     torch.manual_seed(0)
     module = namespace["Module"]()
     callback = NanGuardCallback(path=str(tmp_path / "capture.pt"), check_every=2, spec=f"{tmp_path / 'lit.py'}:build")
-    trainer = pl.Trainer(max_steps=30, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
-                         accumulate_grad_batches=2)
+    trainer = pl.Trainer(
+        max_steps=30,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        accumulate_grad_batches=2,
+    )
     loader = DataLoader(models["Rows"](bad=8 * 13 + 3), batch_size=8)  # micro-batch 13: the 2nd of step 6
     with pytest.raises(GuardTripped, match="at step 6"):
         trainer.fit(module, loader)
@@ -181,11 +205,22 @@ def test_hf_trainer_with_gradient_accumulation_keeps_every_micro_batch(tmp_path)
     models = _write(tmp_path)
     torch.manual_seed(0)
     model = models["Scorer"]()
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4,
-                                          gradient_accumulation_steps=2, max_steps=30, learning_rate=1e-2,
-                                          report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
-                                          disable_tqdm=True, seed=0)
-    callback = NanGuardCallback(path=str(tmp_path / "capture.pt"), check_every=4, spec=f"{tmp_path / 'models.py'}:build")
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=30,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    callback = NanGuardCallback(
+        path=str(tmp_path / "capture.pt"), check_every=4, spec=f"{tmp_path / 'models.py'}:build"
+    )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=models["Rows"](bad=100), callbacks=[callback])
     with pytest.raises(GuardTripped):
         trainer.train()

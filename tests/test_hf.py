@@ -11,16 +11,28 @@ transformers = pytest.importorskip("transformers")
 
 
 def tiny_bert(vocab=100):
-    config = transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=32, num_labels=3)
+    config = transformers.BertConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
     return transformers.BertForSequenceClassification(config)
 
 
 def token_batches(vocab, high, count=4):
     g = torch.Generator().manual_seed(1)
-    return [{"input_ids": torch.randint(0, high, (8, 12), generator=g),
-             "attention_mask": torch.ones(8, 12, dtype=torch.long),
-             "labels": torch.randint(0, 3, (8,), generator=g)} for _ in range(count)]
+    return [
+        {
+            "input_ids": torch.randint(0, high, (8, 12), generator=g),
+            "attention_mask": torch.ones(8, 12, dtype=torch.long),
+            "labels": torch.randint(0, 3, (8,), generator=g),
+        }
+        for _ in range(count)
+    ]
 
 
 def test_a_bert_classifier_needs_no_glue_and_ids_past_its_vocabulary_are_named():
@@ -54,11 +66,19 @@ class ShiftedTokens(torch.utils.data.Dataset):
 
 
 def gpt2_trainer(learning_rate, **arguments):
-    config = transformers.GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                                     bos_token_id=0, eos_token_id=0)
-    args = transformers.TrainingArguments(output_dir=tempfile.mkdtemp(), learning_rate=learning_rate,
-                                          per_device_train_batch_size=8, report_to=[], use_cpu=True,
-                                          max_grad_norm=1.0, weight_decay=0.01, **arguments)
+    config = transformers.GPT2Config(
+        vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+    )
+    args = transformers.TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        learning_rate=learning_rate,
+        per_device_train_batch_size=8,
+        report_to=[],
+        use_cpu=True,
+        max_grad_norm=1.0,
+        weight_decay=0.01,
+        **arguments,
+    )
     return transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args, train_dataset=ShiftedTokens())
 
 

@@ -54,16 +54,22 @@ def test_labels_beyond_a_small_embedding_are_not_ids(diagnose):
 
     g = torch.Generator().manual_seed(0)
     data = [{"segment": torch.randint(0, 2, (4, 6), generator=g), "labels": torch.randint(0, 10, (4,), generator=g)}]
-    report = diagnose({"model": Segments(), "data": data,
-                       "loss": lambda m, b: nn.functional.cross_entropy(m(b), b["labels"])})
+    report = diagnose(
+        {"model": Segments(), "data": data, "loss": lambda m, b: nn.functional.cross_entropy(m(b), b["labels"])}
+    )
     assert report["verdict"] == "healthy", report["findings"]
 
 
 def test_binary_and_standardized_features_pass(diagnose):
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(64, 3, generator=g), (torch.rand(64, 1, generator=g) > 0.5).float()], -1)
-    report = diagnose({"model": nn.Linear(4, 1), "data": [(x, torch.randn(64, 1, generator=g))],
-                       "loss": lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])})
+    report = diagnose(
+        {
+            "model": nn.Linear(4, 1),
+            "data": [(x, torch.randn(64, 1, generator=g))],
+            "loss": lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]),
+        }
+    )
     assert report["verdict"] == "healthy", report["findings"]
 
 
@@ -73,12 +79,19 @@ def test_raw_inputs_explain_the_huge_gradients_they_cause(diagnose):
     from torch.nn import functional as F
 
     g = torch.Generator().manual_seed(3)
-    rows = [torch.stack([torch.randn(64, generator=g), 20_000 + 80_000 * torch.rand(64, generator=g)], 1)
-            for _ in range(4)]
+    rows = [
+        torch.stack([torch.randn(64, generator=g), 20_000 + 80_000 * torch.rand(64, generator=g)], 1) for _ in range(4)
+    ]
     data = [(x, x[:, :1] + (x[:, 1:] - 60_000) / 40_000) for x in rows]
     model = nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.1), nn.Linear(32, 1))
-    report = diagnose({"model": model, "data": data, "loss": lambda m, b: F.mse_loss(m(b[0]), b[1]),
-                       "feature_names": ["age", "income"]})
+    report = diagnose(
+        {
+            "model": model,
+            "data": data,
+            "loss": lambda m, b: F.mse_loss(m(b[0]), b[1]),
+            "feature_names": ["age", "income"],
+        }
+    )
     top = report["findings"][0]
     assert (top["code"], top["where"]["feature"]) == ("unnormalized_input", "income")
     assert "exploding_gradients" in {e["code"] for e in top["evidence"].get("explains", [])}

@@ -27,17 +27,24 @@ def _import_nodes(path: Path) -> list[tuple[int, str]]:
     imports too; ``from nandoctor import probes`` names ``nandoctor.probes``). Imports under
     ``if TYPE_CHECKING:`` are type hints, not dependencies: they are left out."""
     tree = ast.parse(path.read_text())
-    hints = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-             for n in ast.walk(node)}
+    hints = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     found = []
     for node in ast.walk(tree):
         if id(node) in hints:
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nandoctor"):
             found.append((node.lineno, node.module))
-            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names
-                      if (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").is_file()
-                      or (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/") / "__init__.py").is_file()]
+            found += [
+                (node.lineno, f"{node.module}.{a.name}")
+                for a in node.names
+                if (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").is_file()
+                or (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/") / "__init__.py").is_file()
+            ]
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.startswith("nandoctor")]
     return found
@@ -51,8 +58,21 @@ def _imports(path: Path) -> set[str]:
 # Render sits before results: a Report renders itself (``str(report)``), and renderers format the
 # report's plain data. The "run" layer drives a whole command over the layers below it.
 LAYERS = [
-    ("foundation", ["nandoctor", "nandoctor.errors", "nandoctor.findings", "nandoctor.state", "nandoctor.batches", "nandoctor.overrides",
-                    "nandoctor.conventions", "nandoctor.config", "nandoctor.examples", "nandoctor.featurestats.columns"]),
+    (
+        "foundation",
+        [
+            "nandoctor",
+            "nandoctor.errors",
+            "nandoctor.findings",
+            "nandoctor.state",
+            "nandoctor.batches",
+            "nandoctor.overrides",
+            "nandoctor.conventions",
+            "nandoctor.config",
+            "nandoctor.examples",
+            "nandoctor.featurestats.columns",
+        ],
+    ),
     ("spec", ["nandoctor.spec", "nandoctor.loss", "nandoctor.guard", "nandoctor.integrations"]),
     ("context", ["nandoctor.context"]),
     ("measure/sweep", ["nandoctor.measure", "nandoctor.step", "nandoctor.sweep", "nandoctor.featurestats"]),
@@ -67,8 +87,12 @@ LAYERS = [
 
 def _layer(module: str) -> int:
     """The layer of the longest prefix that names ``module`` (``nandoctor.guard.replay`` before ``nandoctor.guard``)."""
-    matches = [(len(prefix), rank) for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
-               if module == prefix or module.startswith(prefix + ".")]
+    matches = [
+        (len(prefix), rank)
+        for rank, (_, prefixes) in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    ]
     assert matches, f"{module} is in no layer of LAYERS: add it where it belongs"
     return max(matches)[1]
 
@@ -79,8 +103,10 @@ def test_imports_only_go_down_the_pipeline():
         module = _module_name(path)
         for line, imported in _import_nodes(path):
             if _layer(imported) > _layer(module):
-                climbing.append(f"{path.relative_to(PACKAGE.parent)}:{line} {module} ({LAYERS[_layer(module)][0]}) "
-                                f"imports {imported} ({LAYERS[_layer(imported)][0]})")
+                climbing.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line} {module} ({LAYERS[_layer(module)][0]}) "
+                    f"imports {imported} ({LAYERS[_layer(imported)][0]})"
+                )
     assert not climbing, "imports that climb back up the pipeline:\n" + "\n".join(climbing)
 
 
@@ -100,8 +126,13 @@ def _settings_read(path: Path, names: set[str]) -> set[str]:
             owner_name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
             if owner_name in ("settings", "limits"):
                 read.add(node.attr)
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "is_default" and node.args \
-                and isinstance(node.args[0], ast.Constant) and node.args[0].value in names:
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) == "is_default"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and node.args[0].value in names
+        ):
             read.add(node.args[0].value)
     return read
 
@@ -146,7 +177,7 @@ def test_no_import_cycle_inside_the_package():
         state[module] = 1
         for dep in sorted(graph[module]):
             if state.get(dep) == 1:
-                cycle = trail[trail.index(dep):] + [dep] if dep in trail else [module, dep]
+                cycle = trail[trail.index(dep) :] + [dep] if dep in trail else [module, dep]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if dep not in state:
                 visit(dep, trail + [dep])
@@ -192,8 +223,9 @@ class ThrowawayProbe(Probe):
 
     def run(self, ctx):
         limit = ctx.settings.throwaway_limit
-        return ProbeResult([Finding("throwaway_code", Severity.WARNING, f"limit {limit}", Where(module=""))],
-                           {"limit": limit})
+        return ProbeResult(
+            [Finding("throwaway_code", Severity.WARNING, f"limit {limit}", Where(module=""))], {"limit": limit}
+        )
 
 
 @pytest.fixture
@@ -215,8 +247,19 @@ def test_a_new_probe_needs_only_its_class_and_one_registry_entry(registered, tmp
     assert Settings().throwaway_limit == 7.0 and "throwaway_limit" in settings_yaml()
     settings_file = tmp_path / "s.yaml"
     settings_file.write_text("throwaway_limit: 3.5\n")
-    result = runner.invoke(app, ["diagnose", "nandoctor.examples.healthy:build", "--probe", "throwaway",
-                                 "--settings", str(settings_file), "--format", "json"])
+    result = runner.invoke(
+        app,
+        [
+            "diagnose",
+            "nandoctor.examples.healthy:build",
+            "--probe",
+            "throwaway",
+            "--settings",
+            str(settings_file),
+            "--format",
+            "json",
+        ],
+    )
     report = json.loads(result.stdout)
     assert report["findings"][0]["code"] == "throwaway_code"
     assert report["probes"]["throwaway"] == {"limit": 3.5}
@@ -225,8 +268,9 @@ def test_a_new_probe_needs_only_its_class_and_one_registry_entry(registered, tmp
 
 
 def test_probe_alone_pulls_in_what_it_needs():
-    result = CliRunner().invoke(app, ["diagnose", "nandoctor.examples.healthy:build", "--probe", "gradients",
-                                      "--format", "json"])
+    result = CliRunner().invoke(
+        app, ["diagnose", "nandoctor.examples.healthy:build", "--probe", "gradients", "--format", "json"]
+    )
     report = json.loads(result.stdout)
     assert set(report["probes"]) == {"forward", "backward", "gradients"}
     assert "skipped" not in report["probes"]["gradients"]

@@ -30,10 +30,20 @@ from tests.fixtures import all_cases
 from tests.fixtures.dynamics import DYNAMICS_CASES
 
 QUICK = [p for p in sorted(PROBES, key=lambda p: p.order) if p.name != "dynamics"]
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-               "_state_dict_hooks", "_load_state_dict_pre_hooks")
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks")
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+)
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
 
 
 class CallCounter(nn.Module):
@@ -100,22 +110,38 @@ def model_state(model: nn.Module) -> dict:
     for name, module in model.named_modules():
         for kind in ("_parameters", "_buffers"):
             for key, tensor in getattr(module, kind).items():
-                slots[(name, key)] = None if tensor is None else (
-                    id(tensor), tensor.detach().clone(), tensor.requires_grad,
-                    None if tensor.grad is None else (id(tensor.grad), tensor.grad.clone()),
-                    len(tensor._backward_hooks or {}))
-    return {"slots": slots,
-            "modules": {name: (id(module), module.training, tuple(len(getattr(module, d)) for d in _HOOK_DICTS))
-                        for name, module in model.named_modules()}}
+                slots[(name, key)] = (
+                    None
+                    if tensor is None
+                    else (
+                        id(tensor),
+                        tensor.detach().clone(),
+                        tensor.requires_grad,
+                        None if tensor.grad is None else (id(tensor.grad), tensor.grad.clone()),
+                        len(tensor._backward_hooks or {}),
+                    )
+                )
+    return {
+        "slots": slots,
+        "modules": {
+            name: (id(module), module.training, tuple(len(getattr(module, d)) for d in _HOOK_DICTS))
+            for name, module in model.named_modules()
+        },
+    }
 
 
 def global_state() -> dict:
     from torch.nn.modules import module
 
-    return {"torch_rng": torch.random.get_rng_state().clone(), "python_rng": random.getstate(),
-            "numpy_rng": numpy.random.get_state()[1].copy(), "grad": torch.is_grad_enabled(),
-            "dtype": torch.get_default_dtype(), "anomaly": torch.is_anomaly_enabled(),
-            "global_hooks": [len(getattr(module, name)) for name in _GLOBAL_HOOKS]}
+    return {
+        "torch_rng": torch.random.get_rng_state().clone(),
+        "python_rng": random.getstate(),
+        "numpy_rng": numpy.random.get_state()[1].copy(),
+        "grad": torch.is_grad_enabled(),
+        "dtype": torch.get_default_dtype(),
+        "anomaly": torch.is_anomaly_enabled(),
+        "global_hooks": [len(getattr(module, name)) for name in _GLOBAL_HOOKS],
+    }
 
 
 def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -97,8 +97,15 @@ def test_a_rate_far_too_high_in_configure_optimizers_is_named_and_swept_with_sgd
 
 
 def test_a_trainer_gives_clipping_and_precision():
-    trainer = pl.Trainer(gradient_clip_val=0.5, precision="bf16-mixed", accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        gradient_clip_val=0.5,
+        precision="bf16-mixed",
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     setup = validate({"model": Classifier(), "data": BlobData(), "trainer": trainer}, "test")
     assert (setup.grad_clip, setup.amp) == (0.5, "bf16")
     setup = validate({"model": Classifier(), "data": BlobData(), "trainer": {"precision": "16-mixed"}}, "test")
@@ -140,8 +147,10 @@ class ManualGAN(pl.LightningModule):
         self.log_dict({"g_loss": g_loss, "d_loss": d_loss})
 
     def configure_optimizers(self):
-        return [torch.optim.Adam(self.generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-                torch.optim.Adam(self.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))]
+        return [
+            torch.optim.Adam(self.generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+            torch.optim.Adam(self.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        ]
 
 
 def _gan(log_of_zero):

@@ -15,7 +15,7 @@ def test_component_table_and_weight_fix_under_the_config_key(diagnose):
     finding = diagnose(LOSS_CASES["acyclicity"].build())["findings"][0]
     assert finding["evidence"]["ratio"] > 100
     assert set(finding["evidence"]["table"]) == {"reconstruction", "acyclic"}
-    (key, value), = finding["fix"]["config"].items()
+    ((key, value),) = finding["fix"]["config"].items()
     assert key == "loss.lambda_acyclic" and 0 < value < 0.1
 
 

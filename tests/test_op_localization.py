@@ -61,8 +61,9 @@ def test_inf_made_on_purpose_is_not_the_origin(diagnose):
     mask = torch.ones(6, 5, dtype=torch.bool)
     mask[0] = False
     data = [(torch.randn(6, 5, 4), mask, torch.randn(6, 4))]
-    top = diagnose({"model": MaskedAttention(), "data": data,
-                    "loss": lambda m, b: F.mse_loss(m(b[0], b[1]), b[2])})["findings"][0]
+    top = diagnose({"model": MaskedAttention(), "data": data, "loss": lambda m, b: F.mse_loss(m(b[0], b[1]), b[2])})[
+        "findings"
+    ][0]
     assert (top["code"], top["where"]["op"]) == ("forward_nonfinite", "aten::_softmax")
     assert top["where"]["source"] == source_of(Path(__file__), "# a row with no valid position")
 
@@ -73,7 +74,9 @@ def test_fp16_overflow_in_the_loss_function_leads_with_amp_overflow(diagnose):
     assert top["code"] == "amp_overflow" and top["severity"] == "critical", codes(report)
     assert top["where"]["module"] is None and top["where"]["op"] == "aten::div"
     assert top["where"]["source"] == source_of(FIXTURES / "ops.py", "# op: clip logits")
-    assert top["evidence"]["float32_loss"] < 1e6 and top["evidence"]["autocast_loss"] != top["evidence"]["autocast_loss"]
+    assert (
+        top["evidence"]["float32_loss"] < 1e6 and top["evidence"]["autocast_loss"] != top["evidence"]["autocast_loss"]
+    )
     # the large gradients in float32 come from the same logits: folded under the overflow
     assert "exploding_gradients" not in codes(report)
     assert "exploding_gradients" in [e["code"] for e in top["evidence"].get("explains", [])]
@@ -103,14 +106,20 @@ def test_backward_nan_names_the_autograd_op_and_the_line_that_made_it(diagnose):
 def test_component_gradient_nan_names_op_and_line(diagnose):
     top = diagnose(models.bad_pairwise_sqrt())["findings"][0]
     assert (top["code"], top["where"]["component"], top["where"]["op"]) == (
-        "loss_component_nonfinite", "spread", "SqrtBackward0")
+        "loss_component_nonfinite",
+        "spread",
+        "SqrtBackward0",
+    )
     assert top["where"]["source"] == source_of(Path(models.__file__), "return -(squared + eps).sqrt().mean()")
 
 
 def test_component_value_nan_names_op_and_line(diagnose):
     top = diagnose(losses.contrastive_zero_norm())["findings"][0]
     assert (top["code"], top["where"]["component"], top["where"]["op"]) == (
-        "loss_component_nonfinite", "supcr", "aten::div")
+        "loss_component_nonfinite",
+        "supcr",
+        "aten::div",
+    )
     assert top["where"]["source"] == source_of(Path(losses.__file__), "normed = z / z.norm(p=2, dim=1, keepdim=True)")
 
 
@@ -166,8 +175,9 @@ def _rows():
 
 
 def test_crash_inside_an_installed_package_points_at_the_users_line(diagnose, installed):
-    report = diagnose({"model": Picker(installed.pick, [0, 9]), "data": _rows(),
-                       "loss": lambda m, b: m(b[0]).pow(2).mean()})
+    report = diagnose(
+        {"model": Picker(installed.pick, [0, 9]), "data": _rows(), "loss": lambda m, b: m(b[0]).pow(2).mean()}
+    )
     top = report["findings"][0]
     assert top["code"] == "forward_error"
     assert top["where"]["source"] == source_of(Path(__file__), "# calls into the installed package")
@@ -176,8 +186,9 @@ def test_crash_inside_an_installed_package_points_at_the_users_line(diagnose, in
 
 
 def test_crash_inside_an_installed_model_points_at_the_loss_line(diagnose, installed):
-    report = diagnose({"model": installed.Classifier(2), "data": _rows(),
-                       "loss": lambda m, b: m(b[0], b[1])})  # labels reach 2 with 2 classes
+    report = diagnose(
+        {"model": installed.Classifier(2), "data": _rows(), "loss": lambda m, b: m(b[0], b[1])}
+    )  # labels reach 2 with 2 classes
     top = report["findings"][0]  # the labels check names the cause before the package's crash
     assert top["code"] == "label_out_of_range" and "site-packages" not in top["fix"]["advice"]
     crash = next(e for e in top["evidence"]["explains"] if e["code"] == "forward_error")
@@ -195,12 +206,12 @@ def test_installed_package_used_correctly_is_healthy(diagnose, installed):
             h = self.conv(x.unsqueeze(1)).mean(1)
             return installed.pick(h, torch.zeros(len(x), 1, dtype=torch.long))
 
-    report = diagnose({"model": ConvPicker(), "data": _rows(),
-                       "loss": lambda m, b: m(b[0]).pow(2).mean()})
+    report = diagnose({"model": ConvPicker(), "data": _rows(), "loss": lambda m, b: m(b[0]).pow(2).mean()})
     assert report["verdict"] == "healthy", [(f["code"], f["title"]) for f in report["findings"]]
 
 
 # --- an op with no half kernel on the CPU is not the user's bug -----------------------------
+
 
 class VolumeHead(nn.Module):
     """Predicts a 3x3 Jacobian per sample and its log-volume, as a flow layer does."""
@@ -219,8 +230,9 @@ class VolumeHead(nn.Module):
 
 def test_missing_half_kernel_on_cpu_is_said_not_blamed(diagnose):
     data = [(torch.randn(8, 4), torch.zeros(8)) for _ in range(2)]
-    report = diagnose({"model": VolumeHead(), "data": data, "amp": "fp16",
-                       "loss": lambda m, b: F.mse_loss(m(b[0]), b[1])})
+    report = diagnose(
+        {"model": VolumeHead(), "data": data, "amp": "fp16", "loss": lambda m, b: F.mse_loss(m(b[0]), b[1])}
+    )
     assert not [f for f in report["findings"] if f["severity"] != "info"], codes(report)
     note = next(f for f in report["findings"] if f["code"] == "forward_error")
     assert "kernel" in note["title"] and note["where"]["op"]

@@ -29,8 +29,9 @@ runner = CliRunner()
 
 def _write(tmp_path, body: str) -> str:
     path = tmp_path / "build_spec.py"
-    path.write_text("import torch\nfrom torch import nn\nfrom torch.nn import functional as F\n\n"
-                    + textwrap.dedent(body))
+    path.write_text(
+        "import torch\nfrom torch import nn\nfrom torch.nn import functional as F\n\n" + textwrap.dedent(body)
+    )
     return f"{path}:build"
 
 
@@ -59,6 +60,7 @@ def test_a_float64_model_is_healthy(diagnose):
 
 def test_a_float64_model_keeps_values_beyond_float32_range(diagnose):
     """Statistics of a double model are kept in double: 1e200 is finite there."""
+
     class Scaled(nn.Module):
         def __init__(self):
             super().__init__()
@@ -126,8 +128,9 @@ def test_a_probe_that_crashes_makes_the_run_incomplete_never_a_finding(broken_pr
     from nandoctor.spec import validate
 
     built = double_setup()
-    parts = run_probes(validate(built, "t:b"), Settings(), [p for p in PROBES if p.name != "dynamics"],
-                       progress=lambda message: None)
+    parts = run_probes(
+        validate(built, "t:b"), Settings(), [p for p in PROBES if p.name != "dynamics"], progress=lambda message: None
+    )
     report = build_report("t:b", parts).to_dict()
     assert report["verdict"] == "incomplete" and report["findings"] == []
     missed = report["coverage"]["probes_not_run"]
@@ -166,15 +169,18 @@ def test_sparse_inputs_are_measured(diagnose):
             return self.head(torch.relu(torch.sparse.mm(x, self.weight)))
 
     g = torch.Generator().manual_seed(0)
-    data = [((torch.rand(16, 50, generator=g) < 0.1).float().to_sparse(), torch.randn(16, 1, generator=g))
-            for _ in range(3)]
-    report = diagnose({"model": BagOfWords(), "data": data, "loss": lambda m, b: F.mse_loss(m(b[0]), b[1])},
-                      probes=QUICK)
+    data = [
+        ((torch.rand(16, 50, generator=g) < 0.1).float().to_sparse(), torch.randn(16, 1, generator=g)) for _ in range(3)
+    ]
+    report = diagnose(
+        {"model": BagOfWords(), "data": data, "loss": lambda m, b: F.mse_loss(m(b[0]), b[1])}, probes=QUICK
+    )
     assert report["verdict"] == "healthy", report["findings"] or report["coverage"]
 
 
 def test_sparse_inputs_never_crash_the_traced_pass(diagnose):
     """The traced pass measures sparse tensors (their stored values and the implicit zeros)."""
+
     class SparseSum(nn.Module):
         def __init__(self):
             super().__init__()
@@ -184,19 +190,24 @@ def test_sparse_inputs_never_crash_the_traced_pass(diagnose):
             return self.head(x.to_dense())
 
     data = [(torch.eye(6).to_sparse() * 2.0, torch.randn(6, 1)) for _ in range(2)]
-    report = diagnose({"model": SparseSum(), "data": data, "loss": lambda m, b: F.mse_loss(m(b[0]), b[1])},
-                      probes=[p for p in QUICK if p.name in ("forward", "backward", "gradients")])
+    report = diagnose(
+        {"model": SparseSum(), "data": data, "loss": lambda m, b: F.mse_loss(m(b[0]), b[1])},
+        probes=[p for p in QUICK if p.name in ("forward", "backward", "gradients")],
+    )
     assert report["verdict"] == "healthy", report["findings"] or report["coverage"]
 
 
 def test_a_model_on_the_meta_device_is_a_usage_error(tmp_path):
-    spec = _write(tmp_path, """
+    spec = _write(
+        tmp_path,
+        """
         def build():
             with torch.device("meta"):
                 model = nn.Linear(4, 1)
             return {"model": model, "data": [(torch.randn(8, 4), torch.randn(8, 1))],
                     "loss": lambda m, b: F.mse_loss(m(b[0]), b[1])}
-    """)
+    """,
+    )
     result = runner.invoke(app, ["diagnose", spec])
     assert result.exit_code == 2, result.output
     assert "meta device" in result.stderr and "Traceback" not in result.output
@@ -204,7 +215,9 @@ def test_a_model_on_the_meta_device_is_a_usage_error(tmp_path):
 
 
 def test_ctrl_c_says_nothing_changed_and_exits_130(tmp_path):
-    spec = _write(tmp_path, """
+    spec = _write(
+        tmp_path,
+        """
         MODEL = nn.Linear(4, 1)
 
         def interrupted(model, batch):
@@ -212,7 +225,8 @@ def test_ctrl_c_says_nothing_changed_and_exits_130(tmp_path):
 
         def build():
             return {"model": MODEL, "data": [(torch.randn(8, 4), torch.randn(8, 1))], "loss": interrupted}
-    """)
+    """,
+    )
     out = tmp_path / "report.json"
     result = runner.invoke(app, ["diagnose", spec, "--out", str(out)])
     assert result.exit_code == 130
@@ -237,8 +251,9 @@ def test_unwritable_output_is_refused_before_any_probe_runs(tmp_path):
 def test_the_report_is_printed_even_when_writing_it_fails(tmp_path, capsys):
     write_output(tmp_path, "{}")  # a folder: writing fails, and says so
     assert "could not write" in capsys.readouterr().err
-    result = runner.invoke(app, ["diagnose", "nandoctor.examples.healthy:build", "--quick", "--format", "json",
-                                 "--out", "/dev/full"])
+    result = runner.invoke(
+        app, ["diagnose", "nandoctor.examples.healthy:build", "--quick", "--format", "json", "--out", "/dev/full"]
+    )
     assert result.exit_code == 0
     assert json.loads(result.stdout)["verdict"] == "healthy"
     assert "could not write /dev/full" in result.stderr

@@ -12,8 +12,11 @@ from nandoctor.settings import Settings
 from nandoctor.spec import validate
 from tests.fixtures.models import CASES
 
-BUILDERS = {f"{name}-{kind}": builder for name, case in CASES.items()
-            for kind, builder in (("bad", case.build), ("good", case.twin))}
+BUILDERS = {
+    f"{name}-{kind}": builder
+    for name, case in CASES.items()
+    for kind, builder in (("bad", case.build), ("good", case.twin))
+}
 
 
 @pytest.mark.parametrize("probe", PROBES, ids=lambda p: p.name)

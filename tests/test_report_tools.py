@@ -19,16 +19,39 @@ SPECS = Path(__file__).parent / "specs"
 runner = CliRunner()
 
 CONTRACT_CODES = [
-    "nonfinite_input", "unnormalized_input", "index_out_of_range", "nonfinite_init", "forward_nonfinite",
-    "backward_nonfinite", "activation_explosion", "exploding_gradients", "vanishing_gradients", "saturation",
-    "dead_units", "lr_too_high", "lr_too_low", "loss_component_nonfinite", "loss_component_explosion",
-    "amp_overflow", "grad_clip_too_aggressive", "loss_plateau", "device_mismatch", "label_out_of_range",
-    "no_gradient_path", "target_out_of_range", "loss_shape_mismatch", "rank_divergence",
+    "nonfinite_input",
+    "unnormalized_input",
+    "index_out_of_range",
+    "nonfinite_init",
+    "forward_nonfinite",
+    "backward_nonfinite",
+    "activation_explosion",
+    "exploding_gradients",
+    "vanishing_gradients",
+    "saturation",
+    "dead_units",
+    "lr_too_high",
+    "lr_too_low",
+    "loss_component_nonfinite",
+    "loss_component_explosion",
+    "amp_overflow",
+    "grad_clip_too_aggressive",
+    "loss_plateau",
+    "device_mismatch",
+    "label_out_of_range",
+    "no_gradient_path",
+    "target_out_of_range",
+    "loss_shape_mismatch",
+    "rank_divergence",
 ]
 # Codes the 0.3 contract added whose detectors are open work: nandoctor declares a code only with a
 # detector, a fixture that raises it and a healthy twin. Each flips its strict xfail below when it lands.
-NOT_YET_DETECTED = {"no_gradient_path": "issue 17", "target_out_of_range": "issue 17",
-                    "loss_shape_mismatch": "issue 17", "rank_divergence": "issue 18"}
+NOT_YET_DETECTED = {
+    "no_gradient_path": "issue 17",
+    "target_out_of_range": "issue 17",
+    "loss_shape_mismatch": "issue 17",
+    "rank_divergence": "issue 18",
+}
 DETECTED = [code for code in CONTRACT_CODES if code not in NOT_YET_DETECTED]
 
 
@@ -47,8 +70,18 @@ def test_write_fixed_changes_only_the_fixed_values_and_then_trains(config_copy, 
     fixed = tmp_path / "fixed.yaml"
     spec = f"{SPECS}/config_spec.py:build"
     before = config_copy.read_text()
-    result = invoke("diagnose", spec, "--set", f"config_path={config_copy}", "--config", config_copy,
-                    "--write-fixed", fixed, "--format", "json")
+    result = invoke(
+        "diagnose",
+        spec,
+        "--set",
+        f"config_path={config_copy}",
+        "--config",
+        config_copy,
+        "--write-fixed",
+        fixed,
+        "--format",
+        "json",
+    )
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert report["findings"][0]["code"] == "lr_too_high"
@@ -57,7 +90,9 @@ def test_write_fixed_changes_only_the_fixed_values_and_then_trains(config_copy, 
     old, new = before.splitlines(), fixed.read_text().splitlines()
     changed = [(a, b) for a, b in zip(old, new) if a != b]
     assert len(old) == len(new) and len(changed) == 1
-    assert changed[0][1].startswith("  learning_rate:") and changed[0][1].endswith("# copied from a paper that used SGD")
+    assert changed[0][1].startswith("  learning_rate:") and changed[0][1].endswith(
+        "# copied from a paper that used SGD"
+    )
     assert "-  learning_rate: 3.0" in result.stderr and "+  learning_rate:" in result.stderr  # the diff
     again = invoke("diagnose", spec, "--set", f"config_path={fixed}", "--format", "json")
     assert again.exit_code == 0, again.stdout
@@ -66,8 +101,17 @@ def test_write_fixed_changes_only_the_fixed_values_and_then_trains(config_copy, 
 
 def test_input_config_is_overwritten_only_with_in_place(config_copy):
     spec = f"{SPECS}/config_spec.py:build"
-    refused = invoke("diagnose", spec, "--set", f"config_path={config_copy}", "--config", config_copy,
-                     "--write-fixed", config_copy, "--quick")
+    refused = invoke(
+        "diagnose",
+        spec,
+        "--set",
+        f"config_path={config_copy}",
+        "--config",
+        config_copy,
+        "--write-fixed",
+        config_copy,
+        "--quick",
+    )
     assert refused.exit_code == 2 and "--in-place" in refused.stderr
     invoke("diagnose", spec, "--set", f"config_path={config_copy}", "--config", config_copy, "--in-place")
     assert yaml.safe_load(config_copy.read_text())["optim"]["learning_rate"] < 3.0
@@ -111,8 +155,6 @@ def test_contract_codes_match_the_shared_contract():
 @pytest.mark.xfail(strict=True, reason="a 0.3 contract code whose detector is open work")
 def test_contract_code_not_yet_detected(code):
     assert code in CODES
-
-
 
 
 def test_every_code_has_a_fixture_that_raises_it_and_a_twin():

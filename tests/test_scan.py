@@ -30,7 +30,11 @@ def tagger_loss(model, batch):
 
 def tagger(bad=None, shuffle=False, n=4000):
     g = torch.Generator().manual_seed(0)
-    ids, x, y = torch.randint(0, 50, (n, 6), generator=g), torch.randn(n, 4, generator=g), torch.randint(0, 5, (n,), generator=g)
+    ids, x, y = (
+        torch.randint(0, 50, (n, 6), generator=g),
+        torch.randn(n, 4, generator=g),
+        torch.randint(0, 5, (n,), generator=g),
+    )
     if bad == "nan":
         x[2345, 2] = float("nan")
     if bad == "id":
@@ -58,8 +62,11 @@ def test_one_nan_sample_among_thousands_is_named_by_batch_sample_and_dataset_ind
 
 
 def test_ids_labels_and_extreme_values_point_at_their_sample():
-    expected = {"id": ("index_out_of_range", "0", 3001), "label": ("label_out_of_range", "2", 77),
-                "extreme": ("unnormalized_input", "1", 3999)}
+    expected = {
+        "id": ("index_out_of_range", "0", 3001),
+        "label": ("label_out_of_range", "2", 77),
+        "extreme": ("unnormalized_input", "1", 3999),
+    }
     for bad, (code, tensor, index) in expected.items():
         result = scan(tagger(bad))
         assert [f["code"] for f in result["findings"]] == [code], bad
@@ -124,11 +131,13 @@ def test_ctrl_c_keeps_what_was_found(tmp_path):
 
 def test_cli_scan_text_and_exit_codes(tmp_path):
     spec = tmp_path / "data_spec.py"
-    spec.write_text("import torch\nfrom torch import nn\n"
-                    "def build(bad: bool = True):\n"
-                    "    x = torch.randn(64, 3)\n"
-                    "    if bad: x[40, 1] = float('nan')\n"
-                    "    return {'model': nn.Linear(3, 1), 'data': list(x.split(16)), 'loss': lambda m, b: m(b).mean()}\n")
+    spec.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def build(bad: bool = True):\n"
+        "    x = torch.randn(64, 3)\n"
+        "    if bad: x[40, 1] = float('nan')\n"
+        "    return {'model': nn.Linear(3, 1), 'data': list(x.split(16)), 'loss': lambda m, b: m(b).mean()}\n"
+    )
     result = CliRunner().invoke(app, ["scan", f"{spec}:build"])
     assert result.exit_code == 1 and "batch 2 sample 8" in result.stdout
     assert "batches/s" in result.stderr
@@ -136,7 +145,7 @@ def test_cli_scan_text_and_exit_codes(tmp_path):
     assert CliRunner().invoke(app, ["scan", f"{spec}:build", "--max-batches", "0"]).exit_code == 2
 
 
-SCAN_DATA_RAISES = '''
+SCAN_DATA_RAISES = """
 import torch
 from torch import nn
 
@@ -159,7 +168,7 @@ def build(workers: int = 0):
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     return {"model": model, "data": torch.utils.data.DataLoader(Records(), batch_size=8, num_workers=workers),
             "loss": lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])}
-'''
+"""
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -171,8 +180,9 @@ def test_a_dataset_that_raises_is_the_users_error_and_what_was_found_stays(tmp_p
     from nandoctor.cli import app
 
     (tmp_path / "records.py").write_text(SCAN_DATA_RAISES)
-    result = CliRunner().invoke(app, ["scan", f"{tmp_path / 'records.py'}:build", "--set", f"workers={workers}",
-                                      "--format", "json"])
+    result = CliRunner().invoke(
+        app, ["scan", f"{tmp_path / 'records.py'}:build", "--set", f"workers={workers}", "--format", "json"]
+    )
     assert result.exit_code == 1 and "internal error" not in result.output, result.output  # its finding stands
     scanned = json.loads(result.stdout)
     assert scanned["stopped"]["batch"] == 4 and scanned["stopped"]["dataset_indices"] == [32, 39]

@@ -12,10 +12,19 @@ from nandoctor.spec import load, parse_overrides, parse_value
 SPECS = Path(__file__).parent / "specs"
 
 
-@pytest.mark.parametrize("text, value", [
-    ("3", 3), ("1e-3", 0.001), ("fp16", "fp16"), ("true", True), ("null", None), ("-2.5", -2.5),
-    ("hello world", "hello world"), ("[1, 2]", [1, 2]),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("3", 3),
+        ("1e-3", 0.001),
+        ("fp16", "fp16"),
+        ("true", True),
+        ("null", None),
+        ("-2.5", -2.5),
+        ("hello world", "hello world"),
+        ("[1, 2]", [1, 2]),
+    ],
+)
 def test_set_values_are_yaml_scalars_with_python_numbers(text, value):
     assert parse_value(text) == value
 
@@ -46,18 +55,21 @@ def test_module_spec_and_object_form(monkeypatch):
     assert load("nandoctor.examples.healthy:build").lr == 1e-3
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("nope.py:build", "no such file: nope.py"),
-    ("model.py", "bad SPEC"),
-    (f"{SPECS}/good_spec.py:missing", "has no function 'missing'"),
-    (f"{SPECS}/good_spec.py:build_raises", "raised ValueError: dataset path /data/train.parquet not found \\(at "),
-    (f"{SPECS}/broken_import.py:build", "importing .* raised RuntimeError: CUDA_VISIBLE_DEVICES"),
-    (f"{SPECS}/good_spec.py:build_not_a_module", "'model' must be a torch.nn.Module"),
-    (f"{SPECS}/good_spec.py:build_no_data", "no 'data'"),
-    (f"{SPECS}/good_spec.py:build_list", "expected a dict"),
-    (f"{SPECS}/good_spec.py:build_bad_amp", "'amp' must be"),
-    ("no_such_package_xyz.mod:build", "no module named"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nope.py:build", "no such file: nope.py"),
+        ("model.py", "bad SPEC"),
+        (f"{SPECS}/good_spec.py:missing", "has no function 'missing'"),
+        (f"{SPECS}/good_spec.py:build_raises", "raised ValueError: dataset path /data/train.parquet not found \\(at "),
+        (f"{SPECS}/broken_import.py:build", "importing .* raised RuntimeError: CUDA_VISIBLE_DEVICES"),
+        (f"{SPECS}/good_spec.py:build_not_a_module", "'model' must be a torch.nn.Module"),
+        (f"{SPECS}/good_spec.py:build_no_data", "no 'data'"),
+        (f"{SPECS}/good_spec.py:build_list", "expected a dict"),
+        (f"{SPECS}/good_spec.py:build_bad_amp", "'amp' must be"),
+        ("no_such_package_xyz.mod:build", "no module named"),
+    ],
+)
 def test_bad_specs_raise_one_clear_line(spec, message):
     with pytest.raises(UsageError, match=message) as info:
         load(spec)

@@ -18,10 +18,12 @@ class WithBatchNorm(nn.Module):
 
 
 def _snapshot(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()},
-            {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
-            {n: m.training for n, m in model.named_modules()},
-            {n: p.requires_grad for n, p in model.named_parameters()})
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        {n: m.training for n, m in model.named_modules()},
+        {n: p.requires_grad for n, p in model.named_parameters()},
+    )
 
 
 def _assert_same(before, after):
@@ -46,8 +48,7 @@ def test_model_weights_buffers_grads_modes_and_rng_are_restored(diagnose):
     expected_torch, expected_py = torch.rand(3), random.random()
     torch.manual_seed(123)
     random.seed(5)
-    diagnose({"model": model, "data": data,
-              "loss": lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])})
+    diagnose({"model": model, "data": data, "loss": lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])})
     assert torch.equal(torch.rand(3), expected_torch) and random.random() == expected_py
     _assert_same(before, _snapshot(model))
 
@@ -78,8 +79,14 @@ def test_one_pass_generator_data_is_read_once_and_reused(diagnose):
             x = torch.randn(4, 10)
             yield x, x[:, :1] - x[:, 1:2]  # learnable targets: random ones are a loss_plateau
 
-    report = diagnose({"model": WithBatchNorm(), "data": batches(), "lr": 3e-2,  # 1e-3 barely moves it
-                       "loss": lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])})
+    report = diagnose(
+        {
+            "model": WithBatchNorm(),
+            "data": batches(),
+            "lr": 3e-2,  # 1e-3 barely moves it
+            "loss": lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]),
+        }
+    )
     assert reads == [0, 1, 2, 3]  # four cached batches shared by every probe
     assert report["verdict"] == "healthy"
 

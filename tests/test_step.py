@@ -43,14 +43,19 @@ def scaled_run(skip_limit, steps=30):
     setup = setup_of(nn.Linear(6, 1), loss=lambda m, b: 1000 * mse(m, b))
     before = setup.model.weight.detach().clone()
     optimizer = torch.optim.SGD(setup.model.parameters(), lr=1e-5)
-    trainer = TrainingStep(setup, optimizer, None, scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 127))
+    trainer = TrainingStep(setup, optimizer, None, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**127))
     assert trainer.run(0, [setup.data[0]]) is None and torch.equal(setup.model.weight, before)  # skipped
     log = StepLog()
-    (loss, norm), = values = trainer.read()
+    ((loss, norm),) = values = trainer.read()
     assert math.isfinite(loss) and not math.isfinite(norm)
     log.add_all(values, trainer.scaled, skip_limit)
-    run_steps(trainer, log, steps, lambda step: setup.data[step % 4],
-              lambda read: log.add_all(read, trainer.scaled, skip_limit))
+    run_steps(
+        trainer,
+        log,
+        steps,
+        lambda step: setup.data[step % 4],
+        lambda read: log.add_all(read, trainer.scaled, skip_limit),
+    )
     return log
 
 
@@ -132,7 +137,7 @@ def test_a_closure_optimizer_runs_through_the_step():
 
 
 def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch():
-    (x, y), = regression_data(count=1, size=16)
+    ((x, y),) = regression_data(count=1, size=16)
     halves, whole = [(x[:8], y[:8]), (x[8:], y[8:])], [(x, y)]
     outcomes = []
     for micro, accumulate in ((halves, 2), (whole, 1)):
@@ -142,7 +147,9 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch():
         assert trainer.measure(0, micro) is None
         grads = [p.grad.clone() for p in setup.model.parameters()]
         log = StepLog()
-        run_steps(trainer, log, 1, micro.__getitem__, partial(log.add_all, scaled=False, skip_limit=2), accumulate=accumulate)
+        run_steps(
+            trainer, log, 1, micro.__getitem__, partial(log.add_all, scaled=False, skip_limit=2), accumulate=accumulate
+        )
         outcomes.append((grads, [p.detach().clone() for p in setup.model.parameters()], log.losses, log.grad_norms))
     (split, split_weights, split_loss, split_norm), (one, one_weights, one_loss, one_norm) = outcomes
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(split, one))
@@ -154,7 +161,7 @@ def gradient_penalty_loss(model, batch):
     """A WGAN-GP style loss: it takes the gradient of the output with respect to the input itself."""
     x = batch[0].clone().requires_grad_(True)
     out = model(x)
-    grad, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
     return out.mean() + ((grad.norm(dim=1) - 1) ** 2).mean()
 
 

@@ -30,8 +30,12 @@ def library_ce(model, batch):
 def build(lr: float = 0.09, loss: str = "handwritten"):
     """At lr 0.09 the hand-written loss first goes NaN at step 10; at 0.06, at step 27."""
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
-    return {"model": model, "data": blob_batches(), "lr": lr,
-            "loss": handwritten_ce if loss == "handwritten" else library_ce}
+    return {
+        "model": model,
+        "data": blob_batches(),
+        "lr": lr,
+        "loss": handwritten_ce if loss == "handwritten" else library_ce,
+    }
 
 
 def test_a_nan_at_step_10_is_named_at_its_log_op_and_line(diagnose):
@@ -58,8 +62,9 @@ def test_a_different_healthy_model_is_left_alone(diagnose):
     g = torch.Generator().manual_seed(3)
     data = [(torch.randn(32, 6, generator=g), torch.randn(32, 2, generator=g)) for _ in range(4)]
     model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.LayerNorm(32), nn.Linear(32, 2))
-    report = diagnose({"model": model, "data": data, "lr": 3e-3, "loss": lambda m, b: F.mse_loss(m(b[0]), b[1])},
-                      probes=_needed())
+    report = diagnose(
+        {"model": model, "data": data, "lr": 3e-3, "loss": lambda m, b: F.mse_loss(m(b[0]), b[1])}, probes=_needed()
+    )
     assert report["findings"] == [] and report["probes"]["steps"]["steps_run"] == 40
 
 

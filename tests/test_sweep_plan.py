@@ -11,9 +11,9 @@ from nandoctor.render.sweep import render_sweep
 from nandoctor.runner import open_context, run_probes, select_probes
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
-from nandoctor.sweep_report import sweep_report
 from nandoctor.sweep.grid import sweep_rates
 from nandoctor.sweep.plan import SCHEDULES, estimated_steps, plan_sweep, step_gflop
+from nandoctor.sweep_report import sweep_report
 from tests.fixtures import dynamics as fx
 from tests.test_steps import build as steps_fixture
 
@@ -31,8 +31,12 @@ def plan_for(built, **settings):
 
 def probes_on(built, names, **settings):
     torch.manual_seed(0)
-    parts = run_probes(validate(built, "test"), Settings(**settings), select_probes(names, None, lambda m: None),
-                       progress=lambda m: None)
+    parts = run_probes(
+        validate(built, "test"),
+        Settings(**settings),
+        select_probes(names, None, lambda m: None),
+        progress=lambda m: None,
+    )
     return parts["probes"], [f.to_dict() for f in parts["findings"]]
 
 
@@ -55,8 +59,10 @@ def test_counted_flops_grow_with_the_batch_and_counting_leaves_batch_norm_statis
     small, large = gflop(16), gflop(64)
     assert large == 4 * small and small == 3 * 2 * 16 * (8 * 64 + 64 * 2) / 1e9  # forward x 3: the step
     before = model[1].running_mean.clone()  # step_gflop alone leaves restoring to its caller; the plan restores
-    setup = validate({"model": model, "data": [(torch.randn(4, 8) + 5, torch.zeros(4, dtype=torch.long))] * 2,
-                      "loss": fx.xy_ce}, "test")
+    setup = validate(
+        {"model": model, "data": [(torch.randn(4, 8) + 5, torch.zeros(4, dtype=torch.long))] * 2, "loss": fx.xy_ce},
+        "test",
+    )
     with open_context(setup, Settings()) as ctx:
         plan_sweep(ctx, 9)
     assert torch.equal(model[1].running_mean, before)
@@ -177,8 +183,12 @@ def test_short_runs_make_too_low_and_no_signal_hints_not_warnings():
 
     case = next(c for c in ZOO if c.id == "bert-healthy")
     torch.manual_seed(0)
-    parts = run_probes(validate(case.build(), "zoo"), Settings(**SLOW), select_probes(["dynamics"], None, lambda m: None),
-                       progress=lambda m: None)
+    parts = run_probes(
+        validate(case.build(), "zoo"),
+        Settings(**SLOW),
+        select_probes(["dynamics"], None, lambda m: None),
+        progress=lambda m: None,
+    )
     found = [f.to_dict() for f in parts["findings"]]
     assert parts["probes"]["dynamics"]["plan"]["scaled"]
     assert judge(case, {"findings": found})[0], found

@@ -21,7 +21,7 @@ from nandoctor.results import Report
 
 HEALTHY = "nandoctor.examples.healthy:build"
 
-SPEC = textwrap.dedent('''
+SPEC = textwrap.dedent("""
     import torch
     from torch import nn
 
@@ -46,7 +46,7 @@ SPEC = textwrap.dedent('''
 
     def build_internal():
         return {"model": Broken(4, 1), "data": [torch.randn(3, 4)], "loss": lambda m, b: m(b).pow(2).mean()}
-''')
+""")
 
 
 def invoke(*args):
@@ -121,8 +121,9 @@ def test_out_never_overwrites_the_capture_being_replayed(tmp_path):
 # ----------------------------------------------------------- 5. a run in which no probe runs
 
 
-@pytest.mark.parametrize("args", [["--probe", "dynamics", "--quick"],
-                                  [arg for probe in PROBES for arg in ("--skip", probe.name)]])
+@pytest.mark.parametrize(
+    "args", [["--probe", "dynamics", "--quick"], [arg for probe in PROBES for arg in ("--skip", probe.name)]]
+)
 def test_a_run_with_no_probe_left_is_a_usage_error(args):
     result = invoke("diagnose", HEALTHY, *args)
     assert result.exit_code == 2 and "no probe" in one_error_line(result)
@@ -143,11 +144,18 @@ def error_object(result, kind):
     return data
 
 
-@pytest.mark.parametrize("args", [
-    ["diagnose", "missing.py:build"], ["smoke", "missing.py:build"], ["lr-sweep", "missing.py:build"],
-    ["replay", "missing.pt"], ["scan", "missing.py:build"], ["feature-stats", "missing.csv"],
-    ["diagnose", HEALTHY, "--steps", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["diagnose", "missing.py:build"],
+        ["smoke", "missing.py:build"],
+        ["lr-sweep", "missing.py:build"],
+        ["replay", "missing.pt"],
+        ["scan", "missing.py:build"],
+        ["feature-stats", "missing.csv"],
+        ["diagnose", HEALTHY, "--steps", "0"],
+    ],
+)
 def test_format_json_prints_one_object_on_a_usage_error(args):
     result = invoke(*args, "--format", "json")
     assert result.exit_code == 2
@@ -188,8 +196,20 @@ def test_plot_with_an_unsupported_extension_is_refused_before_the_sweep(tmp_path
 def test_results_are_written_before_the_plot(tmp_path):
     # .pgf is a format matplotlib knows, but it needs a LaTeX install to draw: it may fail here
     out = tmp_path / "sweep.json"
-    result = invoke("lr-sweep", HEALTHY, "--lrs", "1e-3,1e-2", "--steps", "2", "--format", "json",
-                    "--out", out, "--plot", tmp_path / "curves.pgf")
+    result = invoke(
+        "lr-sweep",
+        HEALTHY,
+        "--lrs",
+        "1e-3,1e-2",
+        "--steps",
+        "2",
+        "--format",
+        "json",
+        "--out",
+        out,
+        "--plot",
+        tmp_path / "curves.pgf",
+    )
     assert result.exit_code in (0, 1, 3), result.output
     assert json.loads(result.stdout)["runs"] and json.loads(out.read_text())["runs"]
     if result.exit_code == 3:
@@ -199,20 +219,31 @@ def test_results_are_written_before_the_plot(tmp_path):
 # ----------------------------------------------------------- 10. numbers are range-checked
 
 
-@pytest.mark.parametrize("args", [
-    ["diagnose", HEALTHY, "--steps", "0"], ["diagnose", HEALTHY, "--steps", "-1"],
-    ["lr-sweep", HEALTHY, "--steps", "0"], ["diagnose", HEALTHY, "--batches", "0"],
-    ["lr-sweep", HEALTHY, "--batches", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["diagnose", HEALTHY, "--steps", "0"],
+        ["diagnose", HEALTHY, "--steps", "-1"],
+        ["lr-sweep", HEALTHY, "--steps", "0"],
+        ["diagnose", HEALTHY, "--batches", "0"],
+        ["lr-sweep", HEALTHY, "--batches", "0"],
+    ],
+)
 def test_counts_below_one_are_usage_errors(args):
     result = invoke(*args)
     assert result.exit_code == 2, result.output
     one_error_line(result)
 
 
-@pytest.mark.parametrize("text, says", [("sweep_steps: 0\n", "sweep_steps"), ("sweep_max_decades: -1\n", "sweep_max_decades"),
-                                        ("tie_tolerance: -0.1\n", "tie_tolerance"),
-                                        ("sweep_steps: [1\nbatches: 2\n", "not valid YAML")])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("sweep_steps: 0\n", "sweep_steps"),
+        ("sweep_max_decades: -1\n", "sweep_max_decades"),
+        ("tie_tolerance: -0.1\n", "tie_tolerance"),
+        ("sweep_steps: [1\nbatches: 2\n", "not valid YAML"),
+    ],
+)
 def test_settings_out_of_range_or_broken_are_one_line(tmp_path, text, says):
     settings = tmp_path / "settings.yaml"
     settings.write_text(text)
@@ -243,14 +274,17 @@ def test_a_model_passed_as_the_spec_is_recognised_and_never_called():
     assert Recording.calls == 0
 
 
-@pytest.mark.parametrize("call", [
-    lambda: nandoctor.lr_sweep(HEALTHY, lrs=1e-3, progress=False),
-    lambda: nandoctor.lr_sweep(HEALTHY, lrs=["1e-3", "1e-2"], progress=False),
-    lambda: nandoctor.lr_sweep(HEALTHY, steps="3", progress=False),
-    lambda: nandoctor.lr_sweep(HEALTHY, steps=2.5, progress=False),
-    lambda: nandoctor.diagnose(HEALTHY, steps="3", progress=False),
-    lambda: nandoctor.diagnose(HEALTHY, probes="forward", progress=False),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: nandoctor.lr_sweep(HEALTHY, lrs=1e-3, progress=False),
+        lambda: nandoctor.lr_sweep(HEALTHY, lrs=["1e-3", "1e-2"], progress=False),
+        lambda: nandoctor.lr_sweep(HEALTHY, steps="3", progress=False),
+        lambda: nandoctor.lr_sweep(HEALTHY, steps=2.5, progress=False),
+        lambda: nandoctor.diagnose(HEALTHY, steps="3", progress=False),
+        lambda: nandoctor.diagnose(HEALTHY, probes="forward", progress=False),
+    ],
+)
 def test_wrong_argument_types_are_usage_errors(call):
     with pytest.raises(UsageError):
         call()
@@ -277,6 +311,10 @@ def test_smoke_budget_counts_the_build_time(spec_file):
 
 
 def test_the_entry_point_prints_one_json_object_on_a_usage_error(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "nandoctor", "diagnose", "missing.py:build", "--format", "json"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "nandoctor", "diagnose", "missing.py:build", "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert run.returncode == 2 and json.loads(run.stdout)["error"]["kind"] == "usage"

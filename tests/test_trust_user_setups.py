@@ -11,8 +11,11 @@ from nandoctor.errors import UsageError
 HEALTHY = "nandoctor.examples.healthy:build"
 
 
-@pytest.mark.parametrize("block", [torch.no_grad, lambda: torch.set_grad_enabled(False), torch.inference_mode],
-                         ids=["no_grad", "set_grad_enabled_false", "inference_mode"])
+@pytest.mark.parametrize(
+    "block",
+    [torch.no_grad, lambda: torch.set_grad_enabled(False), torch.inference_mode],
+    ids=["no_grad", "set_grad_enabled_false", "inference_mode"],
+)
 def test_diagnose_inside_a_no_gradient_block_turns_gradients_on_for_itself(block):
     with block():
         report = nandoctor.diagnose(HEALTHY, quick=True, progress=False)
@@ -37,8 +40,11 @@ def _frozen_classifier(frozen: bool):
     for parameter in model.parameters():
         parameter.requires_grad_(not frozen)
     x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
-    return {"model": model, "data": [(x, y)] * 4,
-            "loss": lambda m, batch: torch.nn.functional.cross_entropy(m(batch[0]), batch[1])}
+    return {
+        "model": model,
+        "data": [(x, y)] * 4,
+        "loss": lambda m, batch: torch.nn.functional.cross_entropy(m(batch[0]), batch[1]),
+    }
 
 
 def test_a_model_with_nothing_trainable_gets_its_finding_and_no_internal_error():
@@ -104,8 +110,12 @@ def test_user_output_on_descriptor_1_never_lands_in_the_json(tmp_path):
     from pathlib import Path
 
     spec = f"{Path(__file__).parent / 'specs'}/noisy.py:build"
-    done = subprocess.run([sys.executable, "-m", "nandoctor", "diagnose", spec, "--quick", "--format", "json"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "nandoctor", "diagnose", spec, "--quick", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["verdict"] == "healthy"  # pure JSON: the user's writes went to stderr
     assert "from-os-write-in-the-loss" in done.stderr and "from-os-system-in-the-build" in done.stderr

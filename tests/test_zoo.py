@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 # Known misses, kept visible: strict, so a fix shows up as an unexpected pass.
 KNOWN_MISSES = {
     "vit-lr_too_low": "SGD+momentum at 1e-4 still trains the ViT (held-out -8% in the sweep's 32 steps, "
-                      "against -100% at 0.1); lr_too_low fires only for a rate that barely moves, because "
-                      "calling slower-but-training rates too low flagged healthy AdamW-1e-3 twins",
+    "against -100% at 0.1); lr_too_low fires only for a rate that barely moves, because "
+    "calling slower-but-training rates too low flagged healthy AdamW-1e-3 twins",
 }
 
 
@@ -38,8 +38,10 @@ def test_zoo_case(case):
         pytest.importorskip(module)
     report, seconds = run_case(case)
     ok, found = judge(case, report)
-    top = [(f["code"], f["severity"], {k: v for k, v in f["where"].items() if v is not None})
-           for f in report["findings"][:3]]
+    top = [
+        (f["code"], f["severity"], {k: v for k, v in f["where"].items() if v is not None})
+        for f in report["findings"][:3]
+    ]
     if case.code is None:
         assert ok, f"{case.id}: expected a healthy verdict, got {found}; first findings {top}"
     else:

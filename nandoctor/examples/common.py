@@ -14,8 +14,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(vocab, WIDTH)
         self.feature_proj = nn.Linear(FEATURES, WIDTH)
-        self.block = nn.Sequential(nn.LayerNorm(WIDTH), nn.Linear(WIDTH, 2 * WIDTH), nn.GELU(),
-                                   nn.Linear(2 * WIDTH, WIDTH))
+        self.block = nn.Sequential(
+            nn.LayerNorm(WIDTH), nn.Linear(WIDTH, 2 * WIDTH), nn.GELU(), nn.Linear(2 * WIDTH, WIDTH)
+        )
 
     def forward(self, tokens: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.token_embedding(tokens) + self.feature_proj(features)
@@ -35,8 +36,9 @@ class Classifier(nn.Module):
         return self.head(pooled)
 
 
-def make_batches(count: int = 4, size: int = 16, length: int = 12, max_id: int = VOCAB - 1,
-                 seed: int = 0) -> list[dict]:
+def make_batches(
+    count: int = 4, size: int = 16, length: int = 12, max_id: int = VOCAB - 1, seed: int = 0
+) -> list[dict]:
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(count):

@@ -4,5 +4,10 @@ from nandoctor.examples.common import Classifier, cross_entropy_loss, make_batch
 
 
 def build(lr: float = 1e-3):
-    return {"model": Classifier(), "data": make_batches(), "loss": cross_entropy_loss, "lr": lr,
-            "feature_names": {"features": ["time", "charge", "x", "y"]}}
+    return {
+        "model": Classifier(),
+        "data": make_batches(),
+        "loss": cross_entropy_loss,
+        "lr": lr,
+        "feature_names": {"features": ["time", "charge", "x", "y"]},
+    }

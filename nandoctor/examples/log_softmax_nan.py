@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from nandoctor.examples.common import WIDTH, CLASSES, Classifier, make_batches
+from nandoctor.examples.common import CLASSES, WIDTH, Classifier, make_batches
 
 
 class SharpLogSoftmax(nn.Module):

@@ -23,10 +23,13 @@ class RegularizedClassifier(Classifier):
     def forward(self, batch):
         hidden = self.encoder(batch["tokens"], batch["features"], batch["mask"])
         pooled = hidden.sum(1) / batch["mask"].sum(1, keepdim=True).clamp_min(1)
-        return {"task": F.cross_entropy(self.head(pooled), batch["labels"]),
-                "norm": self.regularizer(hidden)}
+        return {"task": F.cross_entropy(self.head(pooled), batch["labels"]), "norm": self.regularizer(hidden)}
 
 
 def build(lambda_norm: float = 0.1):
-    return {"model": RegularizedClassifier(), "data": make_batches(),
-            "loss_weights": {"norm": lambda_norm}, "config": {"lambda_norm": lambda_norm}}
+    return {
+        "model": RegularizedClassifier(),
+        "data": make_batches(),
+        "loss_weights": {"norm": lambda_norm},
+        "config": {"lambda_norm": lambda_norm},
+    }

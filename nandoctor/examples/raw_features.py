@@ -25,8 +25,12 @@ def make_batches(count: int = 4, events: int = 8, pulses: int = 24) -> list[dict
         charge = torch.exp(1.2 * torch.randn(events, pulses, 1, generator=g)).clamp(0.025, 2762)
         sensor_id = torch.randint(0, 5160, (events, pulses, 1), generator=g).float()
         auxiliary = (torch.rand(events, pulses, 1, generator=g) > 0.7).float()
-        batches.append({"pulses": torch.cat([time, charge, sensor_id, auxiliary], -1),
-                        "direction": F.normalize(torch.randn(events, 3, generator=g), dim=-1)})
+        batches.append(
+            {
+                "pulses": torch.cat([time, charge, sensor_id, auxiliary], -1),
+                "direction": F.normalize(torch.randn(events, 3, generator=g), dim=-1),
+            }
+        )
     return batches
 
 
@@ -36,5 +40,10 @@ def angular_loss(model, batch):
 
 
 def build(lr: float = 3e-4):
-    return {"model": PulseTransformer(), "data": make_batches(), "loss": angular_loss, "lr": lr,
-            "feature_names": {"pulses": ["time", "charge", "sensor_id", "auxiliary"]}}
+    return {
+        "model": PulseTransformer(),
+        "data": make_batches(),
+        "loss": angular_loss,
+        "lr": lr,
+        "feature_names": {"pulses": ["time", "charge", "sensor_id", "auxiliary"]},
+    }

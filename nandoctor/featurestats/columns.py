@@ -136,13 +136,22 @@ class StreamingColumn:
         keep = min(SAMPLE_SIZE, seen + n)
         from_new = int(self.rng.hypergeometric(n, seen, keep)) if seen else keep
         new_part = values[self.rng.choice(n, size=from_new, replace=False)]
-        old_part = self.sample[self.rng.choice(self.sample.size, size=keep - from_new, replace=False)] \
-            if keep - from_new else np.empty(0)
+        old_part = (
+            self.sample[self.rng.choice(self.sample.size, size=keep - from_new, replace=False)]
+            if keep - from_new
+            else np.empty(0)
+        )
         self.sample = np.concatenate([old_part, new_part])
 
     def summary(self, limits: FlagLimits = FlagLimits()) -> ColumnSummary:
-        result = ColumnSummary(name=self.name, dtype=self.dtype, count=self.count, missing=self.missing,
-                               posinf=self.posinf, neginf=self.neginf)
+        result = ColumnSummary(
+            name=self.name,
+            dtype=self.dtype,
+            count=self.count,
+            missing=self.missing,
+            posinf=self.posinf,
+            neginf=self.neginf,
+        )
         if self.count:
             top = max(abs(self.low), abs(self.high))
             scale = _power_of_two(top) if top > _HUGE else 1.0  # interpolation must not overflow
@@ -177,13 +186,22 @@ def looks_like_ids(summary: ColumnSummary, limits: FlagLimits = FlagLimits()) ->
     if _ID_NAME.search(summary.name):
         return True
     distinct = summary.distinct
-    return distinct is not None and (summary.distinct_capped or distinct >= limits.id_min_distinct) and \
-        (summary.distinct_capped or distinct / span >= limits.id_distinct_share)
+    return (
+        distinct is not None
+        and (summary.distinct_capped or distinct >= limits.id_min_distinct)
+        and (summary.distinct_capped or distinct / span >= limits.id_distinct_share)
+    )
 
 
 # how much each flag harms training, read by ``feature-stats --fail-on`` as diagnose reads findings
-FLAG_SEVERITY = {"nonfinite": "critical", "mixed_types": "critical", "not_normalized": "warning",
-                 "integer_ids": "warning", "heavy_tail": "info", "constant": "info"}
+FLAG_SEVERITY = {
+    "nonfinite": "critical",
+    "mixed_types": "critical",
+    "not_normalized": "warning",
+    "integer_ids": "warning",
+    "heavy_tail": "info",
+    "constant": "info",
+}
 
 
 def flag_column(s: ColumnSummary, limits: FlagLimits = FlagLimits()) -> list[dict[str, str]]:
@@ -198,8 +216,12 @@ def _flags(s: ColumnSummary, limits: FlagLimits) -> list[dict[str, str]]:
     flags = []
     total = s.count + s.missing + s.posinf + s.neginf
     if s.missing or s.posinf or s.neginf:
-        flags.append({"flag": "nonfinite", "reason": f"{s.missing} missing/NaN and {s.posinf + s.neginf} "
-                                                     f"infinite of {total} values"})
+        flags.append(
+            {
+                "flag": "nonfinite",
+                "reason": f"{s.missing} missing/NaN and {s.posinf + s.neginf} infinite of {total} values",
+            }
+        )
     if s.count == 0 or s.std is None:
         return flags
     if s.std == 0:
@@ -207,23 +229,39 @@ def _flags(s: ColumnSummary, limits: FlagLimits) -> list[dict[str, str]]:
         return flags
     ids = looks_like_ids(s, limits)
     if ids:
-        flags.append({"flag": "integer_ids", "reason": f"{'>' if s.distinct_capped else ''}"
-                      f"{s.distinct if s.distinct is not None else 'many'} distinct integers in "
-                      f"[{s.min:g}, {s.max:g}]: ids fed as a continuous feature; embed them instead"})
+        flags.append(
+            {
+                "flag": "integer_ids",
+                "reason": f"{'>' if s.distinct_capped else ''}"
+                f"{s.distinct if s.distinct is not None else 'many'} distinct integers in "
+                f"[{s.min:g}, {s.max:g}]: ids fed as a continuous feature; embed them instead",
+            }
+        )
     bound = max(abs(s.p1), abs(s.p99))
     if s.std > limits.std_max or bound > limits.bound_max or abs(s.mean) > limits.mean_over_std * max(s.std, 1.0):
-        flags.append({"flag": "not_normalized",
-                      "reason": f"mean {s.mean:.4g}, std {s.std:.4g}, range [{s.min:.4g}, {s.max:.4g}]: "
-                                "far from zero mean / unit scale; standardize it"})
+        flags.append(
+            {
+                "flag": "not_normalized",
+                "reason": f"mean {s.mean:.4g}, std {s.std:.4g}, range [{s.min:.4g}, {s.max:.4g}]: "
+                "far from zero mean / unit scale; standardize it",
+            }
+        )
     elif s.std < limits.std_tiny and bound < limits.bound_tiny:
-        flags.append({"flag": "not_normalized",
-                      "reason": f"std {s.std:.3g}: so small that it is drowned by unit-scale features"})
+        flags.append(
+            {"flag": "not_normalized", "reason": f"std {s.std:.3g}: so small that it is drowned by unit-scale features"}
+        )
     spread_hi, spread_lo = s.p99 - s.p50, s.p50 - s.p1
-    if (spread_hi > 0 and s.max - s.p50 > limits.tail_factor * spread_hi) or (spread_lo > 0 and s.p50 - s.min > limits.tail_factor * spread_lo):
+    if (spread_hi > 0 and s.max - s.p50 > limits.tail_factor * spread_hi) or (
+        spread_lo > 0 and s.p50 - s.min > limits.tail_factor * spread_lo
+    ):
         if not ids:
-            flags.append({"flag": "heavy_tail",
-                          "reason": f"max {s.max:.4g} (min {s.min:.4g}) far beyond p99 {s.p99:.4g} (p1 "
-                                    f"{s.p1:.4g}): log-transform or clip before standardizing"})
+            flags.append(
+                {
+                    "flag": "heavy_tail",
+                    "reason": f"max {s.max:.4g} (min {s.min:.4g}) far beyond p99 {s.p99:.4g} (p1 "
+                    f"{s.p1:.4g}): log-transform or clip before standardizing",
+                }
+            )
     return flags
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from nandoctor.featurestats.columns import FLAG_SEVERITY, StreamingColumn, normalization
 from nandoctor.errors import UsageError, describe
+from nandoctor.featurestats.columns import FLAG_SEVERITY, StreamingColumn, normalization
 
 SUFFIXES = (".parquet", ".pq", ".csv", ".tsv")
 BATCH_ROWS = 262_144
@@ -47,9 +47,13 @@ def _numeric(field_type: Any) -> bool:
     """Numbers, and the null type: a column whose every value is missing (an all-NaN CSV column)."""
     import pyarrow as pa
 
-    return (pa.types.is_integer(field_type) or pa.types.is_floating(field_type)
-            or pa.types.is_boolean(field_type) or pa.types.is_decimal(field_type)
-            or pa.types.is_null(field_type))
+    return (
+        pa.types.is_integer(field_type)
+        or pa.types.is_floating(field_type)
+        or pa.types.is_boolean(field_type)
+        or pa.types.is_decimal(field_type)
+        or pa.types.is_null(field_type)
+    )
 
 
 def _batches(path: Path, columns: list[str] | None) -> Iterator[Any]:
@@ -67,8 +71,9 @@ def _batches(path: Path, columns: list[str] | None) -> Iterator[Any]:
             yield from file.iter_batches(batch_size=BATCH_ROWS, columns=chosen)
         return
     delimiter = "\t" if suffix == ".tsv" else ","
-    reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                            read_options=pacsv.ReadOptions(block_size=1 << 24))
+    reader = pacsv.open_csv(
+        path, parse_options=pacsv.ParseOptions(delimiter=delimiter), read_options=pacsv.ReadOptions(block_size=1 << 24)
+    )
     yield reader.schema
     yield from reader
 
@@ -102,19 +107,28 @@ def _column(columns: dict[str, StreamingColumn], name: str, field_type: Any, see
     return column
 
 
-def _mixed_types(name: str, numeric_in: dict[str, str], text_in: dict[str, str],
-                 per_file: dict[str, int]) -> dict[str, str]:
+def _mixed_types(
+    name: str, numeric_in: dict[str, str], text_in: dict[str, str], per_file: dict[str, int]
+) -> dict[str, str]:
     """The flag of a column that is numbers in some files and text in others."""
     lost = sum(per_file.get(path, 0) for path in text_in)
     shown = ", ".join(f"{type_} in {Path(path).name}" for path, type_ in list(text_in.items())[:3])
     numbers = ", ".join(sorted(set(numeric_in.values())))
-    return {"flag": "mixed_types", "severity": FLAG_SEVERITY["mixed_types"],
-            "reason": f"{numbers} in {len(numeric_in)} file(s) but {shown}: the {lost:,} rows of those "
-                      "files are not counted; make the column one type in every file"}
+    return {
+        "flag": "mixed_types",
+        "severity": FLAG_SEVERITY["mixed_types"],
+        "reason": f"{numbers} in {len(numeric_in)} file(s) but {shown}: the {lost:,} rows of those "
+        "files are not counted; make the column one type in every file",
+    }
 
 
-def analyse(paths: list[str], columns: list[str] | None = None, limit_rows: int | None = None,
-            progress: Callable[[str], None] | None = None, seed: int = 0) -> dict[str, Any]:
+def analyse(
+    paths: list[str],
+    columns: list[str] | None = None,
+    limit_rows: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Summaries of every numeric column over all files, plus per-file rows and errors."""
     files = discover(paths)
     say = progress or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -159,8 +173,14 @@ def analyse(paths: list[str], columns: list[str] | None = None, limit_rows: int 
         mixed = {p: t for p, t in text_in.get(name, {}).items() if p in per_file}
         if mixed:
             summary["flags"].append(_mixed_types(name, numeric_in.get(name, {}), mixed, per_file))
-    return {"files": per_file, "errors": errors, "rows": rows, "columns": summaries,
-            "skipped_non_numeric": sorted(skipped_text - set(stats)), "missing_columns": missing}
+    return {
+        "files": per_file,
+        "errors": errors,
+        "rows": rows,
+        "columns": summaries,
+        "skipped_non_numeric": sorted(skipped_text - set(stats)),
+        "missing_columns": missing,
+    }
 
 
 def flagged_at_or_above(result: dict[str, Any], fail_on: str) -> list[str]:
@@ -169,8 +189,11 @@ def flagged_at_or_above(result: dict[str, Any], fail_on: str) -> list[str]:
 
     if fail_on == "never":
         return []
-    return [name for name, column in result["columns"].items()
-            if any(at_or_above(flag["severity"], fail_on) for flag in column["flags"])]
+    return [
+        name
+        for name, column in result["columns"].items()
+        if any(at_or_above(flag["severity"], fail_on) for flag in column["flags"])
+    ]
 
 
 def _with_norm(column: StreamingColumn) -> dict[str, Any]:

@@ -113,8 +113,9 @@ def hf_callback() -> type:
             self.hooks = ExitStack()
             self.losses: list[Any] = []  # the micro-batches' losses of the step under way
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                           **kwargs: Any) -> None:
+        def on_train_begin(
+            self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+        ) -> None:
             self.guard = Guard(model, optimizer, **self.options)
             self.hooks.enter_context(model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
             self.hooks.enter_context(model.register_forward_hook(self._after_forward))

@@ -42,8 +42,11 @@ def plain(obj: Any) -> Any:
         fields = {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
         return {STRUCT: "dataclass", "name": type(obj).__name__, "fields": fields}
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return {STRUCT: "namedtuple", "name": type(obj).__name__,
-                "fields": {name: plain(value) for name, value in zip(obj._fields, obj)}}
+        return {
+            STRUCT: "namedtuple",
+            "name": type(obj).__name__,
+            "fields": {name: plain(value) for name, value in zip(obj._fields, obj)},
+        }
     if isinstance(obj, Mapping):
         return {key: plain(value) for key, value in obj.items()}
     if isinstance(obj, tuple):
@@ -71,7 +74,11 @@ def restored(obj: Any) -> Any:
     and position access as before; the user's methods are not there)."""
     if isinstance(obj, Mapping) and obj.get(STRUCT) == "micro_batches" and isinstance(obj.get("batches"), list):
         return MicroBatches(restored(b) for b in obj["batches"])
-    if isinstance(obj, Mapping) and obj.get(STRUCT) in ("namedtuple", "dataclass") and isinstance(obj.get("fields"), Mapping):
+    if (
+        isinstance(obj, Mapping)
+        and obj.get(STRUCT) in ("namedtuple", "dataclass")
+        and isinstance(obj.get("fields"), Mapping)
+    ):
         fields = {key: restored(value) for key, value in obj["fields"].items()}
         name = str(obj.get("name", ""))
         if not all(_safe_name(n) for n in (name, *fields)):
@@ -153,8 +160,10 @@ def load_capture(path: str | os.PathLike) -> dict[str, Any]:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):
-            raise UsageError(f"{path} holds pickled code or objects, not only tensors; nandoctor loads captures "
-                             f"with weights_only=True and refuses it ({_why(exc)})") from exc
+            raise UsageError(
+                f"{path} holds pickled code or objects, not only tensors; nandoctor loads captures "
+                f"with weights_only=True and refuses it ({_why(exc)})"
+            ) from exc
         raise UsageError(f"{path} is corrupt: its pickled contents do not read back ({_why(exc)})") from exc
     except RuntimeError as exc:
         if "zip archive" in str(exc) or "PytorchStreamReader" in str(exc):
@@ -189,13 +198,17 @@ def malformed(payload: Mapping[str, Any]) -> str | None:
         return "it holds no batches (the failing window's batches are what replay re-runs)"
     if not isinstance(payload.get("model"), Mapping):
         return "it holds no model weights"
-    if lrs is not None and (not isinstance(lrs, list) or not all(isinstance(row, (list, tuple)) for row in lrs)
-                            or not all(isinstance(r, (int, float)) and math.isfinite(r) and r >= 0
-                                       for row in lrs for r in row)):
+    if lrs is not None and (
+        not isinstance(lrs, list)
+        or not all(isinstance(row, (list, tuple)) for row in lrs)
+        or not all(isinstance(r, (int, float)) and math.isfinite(r) and r >= 0 for row in lrs for r in row)
+    ):
         return "'lrs' must list each step's finite learning rates"
     if lrs is not None and len(lrs) not in (0, len(batches)):
         return f"it holds {len(batches)} batches but learning rates for {len(lrs)} steps"
-    if ring is not None and (not isinstance(ring, list) or not all(isinstance(r, Mapping) and "step" in r for r in ring)):
+    if ring is not None and (
+        not isinstance(ring, list) or not all(isinstance(r, Mapping) and "step" in r for r in ring)
+    ):
         return "its 'ring' of step records is not a list of records with a 'step'"
     return None
 

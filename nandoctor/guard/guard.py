@@ -24,8 +24,11 @@ import torch
 
 from nandoctor.guard.capture import plain, plain_step, rng_states, save_capture
 
-REASONS = {"nonfinite_loss": "the loss is NaN/Inf", "nonfinite_grad": "a gradient is NaN/Inf",
-           "loss_spike": "the loss spiked"}
+REASONS = {
+    "nonfinite_loss": "the loss is NaN/Inf",
+    "nonfinite_grad": "a gradient is NaN/Inf",
+    "loss_spike": "the loss spiked",
+}
 SPIKE_HISTORY = 8  # finite losses the ring needs before a spike can be judged against their median
 
 
@@ -64,10 +67,21 @@ class Guard:
     :meth:`close`) so the last steps are checked too.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 scaler: Any = None, path: str = "nandoctor_capture.pt", window: int = 64,
-                 check_every: int = 16, sample_every: int = 32, spike_factor: float = 10.0,
-                 on_failure: str = "raise", spec: str | None = None, spec_args: dict | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        scaler: Any = None,
+        path: str = "nandoctor_capture.pt",
+        window: int = 64,
+        check_every: int = 16,
+        sample_every: int = 32,
+        spike_factor: float = 10.0,
+        on_failure: str = "raise",
+        spec: str | None = None,
+        spec_args: dict | None = None,
+    ):
         if on_failure not in ("raise", "continue"):
             raise ValueError(f"on_failure must be 'raise' or 'continue', got {on_failure!r}")
         if min(window, check_every, sample_every) < 1 or spike_factor <= 0:
@@ -159,10 +173,10 @@ class Guard:
                 self.ring.append(record)
                 reason, detail = self._judge(record)
                 if reason is not None:
-                    del self.ring[:-self.window]
-                    self._trip(reason, detail, record, pending[:index + 1], raise_on_failure)
+                    del self.ring[: -self.window]
+                    self._trip(reason, detail, record, pending[: index + 1], raise_on_failure)
                     break
-            del self.ring[:-self.window]
+            del self.ring[: -self.window]
         self._rng = rng_states()  # the next window starts from here
 
     def close(self) -> None:
@@ -182,8 +196,10 @@ class Guard:
     def _lrs(self) -> list[float]:
         if self.optimizer is None:
             return []
-        return [float(group["lr"]) if not isinstance(group["lr"], torch.Tensor) else float(group["lr"].detach().cpu())
-                for group in self.optimizer.param_groups]
+        return [
+            float(group["lr"]) if not isinstance(group["lr"], torch.Tensor) else float(group["lr"].detach().cpu())
+            for group in self.optimizer.param_groups
+        ]
 
     def _grad_norms(self) -> Any:
         """Each parameter's gradient norm, on the device, as one vector (0 for no gradient)."""
@@ -222,9 +238,12 @@ class Guard:
                     low, high = torch.aminmax(tensor.detach())
                     value = torch.maximum(low.abs(), high.abs()).float()
                 previous = self._activation_max.get(name)
-                self._activation_max[name] = value if previous is None else torch.maximum(previous, value.to(previous.device))
+                self._activation_max[name] = (
+                    value if previous is None else torch.maximum(previous, value.to(previous.device))
+                )
             except Exception:  # never break the user's training over a statistic
                 pass
+
         return record
 
     def _remove_hooks(self) -> None:
@@ -239,7 +258,9 @@ class Guard:
             return "nonfinite_loss", f" (loss {loss})"
         if norm is not None and not math.isfinite(norm) and self.scaler is None:
             return "nonfinite_grad", f" (gradient norm {norm})"
-        history = [r["loss"] for r in self.ring[-self.window - 1:-1] if r["loss"] is not None and math.isfinite(r["loss"])]
+        history = [
+            r["loss"] for r in self.ring[-self.window - 1 : -1] if r["loss"] is not None and math.isfinite(r["loss"])
+        ]
         if loss is not None and len(history) >= SPIKE_HISTORY:
             median = statistics.median(history)
             if loss > median + self.spike_factor * max(abs(median), 1e-12):
@@ -251,8 +272,9 @@ class Guard:
             self.first_loss = loss
         return None, ""
 
-    def _trip(self, reason: str, detail: str, record: dict[str, Any], steps: list[_Pending],
-              raise_on_failure: bool) -> None:
+    def _trip(
+        self, reason: str, detail: str, record: dict[str, Any], steps: list[_Pending], raise_on_failure: bool
+    ) -> None:
         if self.tripped is not None:
             return  # one capture per run: the first failure is the one to diagnose
         path = None
@@ -271,22 +293,35 @@ class Guard:
         """Model, optimizer and scaler state at the window start (copies on their device)."""
         with torch.no_grad():
             model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        return {"step": self.steps_seen, "model": model, "rng": self._rng,
-                "optimizer": _clone(self.optimizer.state_dict()) if self.optimizer is not None else None,
-                "scaler": _clone(self.scaler.state_dict()) if self.scaler is not None else None}
+        return {
+            "step": self.steps_seen,
+            "model": model,
+            "rng": self._rng,
+            "optimizer": _clone(self.optimizer.state_dict()) if self.optimizer is not None else None,
+            "scaler": _clone(self.scaler.state_dict()) if self.scaler is not None else None,
+        }
 
     def _write_capture(self, reason: str, record: dict[str, Any], steps: list[_Pending]):
         state = self._window_state or {}
         optimizer = self.optimizer
         payload = {
-            "reason": reason, "step": record["step"], "window_start": state.get("step"),
-            "model": plain(state.get("model")), "optimizer": plain(state.get("optimizer")),
-            "scaler": plain(state.get("scaler")), "rng": state.get("rng"),
-            "batches": [plain_step(s.batch, s.micro) for s in steps], "lrs": [s.lrs for s in steps],
-            "ring": self.ring, "spec": self.spec, "spec_args": plain(self.spec_args),
+            "reason": reason,
+            "step": record["step"],
+            "window_start": state.get("step"),
+            "model": plain(state.get("model")),
+            "optimizer": plain(state.get("optimizer")),
+            "scaler": plain(state.get("scaler")),
+            "rng": state.get("rng"),
+            "batches": [plain_step(s.batch, s.micro) for s in steps],
+            "lrs": [s.lrs for s in steps],
+            "ring": self.ring,
+            "spec": self.spec,
+            "spec_args": plain(self.spec_args),
             "spec_folder": self.spec_folder,
             "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
-            "optimizer_class": None if optimizer is None else f"{type(optimizer).__module__}.{type(optimizer).__qualname__}",
+            "optimizer_class": None
+            if optimizer is None
+            else f"{type(optimizer).__module__}.{type(optimizer).__qualname__}",
             "torch_version": str(torch.__version__),
         }
         return save_capture(self.path, payload)
@@ -316,11 +351,15 @@ def _clone(tree: Any) -> Any:
 def _read_back(pending: list[_Pending], param_names: list[str]) -> list[dict[str, Any]]:
     """Every queued device value in one ``tolist()``; returns the host records, oldest first."""
     nan = float("nan")
-    device = next((t.device for p in pending for t in (p.loss, p.grad_norm) if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    device = next(
+        (t.device for p in pending for t in (p.loss, p.grad_norm) if isinstance(t, torch.Tensor)), torch.device("cpu")
+    )
     parts, shapes = [], []
     for p in pending:
         scalars = [p.loss, p.grad_norm, p.update_norm]
-        parts.append(torch.stack([(t.float().reshape(()) if t is not None else torch.tensor(nan)).to(device) for t in scalars]))
+        parts.append(
+            torch.stack([(t.float().reshape(()) if t is not None else torch.tensor(nan)).to(device) for t in scalars])
+        )
         extra = [t for t in (p.param_norms, p.activations[1] if p.activations else None) if t is not None]
         parts += [t.float().reshape(-1).to(device) for t in extra]
         shapes.append((p.param_norms is not None, p.activations[0] if p.activations else None))
@@ -328,9 +367,13 @@ def _read_back(pending: list[_Pending], param_names: list[str]) -> list[dict[str
     records = []
     for p, (has_params, activation_names) in zip(pending, shapes):
         loss, norm, update = next(values), next(values), next(values)
-        record = {"step": p.step, "lrs": p.lrs, "loss": loss if p.loss is not None else None,
-                  "grad_norm": norm if p.grad_norm is not None else None,
-                  "update_norm": update if p.update_norm is not None else None}
+        record = {
+            "step": p.step,
+            "lrs": p.lrs,
+            "loss": loss if p.loss is not None else None,
+            "grad_norm": norm if p.grad_norm is not None else None,
+            "update_norm": update if p.update_norm is not None else None,
+        }
         if has_params:
             record["param_grad_norms"] = {name: next(values) for name in param_names}
         if activation_names:

@@ -26,11 +26,20 @@ def lr_jump(ring: list[dict[str, Any]]) -> dict[str, Any] | None:
     for before, after in zip(ring, ring[1:]):
         for group, (old, new) in enumerate(zip(before.get("lrs") or [], after.get("lrs") or [])):
             if old > 0 and new / old >= LR_JUMP and (best is None or new / old > best["ratio"]):
-                best = {"what": "lr", "name": f"param group {group}", "from": old, "to": new,
-                        "from_step": before["step"], "to_step": after["step"], "ratio": new / old}
+                best = {
+                    "what": "lr",
+                    "name": f"param group {group}",
+                    "from": old,
+                    "to": new,
+                    "from_step": before["step"],
+                    "to_step": after["step"],
+                    "ratio": new / old,
+                }
     if best:
-        best["text"] = (f"the learning rate of {best['name']} jumped from {best['from']:.3g} to {best['to']:.3g} "
-                        f"at step {best['to_step']} (x{best['ratio']:.3g})")
+        best["text"] = (
+            f"the learning rate of {best['name']} jumped from {best['from']:.3g} to {best['to']:.3g} "
+            f"at step {best['to_step']} (x{best['ratio']:.3g})"
+        )
     return best
 
 
@@ -43,7 +52,9 @@ def _by_module(values: dict[str, float]) -> dict[str, float]:
     return {module: math.sqrt(total) for module, total in modules.items()}
 
 
-def _growth(ring: list[dict[str, Any]], key: str, what: str, label: str, per_module: bool = False) -> list[dict[str, Any]]:
+def _growth(
+    ring: list[dict[str, Any]], key: str, what: str, label: str, per_module: bool = False
+) -> list[dict[str, Any]]:
     """Each name's value at the last sampled step over its value at the first one, largest growth first."""
     samples = [r for r in ring if r.get(key)]
     if len(samples) < 2:
@@ -58,10 +69,19 @@ def _growth(ring: list[dict[str, Any]], key: str, what: str, label: str, per_mod
             continue
         ratio = after / before if _finite(after) else math.inf
         if ratio >= GREW:
-            grown.append({"what": what, "name": name or "<root>", "from": before, "to": after, "ratio": ratio,
-                          "from_step": first["step"], "to_step": last["step"],
-                          "text": f"{label} of {name or '<root>'!r} grew x{ratio:.3g} ({before:.3g} -> {after:.3g}) "
-                                  f"from step {first['step']} to {last['step']}"})
+            grown.append(
+                {
+                    "what": what,
+                    "name": name or "<root>",
+                    "from": before,
+                    "to": after,
+                    "ratio": ratio,
+                    "from_step": first["step"],
+                    "to_step": last["step"],
+                    "text": f"{label} of {name or '<root>'!r} grew x{ratio:.3g} ({before:.3g} -> {after:.3g}) "
+                    f"from step {first['step']} to {last['step']}",
+                }
+            )
     return sorted(grown, key=lambda g: -g["ratio"])[:TOP]
 
 
@@ -74,16 +94,29 @@ def _series(ring: list[dict[str, Any]], key: str, what: str, label: str) -> list
     median = statistics.median(finite)
     step, last = points[-1]
     ratio = (last / median if median else math.inf) if _finite(last) else math.inf
-    return [{"what": what, "name": key, "from": median, "to": last, "ratio": ratio, "from_step": points[0][0],
-             "to_step": step, "text": f"{label} was {last:.4g} at step {step}, against a median of "
-                                      f"{median:.4g} over steps {points[0][0]}..{step}"}]
+    return [
+        {
+            "what": what,
+            "name": key,
+            "from": median,
+            "to": last,
+            "ratio": ratio,
+            "from_step": points[0][0],
+            "to_step": step,
+            "text": f"{label} was {last:.4g} at step {step}, against a median of "
+            f"{median:.4g} over steps {points[0][0]}..{step}",
+        }
+    ]
 
 
 def changes(ring: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Everything that changed over the ring, the learning-rate jump first, then by growth."""
     jump = lr_jump(ring)
-    grown = (_series(ring, "loss", "loss", "the loss") + _series(ring, "grad_norm", "grad_norm", "the gradient norm")
-             + _growth(ring, "param_grad_norms", "module_grad", "the gradient", per_module=True)
-             + _growth(ring, "activation_max", "activation", "the largest activation")
-             + _series(ring, "update_norm", "update", "the update size"))
+    grown = (
+        _series(ring, "loss", "loss", "the loss")
+        + _series(ring, "grad_norm", "grad_norm", "the gradient norm")
+        + _growth(ring, "param_grad_norms", "module_grad", "the gradient", per_module=True)
+        + _growth(ring, "activation_max", "activation", "the largest activation")
+        + _series(ring, "update_norm", "update", "the update size")
+    )
     return ([jump] if jump else []) + sorted(grown, key=lambda g: -g["ratio"])

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
     from nandoctor.results import Report
 
 
-def chosen_spec(payload: dict[str, Any], spec: str | None, overrides: list[str], trust_spec: bool,
-                progress: Callable[[str], None]) -> tuple[str, dict[str, Any]]:
+def chosen_spec(
+    payload: dict[str, Any], spec: str | None, overrides: list[str], trust_spec: bool, progress: Callable[[str], None]
+) -> tuple[str, dict[str, Any]]:
     """The spec replay may run, and its arguments. A capture is data from someone else: its recorded
     spec runs only when the user trusts it (``--trust-spec``), after it is shown, and only as a file
     (never an installed module's function such as ``os:system``); ``--spec`` runs the user's own
@@ -39,20 +40,28 @@ def chosen_spec(payload: dict[str, Any], spec: str | None, overrides: list[str],
     shown = ", ".join(f"{k}={v!r}" for k, v in recorded_args.items())
     if spec:
         if recorded_args:
-            progress(f"nandoctor: the capture recorded the arguments {shown}; they are not used with --spec "
-                     "(pass them with --set to use them)")
+            progress(
+                f"nandoctor: the capture recorded the arguments {shown}; they are not used with --spec "
+                "(pass them with --set to use them)"
+            )
         return spec, parse_overrides(overrides)
     if not recorded:
-        raise UsageError("the capture records no spec: pass --spec path/to/file.py:build (the build function "
-                         "of the run that wrote it)")
+        raise UsageError(
+            "the capture records no spec: pass --spec path/to/file.py:build (the build function "
+            "of the run that wrote it)"
+        )
     progress(f"nandoctor: the capture names the spec {recorded}" + (f" with {shown}" if shown else ""))
     target = located(recorded, payload.get("spec_folder"))
     if not trust_spec:
-        raise UsageError(f"replay runs a spec only when you name it: pass --spec {target or recorded} after checking "
-                         "that it is yours, or --trust-spec to run the one the capture records")
+        raise UsageError(
+            f"replay runs a spec only when you name it: pass --spec {target or recorded} after checking "
+            "that it is yours, or --trust-spec to run the one the capture records"
+        )
     if target is None:
-        raise UsageError(f"the recorded spec {recorded} is not a file here (an installed module's function, or a "
-                         "file moved since): pass --spec path/to/file.py:build")
+        raise UsageError(
+            f"the recorded spec {recorded} is not a file here (an installed module's function, or a "
+            "file moved since): pass --spec path/to/file.py:build"
+        )
     return target, {**recorded_args, **parse_overrides(overrides)}
 
 
@@ -74,8 +83,10 @@ def load_replay_setup(payload: dict[str, Any], spec: str, kwargs: dict[str, Any]
         setup.model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
         keys = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
-        raise UsageError(f"the model {spec} builds does not match the capture's ({payload.get('model_class')}): "
-                         f"{'; '.join(keys)[:400] or first_line(exc)[:300]}") from exc
+        raise UsageError(
+            f"the model {spec} builds does not match the capture's ({payload.get('model_class')}): "
+            f"{'; '.join(keys)[:400] or first_line(exc)[:300]}"
+        ) from exc
     return setup
 
 
@@ -87,8 +98,10 @@ def _optimizer(setup: Setup, payload: dict[str, Any], notes: list[str]):
     groups = captured.get("param_groups") if isinstance(captured, dict) else None
     lacking = sorted(set(optimizer.defaults) - set(groups[0])) if groups and isinstance(groups[0], dict) else []
     if lacking:  # another optimizer's state (SGD's into Adam) would load, then fail at the first step
-        notes.append(f"the capture holds another optimizer's state (its groups lack {', '.join(lacking)}): "
-                     f"replayed with a fresh {type(optimizer).__name__}, as the spec builds it")
+        notes.append(
+            f"the capture holds another optimizer's state (its groups lack {', '.join(lacking)}): "
+            f"replayed with a fresh {type(optimizer).__name__}, as the spec builds it"
+        )
     elif captured is not None:
         try:
             optimizer.load_state_dict(captured)
@@ -103,8 +116,12 @@ def rerun_window(setup: Setup, payload: dict[str, Any], notes: list[str]) -> lis
     """Re-run the captured steps up to the failing one (not its update); each step's loss and gradient
     norm before clipping, through the shared training step. A step that raises ends the window: its
     entry says so (``raised``) and the replay is then not reproduced."""
-    batches = [MicroBatches(to_device(m, setup.device) for m in b) if isinstance(b, MicroBatches)
-               else to_device(b, setup.device) for b in payload["batches"]]
+    batches = [
+        MicroBatches(to_device(m, setup.device) for m in b)
+        if isinstance(b, MicroBatches)
+        else to_device(b, setup.device)
+        for b in payload["batches"]
+    ]
     optimizer = _optimizer(setup, payload, notes)
     trainer = TrainingStep(setup, optimizer, setup.grad_clip, scaler=fp16_scaler(setup, payload.get("scaler")))
     if payload.get("rng"):
@@ -122,7 +139,7 @@ def rerun_window(setup: Setup, payload: dict[str, Any], notes: list[str]) -> lis
             notes.append(f"the replay stopped: {failure.text}")
             steps.append({"step": first + offset, "loss": None, "grad_norm": None, "raised": failure.text})
             break
-        (loss, norm), = trainer.read()
+        ((loss, norm),) = trainer.read()
         steps.append({"step": first + offset, "loss": loss, "grad_norm": norm})
     setup.model.zero_grad(set_to_none=True)
     return steps
@@ -147,12 +164,16 @@ def where_they_part(payload: dict[str, Any], steps: list[dict[str, Any]]) -> str
     recorded = {r["step"]: r for r in payload.get("ring") or []}
     for step in steps[:-1]:
         if not (math.isfinite(step["loss"]) and math.isfinite(step["grad_norm"])):
-            return (f"the replay fails at step {step['step']} already, before the recorded failure at step "
-                    f"{payload['step']}")
+            return (
+                f"the replay fails at step {step['step']} already, before the recorded failure at step "
+                f"{payload['step']}"
+            )
         loss = (recorded.get(step["step"]) or {}).get("loss")
         if loss is not None and math.isfinite(loss) and abs(step["loss"] - loss) > 0.01 * max(abs(loss), 1e-12):
-            return (f"the replayed steps part from the recorded ones at step {step['step']}: loss {step['loss']:.4g} "
-                    f"replayed, {loss:.4g} recorded")
+            return (
+                f"the replayed steps part from the recorded ones at step {step['step']}: loss {step['loss']:.4g} "
+                f"replayed, {loss:.4g} recorded"
+            )
     return None
 
 
@@ -162,15 +183,31 @@ def _lr_finding(setup: Setup, payload: dict[str, Any]) -> list[Finding]:
     if jump is None or jump["to_step"] > payload["step"]:
         return []
     config, note = fix_config(setup, LR, jump["from"])
-    return [Finding("lr_too_high", Severity.CRITICAL,
-                    f"{jump['text']}, {payload['step'] - jump['to_step']} step(s) before the failure at step {payload['step']}",
-                    Where(), {k: jump[k] for k in ("from", "to", "from_step", "to_step", "ratio")},
-                    Fix(config, f"Keep the learning rate at {jump['from']:.3g} or below: check the schedule "
-                                f"(warmup end, restarts, a scale factor applied twice) that set {jump['to']:.3g}.{note}"))]
+    return [
+        Finding(
+            "lr_too_high",
+            Severity.CRITICAL,
+            f"{jump['text']}, {payload['step'] - jump['to_step']} step(s) before the failure at step {payload['step']}",
+            Where(),
+            {k: jump[k] for k in ("from", "to", "from_step", "to_step", "ratio")},
+            Fix(
+                config,
+                f"Keep the learning rate at {jump['from']:.3g} or below: check the schedule "
+                f"(warmup end, restarts, a scale factor applied twice) that set {jump['to']:.3g}.{note}",
+            ),
+        )
+    ]
 
 
-def replay(path: str, spec: str | None, overrides: list[str], settings: Any,
-           progress: Callable[[str], None], debug: bool = False, trust_spec: bool = False) -> "Report":
+def replay(
+    path: str,
+    spec: str | None,
+    overrides: list[str],
+    settings: Any,
+    progress: Callable[[str], None],
+    debug: bool = False,
+    trust_spec: bool = False,
+) -> "Report":
     """Load, re-run, check and diagnose a capture; the report of ``diagnose`` plus a ``replay`` section."""
     from nandoctor.probes import training_probes
     from nandoctor.runner import build_report, on_device, run_probes, select_probes
@@ -188,21 +225,38 @@ def replay(path: str, spec: str | None, overrides: list[str], settings: Any,
     if parted:
         notes.append(parted)
     if not again:
-        notes.append("the failing step did not fail again in the replay: the failure depends on something the "
-                     "capture does not hold (data-loader workers, non-deterministic kernels, a changed spec, "
-                     "micro-batches of an accumulated step that were not captured)")
+        notes.append(
+            "the failing step did not fail again in the replay: the failure depends on something the "
+            "capture does not hold (data-loader workers, non-deterministic kernels, a changed spec, "
+            "micro-batches of an accumulated step that were not captured)"
+        )
     failing = payload["batches"][-1]  # every micro-batch of an accumulated step: the bad sample is in one
     setup.data = list(failing) if isinstance(failing, MicroBatches) else [failing]
     # the probes that train from the start are left out: the replay is about this one step
-    parts = run_probes(setup, settings.replace(batches=len(setup.data)), select_probes(None, training_probes()),
-                       progress=progress, debug=debug)
+    parts = run_probes(
+        setup,
+        settings.replace(batches=len(setup.data)),
+        select_probes(None, training_probes()),
+        progress=progress,
+        debug=debug,
+    )
     parts["findings"] = _rank(parts["findings"] + _lr_finding(setup, payload))
     if not again:  # what the probes find on that step may be real, but it is not the recorded failure
         parts["coverage"]["probes_not_run"]["replay"] = f"the failure at step {payload['step']} did not happen again"
-    report = build_report(spec, parts, replay={
-        "capture": str(path), "reason": payload.get("reason"), "step": payload["step"],
-        "window_start": payload.get("window_start"), "reproduced": again, "steps": steps,
-        "changes": changes(payload.get("ring") or []), "notes": notes})
+    report = build_report(
+        spec,
+        parts,
+        replay={
+            "capture": str(path),
+            "reason": payload.get("reason"),
+            "step": payload["step"],
+            "window_start": payload.get("window_start"),
+            "reproduced": again,
+            "steps": steps,
+            "changes": changes(payload.get("ring") or []),
+            "notes": notes,
+        },
+    )
     return report if again else dataclasses.replace(report, verdict="incomplete")
 
 

@@ -31,9 +31,13 @@ def spec_from_trainer(trainer: Any) -> dict[str, Any]:
     groups). Fixes name the ``TrainingArguments`` fields (``learning_rate``, ``max_grad_norm``)."""
     args = trainer.args
     amp = "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else None
-    config = {"learning_rate": args.learning_rate, "max_grad_norm": args.max_grad_norm,
-              "fp16": bool(getattr(args, "fp16", False)), "bf16": bool(getattr(args, "bf16", False)),
-              "weight_decay": getattr(args, "weight_decay", 0.0)}
+    config = {
+        "learning_rate": args.learning_rate,
+        "max_grad_norm": args.max_grad_norm,
+        "fp16": bool(getattr(args, "fp16", False)),
+        "bf16": bool(getattr(args, "bf16", False)),
+        "weight_decay": getattr(args, "weight_decay", 0.0),
+    }
     return {
         "model": trainer.model,
         "data": trainer.get_train_dataloader(),

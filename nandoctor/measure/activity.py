@@ -13,7 +13,6 @@ the pass's one synchronisation:
 from __future__ import annotations
 
 import weakref
-
 from dataclasses import dataclass, field
 from typing import Any
 

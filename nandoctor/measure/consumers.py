@@ -97,8 +97,9 @@ def first_consumers(ctx: Any, batch_index: int, paths: list[str]) -> dict[str, C
                 continue
             for path in dependencies.of(tensor):
                 if found[path] is None:
-                    found[path] = Consumer(names.get(id(module), type(module).__name__),
-                                           type(module).__name__, tensor.detach())
+                    found[path] = Consumer(
+                        names.get(id(module), type(module).__name__), type(module).__name__, tensor.detach()
+                    )
 
     ctx.model.train()
     with ExitStack() as handles, torch.enable_grad():

@@ -62,10 +62,16 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
             with torch.no_grad():
                 incoming = [torch.isfinite(g).all() for g in grad_outputs if g is not None]
                 outgoing = [torch.isfinite(g).all() for g in grad_inputs if g is not None]
-                records.append((node.name(), tag,
-                                torch.stack(incoming).all() if incoming else None,
-                                torch.stack(outgoing).all() if outgoing else None,
-                                node.metadata.get(SOURCE_KEY)))
+                records.append(
+                    (
+                        node.name(),
+                        tag,
+                        torch.stack(incoming).all() if incoming else None,
+                        torch.stack(outgoing).all() if outgoing else None,
+                        node.metadata.get(SOURCE_KEY),
+                    )
+                )
+
         return record
 
     for param in model.parameters():
@@ -88,9 +94,18 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
             loss.backward()
         except Exception:  # the cheap pass already reported backward crashes
             return None
-    flags = torch.stack([torch.stack([
-        f if f is not None else torch.tensor(True, device=loss.device) for f in (inc, out)]).to(loss.device)
-        for _, _, inc, out, _ in records]).tolist() if records else []
+    flags = (
+        torch.stack(
+            [
+                torch.stack([f if f is not None else torch.tensor(True, device=loss.device) for f in (inc, out)]).to(
+                    loss.device
+                )
+                for _, _, inc, out, _ in records
+            ]
+        ).tolist()
+        if records
+        else []
+    )
     for (op, tag, _, _, source), (incoming_ok, outgoing_ok) in zip(records, flags):
         if incoming_ok and not outgoing_ok:
             return {"op": op, "module": None if tag == _LOSS else tag, "loss_side": tag == _LOSS, "source": source}

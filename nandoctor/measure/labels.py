@@ -24,8 +24,10 @@ class LabelRangeError(UserFacing):
     """Raised before a classification loss reads labels outside ``[0, classes)``."""
 
     def __init__(self, details: dict[str, Any]):
-        super().__init__(f"labels {details['min_label']}..{details['max_label']} outside "
-                         f"[0, {details['classes']}) for {details['loss']}")
+        super().__init__(
+            f"labels {details['min_label']}..{details['max_label']} outside "
+            f"[0, {details['classes']}) for {details['loss']}"
+        )
         self.details = details
 
 
@@ -33,8 +35,10 @@ def may_hold_labels(batch_tensors: dict[int, tuple[str, Any]]) -> bool:
     """Class labels come in as integer tensors: without one, the check costs nothing."""
     import torch
 
-    return any(not t.is_floating_point() and t.dtype not in (torch.bool, torch.complex64, torch.complex128)
-               for _, t in batch_tensors.values())
+    return any(
+        not t.is_floating_point() and t.dtype not in (torch.bool, torch.complex64, torch.complex128)
+        for _, t in batch_tensors.values()
+    )
 
 
 def class_count(logits: Any) -> int | None:
@@ -122,16 +126,26 @@ def _raise_if_outside(targets: LossTargets, batch_tensors: dict) -> None:
         count = bad.sum()
         first = torch.argmax(bad.to(torch.uint8))
         kept = flat[flat != ignore]
-        low, high = (torch.aminmax(kept) if kept.numel() else (flat.min(), flat.max()))
+        low, high = torch.aminmax(kept) if kept.numel() else (flat.min(), flat.max())
         count, first, low, high = torch.stack([count, first, low.long(), high.long()]).tolist()
     if not count:
         return
     path, sample = _locate(target, first, batch_tensors)
     if path is None:  # shifted or copied inside the model (a causal LM's labels[..., 1:]): find the source
         path, sample = _holding(batch_tensors, targets, torch)
-    raise LabelRangeError({"loss": targets.loss, "classes": classes, "min_label": low, "max_label": high,
-                           "out_of_range": count, "total": int(target.numel()), "ignore_index": ignore,
-                           "tensor": path, "sample": sample})
+    raise LabelRangeError(
+        {
+            "loss": targets.loss,
+            "classes": classes,
+            "min_label": low,
+            "max_label": high,
+            "out_of_range": count,
+            "total": int(target.numel()),
+            "ignore_index": ignore,
+            "tensor": path,
+            "sample": sample,
+        }
+    )
 
 
 def _holding(batch_tensors: dict, targets: LossTargets, torch: Any) -> tuple[str | None, int]:
@@ -152,9 +166,17 @@ def _locate(target: Any, flat_index: int, batch_tensors: dict) -> tuple[str | No
     """The batch tensor the labels came from (itself, or a view of it) and the offender's sample."""
     found = batch_tensors.get(id(target))
     if found is None:  # labels.view(-1) in a Hugging Face head: match the batch tensor by storage
-        found = next(((p, t) for p, t in batch_tensors.values()
-                      if t.numel() == target.numel() and t.dim() and not t.is_floating_point()
-                      and t.untyped_storage().data_ptr() == target.untyped_storage().data_ptr()), None)
+        found = next(
+            (
+                (p, t)
+                for p, t in batch_tensors.values()
+                if t.numel() == target.numel()
+                and t.dim()
+                and not t.is_floating_point()
+                and t.untyped_storage().data_ptr() == target.untyped_storage().data_ptr()
+            ),
+            None,
+        )
     shape = tuple(found[1].shape) if found is not None else tuple(target.shape)
     per_sample = 1
     for size in shape[1:]:

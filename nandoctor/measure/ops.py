@@ -42,6 +42,7 @@ SOURCE_KEY = "nandoctor_source"  # autograd node metadata: the user's line that 
 
 # --- whose code a frame is --------------------------------------------------------------------
 
+
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
@@ -91,7 +92,7 @@ def installed_package_of(exc: BaseException) -> str | None:
     """The installed package (other than torch) the user's code called into before the error."""
     frames = traceback.extract_tb(exc.__traceback__)
     users = [i for i, f in enumerate(frames) if is_user_file(f.filename)]
-    for frame in frames[users[-1] + 1 if users else 0:]:
+    for frame in frames[users[-1] + 1 if users else 0 :]:
         parts = Path(frame.filename).parts
         marks = [i for i, part in enumerate(parts) if part in _INSTALLED]
         if marks and marks[-1] + 1 < len(parts) and Path(parts[marks[-1] + 1]).stem != "torch":
@@ -100,6 +101,7 @@ def installed_package_of(exc: BaseException) -> str | None:
 
 
 # --- the pass's plain-data result -----------------------------------------------------------
+
 
 @dataclass
 class OpSite:
@@ -143,8 +145,13 @@ class _Op:
 def _checkable(value: Any) -> bool:
     import torch
 
-    return (isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
-            and value.layout == torch.strided and value.device.type != "meta" and value.numel() > 0)
+    return (
+        isinstance(value, torch.Tensor)
+        and (value.is_floating_point() or value.is_complex())
+        and value.layout == torch.strided
+        and value.device.type != "meta"
+        and value.numel() > 0
+    )
 
 
 class _Watch:
@@ -198,8 +205,17 @@ class _Watch:
         flags = [self._flag(t) for t in outputs]
         for tensor in outputs:
             self.producer[id(tensor)] = len(self.ops)
-        self.ops.append(_Op(name, self.running[-1] if self.running else None, user_source(),
-                            str(outputs[0].dtype).replace("torch.", ""), *inputs[:2], flags, inputs[2]))
+        self.ops.append(
+            _Op(
+                name,
+                self.running[-1] if self.running else None,
+                user_source(),
+                str(outputs[0].dtype).replace("torch.", ""),
+                *inputs[:2],
+                flags,
+                inputs[2],
+            )
+        )
 
     def failed(self, name: str) -> None:
         if self.crash is None:
@@ -264,8 +280,9 @@ def _first_made(ops: list[_Op], values: list[list[bool]]) -> tuple[int, str] | N
     return None
 
 
-def locate_nonfinite_op(ctx: Any, batch_index: int, autocast: Any = None, precision: str | None = None,
-                        component: str | None = None) -> OpPass:
+def locate_nonfinite_op(
+    ctx: Any, batch_index: int, autocast: Any = None, precision: str | None = None, component: str | None = None
+) -> OpPass:
     """Run the loss on one cached batch under the op watch; name the op that made NaN/Inf.
 
     The walk starts at the loss (or ``component``); without a non-finite one, at the first op
@@ -298,7 +315,9 @@ def locate_nonfinite_op(ctx: Any, batch_index: int, autocast: Any = None, precis
         values = torch.stack([f.to(watch.flags[0].device) for f in watch.flags]).tolist()  # the one sync
         targets = [loss.components[component]] if component is not None else [loss.total, *loss.components.values()]
         starts = [watch.producer.get(id(t)) for t in targets if id(t) in watch.flag_of]
-        start = next((s for s, t in zip(starts, targets) if s is not None and not values[watch.flag_of[id(t)]][0]), None)
+        start = next(
+            (s for s, t in zip(starts, targets) if s is not None and not values[watch.flag_of[id(t)]][0]), None
+        )
         found = _origin(watch.ops, values, start) if start is not None else _first_made(watch.ops, values)
         if found is not None:
             op = watch.ops[found[0]]
@@ -309,6 +328,7 @@ def locate_nonfinite_op(ctx: Any, batch_index: int, autocast: Any = None, precis
 
 
 # --- autograd nodes: the user's line that created each --------------------------------------
+
 
 def _function_mode_class() -> type:
     import torch

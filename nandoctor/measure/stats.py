@@ -77,8 +77,17 @@ def count_nonfinite(ctx: Any, batch_index: int, call_index: int, rng: tuple[Any,
         if len(calls) == call_index:
             outputs = [t.detach() for t in float_tensors(output)]
             outputs = [sparse_values(t) if t.layout != torch.strided else t for t in outputs]
-            counts.extend(torch.stack([torch.isnan(t).sum(), torch.isposinf(t).sum(), torch.isneginf(t).sum(),
-                                       torch.tensor(t.numel(), device=t.device)]) for t in outputs)
+            counts.extend(
+                torch.stack(
+                    [
+                        torch.isnan(t).sum(),
+                        torch.isposinf(t).sum(),
+                        torch.isneginf(t).sum(),
+                        torch.tensor(t.numel(), device=t.device),
+                    ]
+                )
+                for t in outputs
+            )
         calls.append(1)
 
     torch.random.set_rng_state(rng[0])

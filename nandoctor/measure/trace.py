@@ -20,16 +20,23 @@ from nandoctor.errors import InternalError, UsageError, describe, first_line
 from nandoctor.findings import Setting, is_finite
 from nandoctor.measure.activity import Activity, ActivityRecorder
 from nandoctor.measure.hooks import UserFacing, module_names, ours
+from nandoctor.measure.labels import LabelRangeError, label_range_mode, may_hold_labels
 from nandoctor.measure.ops import installed_package_of, user_source_of
 from nandoctor.measure.stats import count_nonfinite, float_tensors, range_stats, rng_state
-from nandoctor.measure.labels import LabelRangeError, label_range_mode, may_hold_labels
 
 SETTINGS = (  # read by the probes that judge this pass's recordings
-    Setting("grad_norm_warning", 1e3, "exploding_gradients: global gradient norm for a warning (and the least "
-                                      "norm at which loss_component_explosion blames a component)"),
-    Setting("saturation_derivative", 0.01,
-            "saturation: a tanh/sigmoid/softsign output counts as in the flat tail where its local derivative "
-            "is below this fraction of the peak"),
+    Setting(
+        "grad_norm_warning",
+        1e3,
+        "exploding_gradients: global gradient norm for a warning (and the least "
+        "norm at which loss_component_explosion blames a component)",
+    ),
+    Setting(
+        "saturation_derivative",
+        0.01,
+        "saturation: a tanh/sigmoid/softsign output counts as in the flat tail where its local derivative "
+        "is below this fraction of the peak",
+    ),
 )
 
 
@@ -109,8 +116,9 @@ class EmbeddingIndexError(UserFacing):
     """Raised by our pre-hook before an embedding sees ids it would crash on (CUDA asserts kill the process)."""
 
     def __init__(self, details: dict[str, Any]):
-        super().__init__(f"ids {details['min_id']}..{details['max_id']} outside "
-                         f"num_embeddings={details['num_embeddings']}")
+        super().__init__(
+            f"ids {details['min_id']}..{details['max_id']} outside num_embeddings={details['num_embeddings']}"
+        )
         self.details = details
 
 
@@ -169,9 +177,14 @@ class _Recorder:
         if len(outputs) == 1:
             self.memo[id(outputs[0])] = (weakref.ref(outputs[0]), outputs[0]._version, stats)
         index = len(self.calls)
-        self.calls.append(ModuleCall(name=name, kind=type(module).__name__,
-                                     parent=self.stack[-1][0] if self.stack else None,
-                                     is_leaf=id(module) in self.leaves))
+        self.calls.append(
+            ModuleCall(
+                name=name,
+                kind=type(module).__name__,
+                parent=self.stack[-1][0] if self.stack else None,
+                is_leaf=id(module) in self.leaves,
+            )
+        )
         self.out_stats.append(stats)
         self.in_stats.append(in_stats)
         self.numel.append(sum(t.numel() for t in outputs))
@@ -188,6 +201,7 @@ class _Recorder:
             if grad is not None:
                 with self.torch.no_grad():  # a sum is NaN/Inf when any element is: one read, no copy
                     self.grad_events.append((index, self.torch.isfinite(grad.sum(dtype=self.torch.float32))))
+
         return record
 
     def _check_ids(self, module: Any, name: str, args: tuple, kwargs: dict) -> None:
@@ -198,9 +212,17 @@ class _Recorder:
         size = module.num_embeddings
         if low < 0 or high >= size:
             bad = int(((ids < 0) | (ids >= size)).sum())
-            raise EmbeddingIndexError({"num_embeddings": size, "min_id": low, "max_id": high,
-                                       "out_of_range": bad, "total": int(ids.numel()),
-                                       "module": name, "tensor": self.batch_paths.get(id(ids), (None,))[0]})
+            raise EmbeddingIndexError(
+                {
+                    "num_embeddings": size,
+                    "min_id": low,
+                    "max_id": high,
+                    "out_of_range": bad,
+                    "total": int(ids.numel()),
+                    "module": name,
+                    "tensor": self.batch_paths.get(id(ids), (None,))[0],
+                }
+            )
 
 
 _OWN_CODE = str(Path(__file__).parent)
@@ -230,12 +252,19 @@ def _crash(recorder: _Recorder, exc: BaseException, module_kinds: dict[str, str]
     labels = exc.details if isinstance(exc, LabelRangeError) else None  # raised before the loss ran
     message = first_line(exc)
     embedding = exc.details if isinstance(exc, EmbeddingIndexError) else None
-    return ForwardCrash(module=module, kind=module_kinds.get(module) if module is not None else None,
-                        exc_type="IndexError" if embedding else type(exc).__name__, message=message[:500],
-                        location=_user_location(exc), executed=[c.name for c in recorder.calls[-5:]],
-                        embedding=embedding, labels=labels, source=user_source_of(exc),
-                        package=installed_package_of(exc), stopped_by_check=isinstance(exc, UserFacing))
-
+    return ForwardCrash(
+        module=module,
+        kind=module_kinds.get(module) if module is not None else None,
+        exc_type="IndexError" if embedding else type(exc).__name__,
+        message=message[:500],
+        location=_user_location(exc),
+        executed=[c.name for c in recorder.calls[-5:]],
+        embedding=embedding,
+        labels=labels,
+        source=user_source_of(exc),
+        package=installed_package_of(exc),
+        stopped_by_check=isinstance(exc, UserFacing),
+    )
 
 
 def _grad_norms(model: Any) -> tuple[list[str], list[Any], list[int], list[str]]:
@@ -351,12 +380,13 @@ class ForwardPass:
 
 def forward_pass(ctx: Any, batch_index: int, autocast: Any = None) -> ForwardPass:
     """Module calls and loss values of one forward pass without gradients (optionally under autocast)."""
-    import torch
     from contextlib import nullcontext
+
+    import torch
 
     model, batch = ctx.model, ctx.batches[batch_index]
     recorder = _Recorder(model)
-    with recorder.handles, torch.no_grad(), (autocast or nullcontext()):
+    with recorder.handles, torch.no_grad(), autocast or nullcontext():
         recorder.install(model)
         try:
             loss = ctx.loss(batch)
@@ -366,12 +396,13 @@ def forward_pass(ctx: Any, batch_index: int, autocast: Any = None) -> ForwardPas
             return ForwardPass(recorder.calls, describe(exc))
     device = loss.total.device
     nan3 = torch.full((3,), float("nan"), device=device)
-    parts = [loss.total.detach().float().reshape(1)] + [c.detach().float().reshape(1).to(device)
-                                                        for c in loss.components.values()]
+    parts = [loss.total.detach().float().reshape(1)] + [
+        c.detach().float().reshape(1).to(device) for c in loss.components.values()
+    ]
     parts += [(s if s is not None else nan3).to(device) for s in recorder.out_stats]
     values = torch.cat(parts).tolist()
-    total, components = values[0], dict(zip(loss.components, values[1:1 + len(loss.components)]))
-    _set_output_stats(recorder, values[1 + len(loss.components):])
+    total, components = values[0], dict(zip(loss.components, values[1 : 1 + len(loss.components)]))
+    _set_output_stats(recorder, values[1 + len(loss.components) :])
     return ForwardPass(recorder.calls, None, total, components)
 
 

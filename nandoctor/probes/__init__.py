@@ -5,7 +5,6 @@ probe. The registry checks itself when it loads and before each run (:func:`chec
 """
 
 from nandoctor.errors import InternalError
-
 from nandoctor.probes.activations import ActivationsProbe
 from nandoctor.probes.amp import AmpProbe
 from nandoctor.probes.backward import BackwardProbe
@@ -22,13 +21,30 @@ from nandoctor.probes.saturation import SaturationProbe
 from nandoctor.probes.steps import StepsProbe
 
 PROBES: list[type[Probe]] = [
-    InputsProbe, ParametersProbe, LabelsProbe, ForwardProbe, AmpProbe, BackwardProbe, ComponentsProbe,
-    ActivationsProbe, SaturationProbe, DeadUnitsProbe, GradientsProbe, DynamicsProbe,
+    InputsProbe,
+    ParametersProbe,
+    LabelsProbe,
+    ForwardProbe,
+    AmpProbe,
+    BackwardProbe,
+    ComponentsProbe,
+    ActivationsProbe,
+    SaturationProbe,
+    DeadUnitsProbe,
+    GradientsProbe,
+    DynamicsProbe,
     StepsProbe,
 ]
 
-__all__ = ["PROBES", "check_registry", "fold_rules", "in_run_order", "probe_names", "training_probes",
-           "with_dependencies"]
+__all__ = [
+    "PROBES",
+    "check_registry",
+    "fold_rules",
+    "in_run_order",
+    "probe_names",
+    "training_probes",
+    "with_dependencies",
+]
 
 
 def probe_names() -> list[str]:
@@ -50,9 +66,11 @@ def check_registry() -> None:
     """A probe, code or setting name registered twice, or a fact that no earlier probe provides, is a
     bug in nandoctor: say which at once rather than drop one silently."""
     problems = []
-    for what, names in (("probe", [p.name for p in PROBES]),
-                        ("code", [doc.code for p in PROBES for doc in p.codes]),
-                        ("setting", [s.name for p in PROBES for s in p.settings])):
+    for what, names in (
+        ("probe", [p.name for p in PROBES]),
+        ("code", [doc.code for p in PROBES for doc in p.codes]),
+        ("setting", [s.name for p in PROBES for s in p.settings]),
+    ):
         twice = sorted({name for name in names if names.count(name) > 1})
         if twice:
             problems.append(f"{what}s registered twice: {', '.join(twice)}")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any, ClassVar
 
-from nandoctor.findings import CodeDoc, Finding, Setting
 from nandoctor.context import RunContext
+from nandoctor.findings import CodeDoc, Finding, Setting
 
 
 class Fact(str, Enum):

@@ -9,14 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from nandoctor.config import fix_config, loss_weight
+from nandoctor.context import RunContext
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is_finite
 from nandoctor.measure.grad_origin import find_gradient_origin
 from nandoctor.measure.ops import locate_nonfinite_op
+from nandoctor.measure.trace import traced
 from nandoctor.probes.backward import OP_ADVICE
 from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting, loss_side
-from nandoctor.measure.trace import traced
-from nandoctor.context import RunContext
-
 
 
 def component_gradients(ctx: RunContext, batch: Any) -> dict[str, dict[str, float]]:
@@ -33,16 +32,20 @@ def component_gradients(ctx: RunContext, batch: Any) -> dict[str, dict[str, floa
         if not component.requires_grad or weight == 0:
             queued.append(torch.zeros((), device=component.device))
             continue
-        grads = torch.autograd.grad(weight * component, params, retain_graph=index < len(names) - 1,
-                                    allow_unused=True)
+        grads = torch.autograd.grad(weight * component, params, retain_graph=index < len(names) - 1, allow_unused=True)
         present = [g for g in grads if g is not None]
         norms = torch._foreach_norm(present) if present else []
-        queued.append(torch.linalg.vector_norm(torch.stack(norms)) if present else torch.zeros((), device=component.device))
+        queued.append(
+            torch.linalg.vector_norm(torch.stack(norms)) if present else torch.zeros((), device=component.device)
+        )
     device = result.total.device
-    values = torch.stack([result.components[n].detach().float().to(device) for n in names]
-                         + [q.float().to(device) for q in queued]).tolist()
-    return {name: {"value": values[i], "weight": ctx.setup.loss_weights.get(name, 1.0),
-                   "grad_norm": values[len(names) + i]} for i, name in enumerate(names)}
+    values = torch.stack(
+        [result.components[n].detach().float().to(device) for n in names] + [q.float().to(device) for q in queued]
+    ).tolist()
+    return {
+        name: {"value": values[i], "weight": ctx.setup.loss_weights.get(name, 1.0), "grad_norm": values[len(names) + i]}
+        for i, name in enumerate(names)
+    }
 
 
 class ComponentsProbe(Probe):
@@ -51,16 +54,22 @@ class ComponentsProbe(Probe):
     phase = Phase.BACKWARD
     requires = (Fact.FORWARD_RUNS,)
     codes = (
-        CodeDoc("loss_component_nonfinite", Stage.LOSS_VALUES,
-                "one named loss component produces NaN/Inf (value or gradient)",
-                "One bad term poisons the total loss and every gradient.",
-                "A contrastive term dividing embeddings by a norm that is zero for some rows.",
-                "Add eps to the named component's divisions/norms (F.normalize(x, eps=1e-6))."),
-        CodeDoc("loss_component_explosion", Stage.LOSS_BALANCE,
-                "one named loss component's gradient dwarfs the rest",
-                "The other components' signal is lost; clipping scales it away.",
-                "An acyclicity term trace(A³) at weight 0.1 beside a reconstruction loss.",
-                "Lower that component's weight by the ratio in the finding, or rescale the term."),
+        CodeDoc(
+            "loss_component_nonfinite",
+            Stage.LOSS_VALUES,
+            "one named loss component produces NaN/Inf (value or gradient)",
+            "One bad term poisons the total loss and every gradient.",
+            "A contrastive term dividing embeddings by a norm that is zero for some rows.",
+            "Add eps to the named component's divisions/norms (F.normalize(x, eps=1e-6)).",
+        ),
+        CodeDoc(
+            "loss_component_explosion",
+            Stage.LOSS_BALANCE,
+            "one named loss component's gradient dwarfs the rest",
+            "The other components' signal is lost; clipping scales it away.",
+            "An acyclicity term trace(A³) at weight 0.1 beside a reconstruction loss.",
+            "Lower that component's weight by the ratio in the finding, or rescale the term.",
+        ),
     )
     folds = (
         Fold("loss_component_nonfinite", "forward_nonfinite", loss_side),
@@ -69,9 +78,16 @@ class ComponentsProbe(Probe):
     )
 
     settings = (
-        Setting("component_dominance", 100.0, "loss_component_explosion: a component's gradient this many times the next one's"),
-        Setting("component_share", 0.9,
-                "... or a component weighted below another that carries at least this share of the summed gradient norms"),
+        Setting(
+            "component_dominance",
+            100.0,
+            "loss_component_explosion: a component's gradient this many times the next one's",
+        ),
+        Setting(
+            "component_share",
+            0.9,
+            "... or a component weighted below another that carries at least this share of the summed gradient norms",
+        ),
     )
 
     def run(self, ctx: RunContext) -> ProbeResult:
@@ -86,7 +102,9 @@ class ComponentsProbe(Probe):
                 return ProbeResult([], {"error_in_forward": f"{type(exc).__name__}: {exc}"})
             for name, row in rows.items():
                 kept = table.setdefault(name, dict(row))
-                kept["grad_norm"] = max(kept["grad_norm"], row["grad_norm"]) if is_finite(row["grad_norm"]) else row["grad_norm"]
+                kept["grad_norm"] = (
+                    max(kept["grad_norm"], row["grad_norm"]) if is_finite(row["grad_norm"]) else row["grad_norm"]
+                )
                 if not is_finite(row["value"]):
                     kept["value"] = row["value"]
             if any(not (is_finite(r["value"]) and is_finite(r["grad_norm"])) for r in rows.values()):
@@ -112,9 +130,15 @@ class ComponentsProbe(Probe):
         origin = None if in_value else find_gradient_origin(ctx, batch_index, component=name)
         ops = locate_nonfinite_op(ctx, batch_index, component=name) if in_value else None
         site = ops.site if ops is not None else None
-        evidence = {"component": name, "value": row["value"], "grad_norm": row["grad_norm"],
-                    "weight": row["weight"], "in": "value" if in_value else "gradient", "batch": batch_index,
-                    "others": {n: r["value"] for n, r in table.items() if n != name}}
+        evidence = {
+            "component": name,
+            "value": row["value"],
+            "grad_norm": row["grad_norm"],
+            "weight": row["weight"],
+            "in": "value" if in_value else "gradient",
+            "batch": batch_index,
+            "others": {n: r["value"] for n, r in table.items() if n != name},
+        }
         op, module, source = None, None, None
         if origin:
             op, module, source = origin["op"], origin["module"], origin.get("source")
@@ -128,13 +152,20 @@ class ComponentsProbe(Probe):
 
         hint = (OP_ADVICE if origin else VALUE_ADVICE).get(op or "", "")
         return Finding(
-            "loss_component_nonfinite", Severity.CRITICAL,
+            "loss_component_nonfinite",
+            Severity.CRITICAL,
             f"loss component {name!r} is {'NaN/Inf' if in_value else 'finite but its gradient is NaN/Inf'}{where}",
-            Where(module=module, component=name, op=op, source=source), evidence,
-            Fix(advice=f"In the code of {name!r}" + (f" at {source}" if source else "") + ": "
+            Where(module=module, component=name, op=op, source=source),
+            evidence,
+            Fix(
+                advice=f"In the code of {name!r}"
+                + (f" at {source}" if source else "")
+                + ": "
                 + (hint + "; " if hint else "")
                 + "add eps to divisions and norms (F.normalize(x, eps=1e-6) instead of x / x.norm()), "
-                  "clamp before log/sqrt/acos; the other components are finite.")), ops
+                "clamp before log/sqrt/acos; the other components are finite."
+            ),
+        ), ops
 
     @staticmethod
     def _explosion(ctx: RunContext, table: dict) -> list[Finding]:
@@ -157,16 +188,37 @@ class ComponentsProbe(Probe):
         ratio = top["grad_norm"] / second["grad_norm"]
         suggested = float(f"{top['weight'] * second['grad_norm'] / top['grad_norm']:.1g}")
         config, note = fix_config(ctx.setup, loss_weight(name), suggested)
-        return [Finding(
-            "loss_component_explosion", Severity.CRITICAL if ratio >= dominance ** 2 else Severity.WARNING,
-            f"loss component {name!r}'s gradient is {ratio:,.3g}x that of {second_name!r} "
-            f"({top['share']:.0%} of the gradient): it drowns the rest",
-            Where(component=name),
-            {"component": name, "grad_norm": top["grad_norm"], "weight": top["weight"], "ratio": ratio,
-             "next_component": second_name, "next_grad_norm": second["grad_norm"],
-             "weighted_below_another": meant_secondary, "share": top["share"],
-             "table": {n: {"value": r["value"], "weight": r["weight"], "grad_norm": r["grad_norm"],
-                           "share": r["share"]} for n, r in table.items()}},
-            Fix(config, f"Set the weight of {name!r} to about {suggested:g} (from {top['weight']:g}) so its "
-                        f"gradient is in line with {second_name!r}'s, or rescale the term itself (normalize "
-                        f"a matrix power by the dimension).{note}"))]
+        return [
+            Finding(
+                "loss_component_explosion",
+                Severity.CRITICAL if ratio >= dominance**2 else Severity.WARNING,
+                f"loss component {name!r}'s gradient is {ratio:,.3g}x that of {second_name!r} "
+                f"({top['share']:.0%} of the gradient): it drowns the rest",
+                Where(component=name),
+                {
+                    "component": name,
+                    "grad_norm": top["grad_norm"],
+                    "weight": top["weight"],
+                    "ratio": ratio,
+                    "next_component": second_name,
+                    "next_grad_norm": second["grad_norm"],
+                    "weighted_below_another": meant_secondary,
+                    "share": top["share"],
+                    "table": {
+                        n: {
+                            "value": r["value"],
+                            "weight": r["weight"],
+                            "grad_norm": r["grad_norm"],
+                            "share": r["share"],
+                        }
+                        for n, r in table.items()
+                    },
+                },
+                Fix(
+                    config,
+                    f"Set the weight of {name!r} to about {suggested:g} (from {top['weight']:g}) so its "
+                    f"gradient is in line with {second_name!r}'s, or rescale the term itself (normalize "
+                    f"a matrix power by the dimension).{note}",
+                ),
+            )
+        ]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from nandoctor.context import RunContext
+from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.activity import RELU_FAMILY
 from nandoctor.measure.trace import traced
-from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
-from nandoctor.context import RunContext
 
 __all__ = ["DeadUnitsProbe", "RELU_FAMILY"]
 
@@ -23,11 +23,14 @@ class DeadUnitsProbe(Probe):
     phase = Phase.ACTIVITY
     requires = (Fact.FORWARD_RUNS,)
     codes = (
-        CodeDoc("dead_units", Stage.DEAD_UNITS,
-                "a large share of ReLU-like units never activate",
-                "A unit that is zero for every input gets no gradient and never recovers.",
-                "Linear layers whose biases start at -5 before a ReLU.",
-                "Re-initialize biases at zero, use LeakyReLU/GELU, lower the learning rate."),
+        CodeDoc(
+            "dead_units",
+            Stage.DEAD_UNITS,
+            "a large share of ReLU-like units never activate",
+            "A unit that is zero for every input gets no gradient and never recovers.",
+            "Linear layers whose biases start at -5 before a ReLU.",
+            "Re-initialize biases at zero, use LeakyReLU/GELU, lower the learning rate.",
+        ),
     )
     folds = (
         # a layer fed only by dead ReLUs outputs its bias, a constant that looks pinned
@@ -55,22 +58,46 @@ class DeadUnitsProbe(Probe):
         if not alive:
             return ProbeResult([], {"skipped": "no ReLU-family modules"})
         order = list(alive)
-        counts = torch.stack([torch.stack([(~alive[n]).sum(), torch.tensor(alive[n].numel(), device=alive[n].device)])
-                              .to(alive[order[0]].device) for n in order]).tolist()
-        rows = [{"module": n, "dead": int(d), "units": int(u), "share": d / max(u, 1), "samples": samples[n]}
-                for n, (d, u) in zip(order, counts)]
+        counts = torch.stack(
+            [
+                torch.stack([(~alive[n]).sum(), torch.tensor(alive[n].numel(), device=alive[n].device)]).to(
+                    alive[order[0]].device
+                )
+                for n in order
+            ]
+        ).tolist()
+        rows = [
+            {"module": n, "dead": int(d), "units": int(u), "share": d / max(u, 1), "samples": samples[n]}
+            for n, (d, u) in zip(order, counts)
+        ]
         raw = {"modules": rows}
-        dead = [r for r in rows if r["share"] >= ctx.settings.dead_warning and r["samples"] >= ctx.settings.dead_min_samples]
+        dead = [
+            r for r in rows if r["share"] >= ctx.settings.dead_warning and r["samples"] >= ctx.settings.dead_min_samples
+        ]
         if not dead:
             return ProbeResult([], raw)
         first = dead[0]
-        return ProbeResult([Finding(
-            "dead_units", Severity.CRITICAL if first["share"] >= ctx.settings.dead_critical else Severity.WARNING,
-            f"{first['dead']} of {first['units']} units after {first['module']!r} ({first['share']:.0%}) never "
-            f"activate on {first['samples']} samples",
-            Where(module=first["module"]),
-            {"dead": first["dead"], "units": first["units"], "share": first["share"],
-             "samples": first["samples"], "all_modules": {r["module"]: r["share"] for r in dead}},
-            Fix(advice="Dead ReLUs get no gradient and never recover: initialize biases at zero (or slightly "
-                       "positive), check the scale of the inputs to the layer before, use LeakyReLU/GELU, "
-                       "and lower the LR if units die during training."))], raw)
+        return ProbeResult(
+            [
+                Finding(
+                    "dead_units",
+                    Severity.CRITICAL if first["share"] >= ctx.settings.dead_critical else Severity.WARNING,
+                    f"{first['dead']} of {first['units']} units after {first['module']!r} ({first['share']:.0%}) never "
+                    f"activate on {first['samples']} samples",
+                    Where(module=first["module"]),
+                    {
+                        "dead": first["dead"],
+                        "units": first["units"],
+                        "share": first["share"],
+                        "samples": first["samples"],
+                        "all_modules": {r["module"]: r["share"] for r in dead},
+                    },
+                    Fix(
+                        advice="Dead ReLUs get no gradient and never recover: initialize biases at zero (or slightly "
+                        "positive), check the scale of the inputs to the layer before, use LeakyReLU/GELU, "
+                        "and lower the LR if units die during training."
+                    ),
+                )
+            ],
+            raw,
+        )

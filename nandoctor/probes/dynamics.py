@@ -15,6 +15,8 @@ from dataclasses import replace
 from typing import Any
 
 from nandoctor.config import GRAD_CLIP, LR, fix_config
+from nandoctor.context import RunContext
+from nandoctor.conventions import plays_a_game
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.trace import traced
 from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, Setting, nothing_to_train
@@ -23,22 +25,20 @@ from nandoctor.sweep.grid import Sweep, recommend, run_sweep, sweep_rates, sweep
 from nandoctor.sweep.plan import plan_note, plan_sweep
 from nandoctor.sweep.stream import BatchStream, PermutedStream, target_paths
 from nandoctor.sweep.training import BAD, COLLAPSED, DIVERGED, LEARNS, TrainRun, evaluate, train
-from nandoctor.context import RunContext
-from nandoctor.conventions import plays_a_game
 
 
 def nice_below(value: float) -> float:
     """The largest of 1, 2, 5 x 10^k not above ``value``."""
     exponent = math.floor(math.log10(value))
     for mantissa in (5, 2, 1):
-        if mantissa * 10 ** exponent <= value:
-            return float(f"{mantissa * 10 ** exponent:.3g}")
-    return float(f"{10 ** exponent:.3g}")
+        if mantissa * 10**exponent <= value:
+            return float(f"{mantissa * 10**exponent:.3g}")
+    return float(f"{10**exponent:.3g}")
 
 
 def tail_mean(run: TrainRun, steps: int) -> float | None:
     """Mean training loss over the last quarter of the first ``steps`` steps."""
-    tail = [l for l in run.losses[max(0, steps - max(1, steps // 4)):steps] if math.isfinite(l)]
+    tail = [loss for loss in run.losses[max(0, steps - max(1, steps // 4)) : steps] if math.isfinite(loss)]
     return sum(tail) / len(tail) if tail else None
 
 
@@ -46,15 +46,29 @@ def runs_away(run: TrainRun, settings: Any) -> bool:
     """The loss fell by more than ``blowup_rise`` times its starting scale: it has no floor (a likelihood
     with a learnable variance, a norm driven to zero), so how far it falls says nothing about the rate."""
     start, end = run.start_score, run.score
-    return start is not None and end is not None and math.isfinite(end) \
+    return (
+        start is not None
+        and end is not None
+        and math.isfinite(end)
         and start - end > settings.blowup_rise * max(abs(start), 1e-3)
+    )
 
 
 def _table(sweep: Sweep) -> dict[str, Any]:
     """The per-rate table a finding's evidence carries."""
-    return {f"{r.lr:.3g}": {"verdict": r.verdict, "steps_run": len(r.losses), "heldout_final": r.heldout.get(r.reached),
-                            "train_loss_end": r.train_tail, "drop": round(r.drop, 4), "max_grad_norm": r.max_grad_norm,
-                            "nonfinite_step": r.nonfinite_step, "cut": r.cut} for r in sweep.runs}
+    return {
+        f"{r.lr:.3g}": {
+            "verdict": r.verdict,
+            "steps_run": len(r.losses),
+            "heldout_final": r.heldout.get(r.reached),
+            "train_loss_end": r.train_tail,
+            "drop": round(r.drop, 4),
+            "max_grad_norm": r.max_grad_norm,
+            "nonfinite_step": r.nonfinite_step,
+            "cut": r.cut,
+        }
+        for r in sweep.runs
+    }
 
 
 class DynamicsProbe(Probe):
@@ -64,26 +78,38 @@ class DynamicsProbe(Probe):
     cost = Cost.TRAINS
     requires = (Fact.FORWARD_OK, Fact.BACKWARD_OK, Fact.AUTOCAST_RUNS)
     codes = (
-        CodeDoc("lr_too_high", Stage.RATE_TOO_HIGH,
-                "the learning rate sweep shows the user's rate diverges or is unstable where a lower one trains",
-                "Each step overshoots; the loss climbs or goes NaN.",
-                "AdamW at 1e-3 on a transformer whose gradients reach 4e8.",
-                "Use the recommended rate from the sweep."),
-        CodeDoc("lr_too_low", Stage.RATE_TOO_LOW,
-                "the loss barely moves at the user's rate where a higher one trains stably",
-                "Training wastes compute or never leaves the initial plateau.",
-                "SGD at 1e-5.",
-                "Use the recommended rate from the sweep."),
-        CodeDoc("grad_clip_too_aggressive", Stage.CLIPPING,
-                "clipping scales nearly every step's gradient down by a large factor",
-                "Every update is shrunk to max_norm: effectively a much smaller LR.",
-                "clip_grad_norm_(max_norm=1.0) where gradient norms are in the thousands.",
-                "Raise max_norm to about the observed median norm, and fix what makes norms large."),
-        CodeDoc("loss_plateau", Stage.NO_SIGNAL,
-                "the loss stays at its random-guess baseline and does not decrease",
-                "The model learns nothing: often labels disconnected from inputs, or a dead signal path.",
-                "Labels shuffled apart from their inputs: training fits them no better than permuted ones.",
-                "Check that labels match inputs, the LR, and the findings ranked above this one."),
+        CodeDoc(
+            "lr_too_high",
+            Stage.RATE_TOO_HIGH,
+            "the learning rate sweep shows the user's rate diverges or is unstable where a lower one trains",
+            "Each step overshoots; the loss climbs or goes NaN.",
+            "AdamW at 1e-3 on a transformer whose gradients reach 4e8.",
+            "Use the recommended rate from the sweep.",
+        ),
+        CodeDoc(
+            "lr_too_low",
+            Stage.RATE_TOO_LOW,
+            "the loss barely moves at the user's rate where a higher one trains stably",
+            "Training wastes compute or never leaves the initial plateau.",
+            "SGD at 1e-5.",
+            "Use the recommended rate from the sweep.",
+        ),
+        CodeDoc(
+            "grad_clip_too_aggressive",
+            Stage.CLIPPING,
+            "clipping scales nearly every step's gradient down by a large factor",
+            "Every update is shrunk to max_norm: effectively a much smaller LR.",
+            "clip_grad_norm_(max_norm=1.0) where gradient norms are in the thousands.",
+            "Raise max_norm to about the observed median norm, and fix what makes norms large.",
+        ),
+        CodeDoc(
+            "loss_plateau",
+            Stage.NO_SIGNAL,
+            "the loss stays at its random-guess baseline and does not decrease",
+            "The model learns nothing: often labels disconnected from inputs, or a dead signal path.",
+            "Labels shuffled apart from their inputs: training fits them no better than permuted ones.",
+            "Check that labels match inputs, the LR, and the findings ranked above this one.",
+        ),
     )
     folds = (
         Fold("grad_clip_too_aggressive", "loss_plateau"),  # every step shrunk: the loss cannot move
@@ -91,10 +117,23 @@ class DynamicsProbe(Probe):
     )
 
     settings = (
-        Setting("sweep_budget_s", 120.0, "LR sweep in diagnose: runs that would end past this many seconds are dropped (the verdict is then incomplete)"),
-        Setting("lr_worse_gap", 0.3, "lr_too_high/low: the user's rate misses this share of the best rate's fall in held-out loss ..."),
+        Setting(
+            "sweep_budget_s",
+            120.0,
+            "LR sweep in diagnose: runs that would end past this many seconds are dropped "
+            "(the verdict is then incomplete)",
+        ),
+        Setting(
+            "lr_worse_gap",
+            0.3,
+            "lr_too_high/low: the user's rate misses this share of the best rate's fall in held-out loss ...",
+        ),
         Setting("lr_worse_loss", 0.1, "... and ends this share above the best rate's held-out loss"),
-        Setting("plateau_margin", 0.02, "loss_plateau: real targets beat targets permuted across samples by less than this share of the start"),
+        Setting(
+            "plateau_margin",
+            0.02,
+            "loss_plateau: real targets beat targets permuted across samples by less than this share of the start",
+        ),
         Setting("clip_share", 0.9, "grad_clip_too_aggressive: share of steps whose gradient is clipped"),
         Setting("clip_factor", 10.0, "... by at least this median factor"),
     )
@@ -105,12 +144,24 @@ class DynamicsProbe(Probe):
         if idle is not None:
             return idle
         if plays_a_game(ctx.model):
-            return ProbeResult([], {"skipped": "the training step steps several optimizers by hand (a game, as in a "
-                                               "GAN): no summed loss has to fall, so no rate is judged by it"})
+            return ProbeResult(
+                [],
+                {
+                    "skipped": "the training step steps several optimizers by hand (a game, as in a "
+                    "GAN): no summed loss has to fall, so no rate is judged by it"
+                },
+            )
         stream = BatchStream(ctx, settings.sweep_stream_batches)
         rates = sweep_rates(setup, settings)
-        sweep = run_sweep(ctx, rates, plan_sweep(ctx, len(rates)), setup.grad_clip,
-                          budget_s=settings.sweep_budget_s, center=setup.lr, stream=stream)
+        sweep = run_sweep(
+            ctx,
+            rates,
+            plan_sweep(ctx, len(rates)),
+            setup.grad_clip,
+            budget_s=settings.sweep_budget_s,
+            center=setup.lr,
+            stream=stream,
+        )
         best, why = recommend(sweep, settings)
         raw: dict[str, Any] = {"user_lr": setup.lr, **sweep_summary(sweep, best, why)}
         lr_findings = self._lr(ctx, sweep, best, why)
@@ -124,23 +175,38 @@ class DynamicsProbe(Probe):
         note = plan_note(sweep.plan)
         if note:  # a verdict from short runs says so; short runs favour the higher rates (a slower one has
             # had no time) and give the label control little to go on: "too low" and "no signal" are hints
-            findings = [replace(f, severity=Severity.INFO if f.code in ("lr_too_low", "loss_plateau") else f.severity,
-                                evidence={**f.evidence, "sweep_plan": note},
-                                fix=replace(f.fix, advice=f"{f.fix.advice} Note: {note}.")) for f in findings]
+            findings = [
+                replace(
+                    f,
+                    severity=Severity.INFO if f.code in ("lr_too_low", "loss_plateau") else f.severity,
+                    evidence={**f.evidence, "sweep_plan": note},
+                    fix=replace(f.fix, advice=f"{f.fix.advice} Note: {note}."),
+                )
+                for f in findings
+            ]
         dropped = sweep.dropped + sweep.not_continued
         incomplete = None
         if dropped:
-            incomplete = (f"the {settings.sweep_budget_s:g}s sweep budget was spent: rates "
-                          f"{', '.join(f'{r:.3g}' for r in sorted(dropped))} were not judged to the end")
+            incomplete = (
+                f"the {settings.sweep_budget_s:g}s sweep budget was spent: rates "
+                f"{', '.join(f'{r:.3g}' for r in sorted(dropped))} were not judged to the end"
+            )
             for finding in findings:
                 finding.evidence["rates_not_judged"] = sorted(dropped)
         return ProbeResult(findings, raw, incomplete=incomplete)
 
     def _lr(self, ctx: RunContext, sweep: Sweep, best: TrainRun | None, why: str) -> list[Finding]:
         user, settings = sweep.user, ctx.settings
-        evidence = {"user_lr": user.lr, "user_verdict": user.verdict, "user_heldout": user.score,
-                    "recommended_lr": best.lr if best else None, "recommended_heldout": best.score if best else None,
-                    "heldout_initial": user.start_score, "grid_extended": sweep.extended, "sweep": _table(sweep)}
+        evidence = {
+            "user_lr": user.lr,
+            "user_verdict": user.verdict,
+            "user_heldout": user.score,
+            "recommended_lr": best.lr if best else None,
+            "recommended_heldout": best.score if best else None,
+            "heldout_initial": user.start_score,
+            "grid_extended": sweep.extended,
+            "sweep": _table(sweep),
+        }
         if user.verdict in BAD:
             return [self._too_high_bad(ctx, sweep, user, best, why, evidence)]
         if best is None or best.lr == user.lr:
@@ -159,19 +225,38 @@ class DynamicsProbe(Probe):
         evidence.update(compared_at_steps=steps, share_of_fall_missed=missed)
         config, note = fix_config(ctx.setup, LR, best.lr)
         what = "held-out" if user.heldout_initial is not None else "training"
-        numbers = (f"after {steps} steps its {what} loss is {mine:.4g} against {theirs:.4g} at lr {best.lr:.3g} "
-                   f"(from {start:.4g}: it misses {missed:.0%} of that fall)")
+        numbers = (
+            f"after {steps} steps its {what} loss is {mine:.4g} against {theirs:.4g} at lr {best.lr:.3g} "
+            f"(from {start:.4g}: it misses {missed:.0%} of that fall)"
+        )
         if best.lr < user.lr:
-            return [Finding("lr_too_high", Severity.WARNING, f"lr {user.lr:.3g} is too high: {numbers}", Where(),
-                            evidence, Fix(config, f"Lower the learning rate to {best.lr:.3g}: {why}.{note}"))]
+            return [
+                Finding(
+                    "lr_too_high",
+                    Severity.WARNING,
+                    f"lr {user.lr:.3g} is too high: {numbers}",
+                    Where(),
+                    evidence,
+                    Fix(config, f"Lower the learning rate to {best.lr:.3g}: {why}.{note}"),
+                )
+            ]
         if user.drop >= settings.learns_drop:  # it trains, only slower in a short run: that favours high rates
             return []
-        return [Finding("lr_too_low", Severity.WARNING, f"lr {user.lr:.3g} is too low: {numbers}", Where(),
-                        evidence, Fix(config, f"Raise the learning rate to {best.lr:.3g}: {why}.{note}"))]
+        return [
+            Finding(
+                "lr_too_low",
+                Severity.WARNING,
+                f"lr {user.lr:.3g} is too low: {numbers}",
+                Where(),
+                evidence,
+                Fix(config, f"Raise the learning rate to {best.lr:.3g}: {why}.{note}"),
+            )
+        ]
 
     @staticmethod
-    def _too_high_bad(ctx: RunContext, sweep: Sweep, user: TrainRun, best: TrainRun | None, why: str,
-                      evidence: dict[str, Any]) -> Finding:
+    def _too_high_bad(
+        ctx: RunContext, sweep: Sweep, user: TrainRun, best: TrainRun | None, why: str, evidence: dict[str, Any]
+    ) -> Finding:
         """The user's own rate diverges, is unstable or collapses: always a finding, a better rate or not."""
         if user.nonfinite_step is not None:
             how, severity = f"goes non-finite at step {user.nonfinite_step}", Severity.CRITICAL
@@ -183,17 +268,33 @@ class DynamicsProbe(Probe):
             how, severity = f"is unstable (loss spikes; max grad norm {user.max_grad_norm:.3g})", Severity.WARNING
         if best is not None and best.lr < user.lr:
             config, note = fix_config(ctx.setup, LR, best.lr)
-            title = (f"training at lr {user.lr:.3g} {how}; {best.lr:.3g} trains "
-                     f"(held-out loss {best.start_score:.4g} -> {best.score:.4g})")
-            return Finding("lr_too_high", severity, title, Where(), evidence,
-                           Fix(config, f"Lower the learning rate to {best.lr:.3g}: {why}.{note}"))
+            title = (
+                f"training at lr {user.lr:.3g} {how}; {best.lr:.3g} trains "
+                f"(held-out loss {best.start_score:.4g} -> {best.score:.4g})"
+            )
+            return Finding(
+                "lr_too_high",
+                severity,
+                title,
+                Where(),
+                evidence,
+                Fix(config, f"Lower the learning rate to {best.lr:.3g}: {why}.{note}"),
+            )
         lowest = sweep.runs[0].lr
         tried = ", ".join(f"{r.lr:.3g} {r.verdict}" for r in sweep.runs)
         title = f"training at lr {user.lr:.3g} {how}, and no rate down to {lowest:.3g} trained ({tried})"
-        return Finding("lr_too_high", severity, title, Where(), evidence,
-                       Fix(advice=f"Lower the learning rate well below {user.lr:.3g}; no rate down to {lowest:.3g} "
-                                  f"trained in {sweep.checkpoints[-1]} steps ({'; '.join(sweep.extended) or 'grid'}), "
-                                  f"so also check the findings above (inputs, initialisation, the loss)."))
+        return Finding(
+            "lr_too_high",
+            severity,
+            title,
+            Where(),
+            evidence,
+            Fix(
+                advice=f"Lower the learning rate well below {user.lr:.3g}; no rate down to {lowest:.3g} "
+                f"trained in {sweep.checkpoints[-1]} steps ({'; '.join(sweep.extended) or 'grid'}), "
+                f"so also check the findings above (inputs, initialisation, the loss)."
+            ),
+        )
 
     def _clip(self, ctx: RunContext, sweep: Sweep, stream: BatchStream) -> tuple[list[Finding], dict[str, Any]]:
         clip, user = ctx.setup.grad_clip, sweep.user
@@ -202,29 +303,48 @@ class DynamicsProbe(Probe):
             return [], {}
         share = sum(g > clip for g in norms) / len(norms)
         factor = statistics.median(g / clip for g in norms)
-        raw = {"max_norm": clip, "share_clipped": share, "median_clip_factor": factor,
-               "median_grad_norm": statistics.median(norms)}
+        raw = {
+            "max_norm": clip,
+            "share_clipped": share,
+            "median_clip_factor": factor,
+            "median_grad_norm": statistics.median(norms),
+        }
         if share < ctx.settings.clip_share or factor < ctx.settings.clip_factor:
             return [], raw
         suggestion, checked = self._verified_clip(ctx, sweep, stream, statistics.median(norms))
         raw["candidates"] = checked
         config, note = fix_config(ctx.setup, GRAD_CLIP, suggestion)
         verified = next((c for c in checked if c["max_norm"] == suggestion and c["verdict"] == LEARNS), None)
-        advice = (f"Raise max_norm to {suggestion:g}, near the median gradient norm {raw['median_grad_norm']:.3g}"
-                  + (f": a {sweep.checkpoints[-1]}-step run with it learns (held-out loss down {verified['drop']:.0%} "
-                     f"vs {user.drop:.0%})" if verified else " (no candidate learned in a short run: check the findings above)")
-                  + f"; clip to guard against spikes, not every step.{note}")
-        return [Finding("grad_clip_too_aggressive", Severity.WARNING,
-                        f"clipping at max_norm={clip:g} scales {share:.0%} of steps down, by a median factor of {factor:,.3g}",
-                        Where(), dict(raw, user_drop=user.drop), Fix(config, advice))], raw
+        advice = (
+            f"Raise max_norm to {suggestion:g}, near the median gradient norm {raw['median_grad_norm']:.3g}"
+            + (
+                f": a {sweep.checkpoints[-1]}-step run with it learns (held-out loss down {verified['drop']:.0%} "
+                f"vs {user.drop:.0%})"
+                if verified
+                else " (no candidate learned in a short run: check the findings above)"
+            )
+            + f"; clip to guard against spikes, not every step.{note}"
+        )
+        return [
+            Finding(
+                "grad_clip_too_aggressive",
+                Severity.WARNING,
+                f"clipping at max_norm={clip:g} scales {share:.0%} of steps down, by a median factor of {factor:,.3g}",
+                Where(),
+                dict(raw, user_drop=user.drop),
+                Fix(config, advice),
+            )
+        ], raw
 
     @staticmethod
-    def _verified_clip(ctx: RunContext, sweep: Sweep, stream: BatchStream, median_norm: float) -> tuple[float, list[dict[str, Any]]]:
+    def _verified_clip(
+        ctx: RunContext, sweep: Sweep, stream: BatchStream, median_norm: float
+    ) -> tuple[float, list[dict[str, Any]]]:
         """Try max_norm near the median norm, then 10x and 100x lower; keep the largest that learns."""
         import torch
 
         user = sweep.user
-        candidates = [c for c in (nice_below(median_norm / 10 ** k) for k in range(3)) if c > ctx.setup.grad_clip]
+        candidates = [c for c in (nice_below(median_norm / 10**k) for k in range(3)) if c > ctx.setup.grad_clip]
         checked = []
         snapshot = run_snapshot(ctx)
         try:
@@ -240,8 +360,9 @@ class DynamicsProbe(Probe):
         return (candidates[0] if candidates else ctx.setup.grad_clip * 10), checked
 
     @staticmethod
-    def _plateau(ctx: RunContext, sweep: Sweep, best: TrainRun | None, stream: BatchStream,
-                 needed: bool = True) -> tuple[list[Finding], dict[str, Any]]:
+    def _plateau(
+        ctx: RunContext, sweep: Sweep, best: TrainRun | None, stream: BatchStream, needed: bool = True
+    ) -> tuple[list[Finding], dict[str, Any]]:
         """Train the best rate again on targets permuted across samples; no better with real ones: no signal.
 
         The control run is skipped when its answer could change nothing: no plateau is possible (the
@@ -252,16 +373,29 @@ class DynamicsProbe(Probe):
         stable = [r for r in sweep.runs if r.verdict not in BAD]
         # without a recommendation: the rate that fits its training batches best (the control asks
         # whether real targets fit better than shuffled ones)
-        reference = best or max((r for r in stable if r.initial_loss is not None and r.train_tail is not None),
-                                key=lambda r: (r.reached, r.initial_loss - r.train_tail), default=None)
+        reference = best or max(
+            (r for r in stable if r.initial_loss is not None and r.train_tail is not None),
+            key=lambda r: (r.reached, r.initial_loss - r.train_tail),
+            default=None,
+        )
         if reference is None or not any((r.max_grad_norm or 0) > 0 for r in stable):
             return [], {}
-        fits = max(((r.initial_loss - r.train_tail) / max(abs(r.initial_loss), 1e-8) for r in stable
-                    if r.initial_loss is not None and r.train_tail is not None), default=0.0)
+        fits = max(
+            (
+                (r.initial_loss - r.train_tail) / max(abs(r.initial_loss), 1e-8)
+                for r in stable
+                if r.initial_loss is not None and r.train_tail is not None
+            ),
+            default=0.0,
+        )
         if not needed and (reference.drop >= ctx.settings.learns_drop or fits < ctx.settings.learns_drop):
-            return [], {"lr": reference.lr, "heldout_drop": reference.drop, "train_fall": fits,
-                        "skipped": "no plateau is possible: the held-out loss fell, or no rate fitted its "
-                                   "training batches; and no warning depends on the control"}
+            return [], {
+                "lr": reference.lr,
+                "heldout_drop": reference.drop,
+                "train_fall": fits,
+                "skipped": "no plateau is possible: the held-out loss fell, or no rate fitted its "
+                "training batches; and no warning depends on the control",
+            }
         paths = target_paths(ctx.batches[0], traced(ctx)[0].consumed_paths)
         if not paths:
             return [], {"skipped": "no batch tensor is left unread by the forward: no target to permute"}
@@ -271,38 +405,67 @@ class DynamicsProbe(Probe):
             torch.manual_seed(ctx.settings.seed)
             start = dict(zip(("loss", "spread"), evaluate(ctx, stream.heldout)))
             torch.manual_seed(ctx.settings.seed)
-            control = train(ctx, PermutedStream(stream, paths, ctx.settings.seed), reference.lr, checkpoints,
-                            ctx.setup.grad_clip, start)
+            control = train(
+                ctx,
+                PermutedStream(stream, paths, ctx.settings.seed),
+                reference.lr,
+                checkpoints,
+                ctx.setup.grad_clip,
+                start,
+            )
         finally:
             snapshot.restore()
         steps = min(reference.reached, control.reached) or len(control.losses)
         real = {"heldout": reference.score_at(steps), "train": tail_mean(reference, steps)}
         permuted = {"heldout": control.score_at(steps), "train": tail_mean(control, steps)}
         margin = ctx.settings.plateau_margin * abs(reference.start_score or reference.initial_loss or 1.0)
-        raw = {"lr": reference.lr, "steps": steps, "permuted_paths": sorted(paths), "real": real, "permuted": permuted,
-               "margin": margin, "control_verdict": control.verdict}
-        if control.losses == reference.losses[:len(control.losses)] or runs_away(reference, ctx.settings):
+        raw = {
+            "lr": reference.lr,
+            "steps": steps,
+            "permuted_paths": sorted(paths),
+            "real": real,
+            "permuted": permuted,
+            "margin": margin,
+            "control_verdict": control.verdict,
+        }
+        if control.losses == reference.losses[: len(control.losses)] or runs_away(reference, ctx.settings):
             # the shuffled tensors change nothing (not what the loss compares against), or the loss
             # has no floor: the control cannot tell
             return [], dict(raw, inconclusive=True)
-        signal = any(real[k] is not None and permuted[k] is not None and permuted[k] - real[k] > margin
-                     for k in ("heldout", "train"))
+        signal = any(
+            real[k] is not None and permuted[k] is not None and permuted[k] - real[k] > margin
+            for k in ("heldout", "train")
+        )
         raw.update(signal=signal, heldout_drop=reference.drop, train_fall=fits)
         # the signature of targets disconnected from their inputs: the training batches can be fitted,
         # held-out data does not improve, and shuffled targets do as well; anything else is not a plateau
-        if signal or control.nonfinite_step is not None or reference.drop >= ctx.settings.learns_drop \
-                or fits < ctx.settings.learns_drop:
+        if (
+            signal
+            or control.nonfinite_step is not None
+            or reference.drop >= ctx.settings.learns_drop
+            or fits < ctx.settings.learns_drop
+        ):
             return [], raw
-        detail = (f"at lr {reference.lr:.3g}, {steps} steps on the real targets end at held-out loss "
-                  f"{_g(real['heldout'])} (training {_g(real['train'])}); the same steps with "
-                  f"{', '.join(sorted(paths))} shuffled across samples end at {_g(permuted['heldout'])} "
-                  f"(training {_g(permuted['train'])})")
-        return [Finding(
-            "loss_plateau", Severity.CRITICAL,
-            f"the model learns no more from the real targets than from shuffled ones: {detail}", Where(), raw,
-            Fix(advice="The targets carry no signal the model can use: check that labels stay aligned with their "
-                       "inputs (shuffled together, same order, same join key), that targets are not constant, "
-                       "and the findings ranked above this one."))], raw
+        detail = (
+            f"at lr {reference.lr:.3g}, {steps} steps on the real targets end at held-out loss "
+            f"{_g(real['heldout'])} (training {_g(real['train'])}); the same steps with "
+            f"{', '.join(sorted(paths))} shuffled across samples end at {_g(permuted['heldout'])} "
+            f"(training {_g(permuted['train'])})"
+        )
+        return [
+            Finding(
+                "loss_plateau",
+                Severity.CRITICAL,
+                f"the model learns no more from the real targets than from shuffled ones: {detail}",
+                Where(),
+                raw,
+                Fix(
+                    advice="The targets carry no signal the model can use: check that labels stay aligned with their "
+                    "inputs (shuffled together, same order, same join key), that targets are not constant, "
+                    "and the findings ranked above this one."
+                ),
+            )
+        ], raw
 
 
 def _g(value: float | None) -> str:

@@ -14,12 +14,12 @@ from dataclasses import fields
 from typing import Any
 
 from nandoctor.batches import dense, iter_tensors
+from nandoctor.context import RunContext
 from nandoctor.featurestats.columns import ColumnSummary, FlagLimits, StreamingColumn
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
-from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult, Setting
 from nandoctor.measure.consumers import Consumer, first_consumers
 from nandoctor.measure.trace import traced
-from nandoctor.context import RunContext
+from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult, Setting
 
 MAX_ROWS = 200_000
 NORMALIZATION_LAYERS = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "LocalResponseNorm")
@@ -74,8 +74,9 @@ def _bool():
     return torch.bool
 
 
-def feature_summaries(path: str, tensors: list[Any], feature_names: Any,
-                      limits: FlagLimits = FlagLimits()) -> list[ColumnSummary]:
+def feature_summaries(
+    path: str, tensors: list[Any], feature_names: Any, limits: FlagLimits = FlagLimits()
+) -> list[ColumnSummary]:
     """One summary per feature (last dimension) of a float tensor, over all cached batches."""
     import torch
 
@@ -137,29 +138,40 @@ class InputsProbe(Probe):
     phase = Phase.DATA
     requires = ()
     codes = (
-        CodeDoc("nonfinite_input", Stage.DATA,
-                "a batch holds NaN or Inf",
-                "NaN inputs make every downstream activation, loss and gradient NaN.",
-                "A feature column with missing values that were never imputed.",
-                "Impute or drop missing values in the data pipeline; assert torch.isfinite on batches."),
-        CodeDoc("index_out_of_range", Stage.DATA,
-                "integer ids in a batch fall outside an embedding's num_embeddings (or below 0)",
-                "On the CPU the forward raises IndexError; on CUDA a device-side assert kills the process.",
-                "A tokenizer with 35,000 ids feeding nn.Embedding(32000, d).",
-                "Set num_embeddings to max id + 1 (vocabulary size), or remap the ids."),
-        CodeDoc("unnormalized_input", Stage.INPUT_SCALE,
-                "an input feature's scale is far from unit (raw times, counts, ids fed as floats)",
-                "Large inputs give large activations and gradients; the first layer's weights "
-                "see one feature and ignore the rest.",
-                "Pulse times of 5,000-78,000 fed raw to a transformer.",
-                "Standardize each feature with its mean and std (or log-transform heavy tails); "
-                "embed integer ids instead of feeding them as floats."),
+        CodeDoc(
+            "nonfinite_input",
+            Stage.DATA,
+            "a batch holds NaN or Inf",
+            "NaN inputs make every downstream activation, loss and gradient NaN.",
+            "A feature column with missing values that were never imputed.",
+            "Impute or drop missing values in the data pipeline; assert torch.isfinite on batches.",
+        ),
+        CodeDoc(
+            "index_out_of_range",
+            Stage.DATA,
+            "integer ids in a batch fall outside an embedding's num_embeddings (or below 0)",
+            "On the CPU the forward raises IndexError; on CUDA a device-side assert kills the process.",
+            "A tokenizer with 35,000 ids feeding nn.Embedding(32000, d).",
+            "Set num_embeddings to max id + 1 (vocabulary size), or remap the ids.",
+        ),
+        CodeDoc(
+            "unnormalized_input",
+            Stage.INPUT_SCALE,
+            "an input feature's scale is far from unit (raw times, counts, ids fed as floats)",
+            "Large inputs give large activations and gradients; the first layer's weights "
+            "see one feature and ignore the rest.",
+            "Pulse times of 5,000-78,000 fed raw to a transformer.",
+            "Standardize each feature with its mean and std (or log-transform heavy tails); "
+            "embed integer ids instead of feeding them as floats.",
+        ),
     )
 
     # raw inputs make the huge first-step gradients; a target's scale (info) explains nothing here
     folds = (Fold("unnormalized_input", "exploding_gradients", lambda cause, symptom: cause.severity != Severity.INFO),)
-    settings = tuple(Setting(f"input_{f.name}", f.default, f"input/column flags: {meaning}")
-                     for f, meaning in zip(fields(FlagLimits), FLAG_MEANINGS))
+    settings = tuple(
+        Setting(f"input_{f.name}", f.default, f"input/column flags: {meaning}")
+        for f, meaning in zip(fields(FlagLimits), FLAG_MEANINGS)
+    )
 
     def run(self, ctx: RunContext) -> ProbeResult:
         floats, ints = _gather(ctx.batches)
@@ -167,10 +179,14 @@ class InputsProbe(Probe):
         embedding_findings, raw["integer_tensors"] = self._embedding_ranges(ctx, ints)
         findings += embedding_findings
         limits = flag_limits(ctx.settings)
-        summaries = {path: feature_summaries(path, tensors, ctx.setup.feature_names, limits)
-                     for path, tensors in floats.items()}
-        flagged_paths = [p for p, group in summaries.items()
-                         if any({f["flag"] for f in s.flags} & {"not_normalized", "integer_ids"} for s in group)]
+        summaries = {
+            path: feature_summaries(path, tensors, ctx.setup.feature_names, limits) for path, tensors in floats.items()
+        }
+        flagged_paths = [
+            p
+            for p, group in summaries.items()
+            if any({f["flag"] for f in s.flags} & {"not_normalized", "integer_ids"} for s in group)
+        ]
         consumers = first_consumers(ctx, 0, list(summaries)) if flagged_paths else {}
         nonfinite, unnormalized = [], []
         for path, group in summaries.items():
@@ -188,8 +204,9 @@ class InputsProbe(Probe):
         return ProbeResult(findings, raw)
 
     @staticmethod
-    def _judge(path: str, group: list[ColumnSummary], consumers: dict | None, limits: FlagLimits,
-               raw: dict) -> tuple[str, list[ColumnSummary]]:
+    def _judge(
+        path: str, group: list[ColumnSummary], consumers: dict | None, limits: FlagLimits, raw: dict
+    ) -> tuple[str, list[ColumnSummary]]:
         """The tensor's role and its features whose scale reaches a weight unnormalized."""
         flagged = [s for s in group if {f["flag"] for f in s.flags} & {"not_normalized", "integer_ids"}]
         if not flagged or consumers is None or not any(consumers.values()):
@@ -198,8 +215,11 @@ class InputsProbe(Probe):
         if consumer is None:
             return "target", flagged  # reaches no weight, while other batch tensors do
         columns_left = still_flagged(consumer, limits)
-        raw.setdefault("consumed_by", {})[path] = {"module": consumer.module, "type": consumer.kind,
-                                                   "still_flagged_columns": columns_left}
+        raw.setdefault("consumed_by", {})[path] = {
+            "module": consumer.module,
+            "type": consumer.kind,
+            "still_flagged_columns": columns_left,
+        }
         if not columns_left:
             return "input", []  # standardized in the model's own forward, or by a normalization layer
         if consumer.seen.shape[-1] == len(group) and not consumer.kind.startswith("Conv"):
@@ -211,28 +231,41 @@ class InputsProbe(Probe):
         counts = {s.name: s.missing + s.posinf + s.neginf for s in summaries}
         worst = max(summaries, key=lambda s: counts[s.name])
         return Finding(
-            "nonfinite_input", Severity.CRITICAL,
+            "nonfinite_input",
+            Severity.CRITICAL,
             f"the batches hold {sum(counts.values())} NaN/Inf value(s); {counts[worst.name]} in feature {worst.name!r}",
             Where(feature=worst.name),
-            {"feature": worst.name, "nan": worst.missing, "inf": worst.posinf + worst.neginf,
-             "values": worst.count + counts[worst.name], "all_features": counts},
-            Fix(advice=f"Impute or drop the missing values of {worst.name!r} in the data pipeline "
-                       "(and any other listed feature); assert torch.isfinite on batches while loading."))
+            {
+                "feature": worst.name,
+                "nan": worst.missing,
+                "inf": worst.posinf + worst.neginf,
+                "values": worst.count + counts[worst.name],
+                "all_features": counts,
+            },
+            Fix(
+                advice=f"Impute or drop the missing values of {worst.name!r} in the data pipeline "
+                "(and any other listed feature); assert torch.isfinite on batches while loading."
+            ),
+        )
 
     @staticmethod
     def _unnormalized(path: str, group: list[tuple[str, ColumnSummary]], consumer: Consumer | None) -> Finding:
         def scale(s: ColumnSummary) -> float:
             return max(abs(s.p1), abs(s.p99), s.std or 0.0)
 
-        role, worst = max(group, key=lambda rs: (scale(rs[1]) if scale(rs[1]) >= 1 else 1 / max(scale(rs[1]), 1e-30)))
+        role, worst = max(group, key=lambda rs: scale(rs[1]) if scale(rs[1]) >= 1 else 1 / max(scale(rs[1]), 1e-30))
         big = scale(worst) >= 1e3
-        features = {s.name: {"mean": s.mean, "std": s.std, "min": s.min, "max": s.max,
-                             "flags": [f["flag"] for f in s.flags]} for _, s in group}
+        features = {
+            s.name: {"mean": s.mean, "std": s.std, "min": s.min, "max": s.max, "flags": [f["flag"] for f in s.flags]}
+            for _, s in group
+        }
         what = "target" if role == "target" else "input feature"
         ids = any(f["flag"] == "integer_ids" for f in worst.flags)
-        advice = (f"Standardize: x = (x - mean) / std per feature, e.g. {worst.name}: mean {worst.mean:.6g}, "
-                  f"std {worst.std:.6g} (all flagged features and their numbers are in the evidence; "
-                  "`nandoctor feature-stats --emit-norm python` prints buffers to paste).")
+        advice = (
+            f"Standardize: x = (x - mean) / std per feature, e.g. {worst.name}: mean {worst.mean:.6g}, "
+            f"std {worst.std:.6g} (all flagged features and their numbers are in the evidence; "
+            "`nandoctor feature-stats --emit-norm python` prints buffers to paste)."
+        )
         if ids:
             advice = f"{worst.name!r} holds integer ids: feed them to an nn.Embedding instead of as a float. " + advice
         if role == "target":
@@ -241,15 +274,28 @@ class InputsProbe(Probe):
         # (huge gradients, a clip that always bites) are reported by the probes that see them
         severity = Severity.INFO if role == "target" else Severity.CRITICAL if big else Severity.WARNING
         return Finding(
-            "unnormalized_input", severity,
+            "unnormalized_input",
+            severity,
             f"{what} {worst.name!r} is far from unit scale: mean {worst.mean:.4g}, std {worst.std:.4g}, "
-            f"range [{worst.min:.4g}, {worst.max:.4g}]" + (f" (+{len(group) - 1} more in {path!r})" if len(group) > 1 else ""),
+            f"range [{worst.min:.4g}, {worst.max:.4g}]"
+            + (f" (+{len(group) - 1} more in {path!r})" if len(group) > 1 else ""),
             Where(feature=worst.name),
-            {"feature": worst.name, "tensor": path, "role": role, "mean": worst.mean, "std": worst.std,
-             "min": worst.min, "max": worst.max, "p1": worst.p1, "p99": worst.p99,
-             "reason": "; ".join(f["reason"] for f in worst.flags), "features": features,
-             "first_consumed_by": consumer.module if consumer else None},
-            Fix(advice=advice))
+            {
+                "feature": worst.name,
+                "tensor": path,
+                "role": role,
+                "mean": worst.mean,
+                "std": worst.std,
+                "min": worst.min,
+                "max": worst.max,
+                "p1": worst.p1,
+                "p99": worst.p99,
+                "reason": "; ".join(f["reason"] for f in worst.flags),
+                "features": features,
+                "first_consumed_by": consumer.module if consumer else None,
+            },
+            Fix(advice=advice),
+        )
 
     @staticmethod
     def _embedding_ranges(ctx: RunContext, ints: dict[str, list[Any]]) -> tuple[list[Finding], dict]:
@@ -262,8 +308,10 @@ class InputsProbe(Probe):
 
         ranges = {}
         if ints:
-            bounds = torch.stack([torch.stack([t.min() for t in ts]).min().cpu() for ts in ints.values()]
-                                 + [torch.stack([t.max() for t in ts]).max().cpu() for ts in ints.values()]).tolist()
+            bounds = torch.stack(
+                [torch.stack([t.min() for t in ts]).min().cpu() for ts in ints.values()]
+                + [torch.stack([t.max() for t in ts]).max().cpu() for ts in ints.values()]
+            ).tolist()
             ranges = {path: (bounds[i], bounds[len(ints) + i]) for i, path in enumerate(ints)}
         findings = []
         for trace in traced(ctx):
@@ -275,12 +323,24 @@ class InputsProbe(Probe):
             tensors = ints.get(path, [])
             bad = sum(int(((t < 0) | (t >= size)).sum()) for t in tensors) or details["out_of_range"]
             where = f"{path!r}" if path is not None else "ids computed in the forward"
-            findings.append(Finding(
-                "index_out_of_range", Severity.CRITICAL,
-                f"ids {low}..{high} in {where} reach embedding {name!r} with num_embeddings={size}",
-                Where(module=name, feature=path, batch=trace.batch_index),
-                {"num_embeddings": size, "min_id": low, "max_id": high, "out_of_range": bad,
-                 "total": sum(t.numel() for t in tensors) or details["total"], "tensor": path},
-                Fix(advice=f"Make num_embeddings at least {high + 1} (the largest id + 1) or remap the "
-                           "ids into the vocabulary; on CUDA this is a device-side assert.")))
+            findings.append(
+                Finding(
+                    "index_out_of_range",
+                    Severity.CRITICAL,
+                    f"ids {low}..{high} in {where} reach embedding {name!r} with num_embeddings={size}",
+                    Where(module=name, feature=path, batch=trace.batch_index),
+                    {
+                        "num_embeddings": size,
+                        "min_id": low,
+                        "max_id": high,
+                        "out_of_range": bad,
+                        "total": sum(t.numel() for t in tensors) or details["total"],
+                        "tensor": path,
+                    },
+                    Fix(
+                        advice=f"Make num_embeddings at least {high + 1} (the largest id + 1) or remap the "
+                        "ids into the vocabulary; on CUDA this is a device-side assert."
+                    ),
+                )
+            )
         return findings, {p: {"min": lo, "max": hi} for p, (lo, hi) in ranges.items()}

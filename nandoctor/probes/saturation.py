@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from nandoctor.context import RunContext
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.trace import float_tensors, traced
 from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
-from nandoctor.context import RunContext
 
 MAX_CHECKED = 8  # modules that look pinned and get the gradient control
 
@@ -26,10 +26,19 @@ def _pinned_rows(ctx: RunContext) -> list[dict[str, Any]]:
     """Per module: the smallest share at a bound over its calls in the traced batches."""
     merged: dict[str, dict[str, Any]] = {}
     for trace in traced(ctx):
-        for row in (trace.activity.pinned if trace.activity else []):
-            kept = merged.setdefault(row.module, {"module": row.module, "type": row.kind, "share": row.share,
-                                                  "bound": row.bound, "min": row.low, "max": row.high,
-                                                  "tails": row.tails})
+        for row in trace.activity.pinned if trace.activity else []:
+            kept = merged.setdefault(
+                row.module,
+                {
+                    "module": row.module,
+                    "type": row.kind,
+                    "share": row.share,
+                    "bound": row.bound,
+                    "min": row.low,
+                    "max": row.high,
+                    "tails": row.tails,
+                },
+            )
             kept["share"] = min(kept["share"], row.share)
     return list(merged.values())
 
@@ -41,9 +50,9 @@ def gradient_passed(ctx: RunContext, modules: list[str]) -> dict[str, float | No
     when nothing behind the module takes a gradient (a mask built from ids). One forward of the
     first batch, one backward per module.
     """
-    import torch
-
     from contextlib import ExitStack
+
+    import torch
 
     from nandoctor.measure.hooks import module_names, ours
 
@@ -54,7 +63,9 @@ def gradient_passed(ctx: RunContext, modules: list[str]) -> dict[str, float | No
         outputs = float_tensors(output)
         if outputs and outputs[0].requires_grad:
             inputs = [t for t in float_tensors((args, kwargs)) if t.requires_grad]
-            captured[names[id(module)]].append((outputs[0], inputs + [p for p in module.parameters() if p.requires_grad]))
+            captured[names[id(module)]].append(
+                (outputs[0], inputs + [p for p in module.parameters() if p.requires_grad])
+            )
 
     ctx.model.train()
     with ExitStack() as handles, torch.enable_grad():
@@ -76,8 +87,9 @@ def _passed(calls: list[tuple[Any, list[Any]]], torch: Any) -> float | None:
         for weights, is_pinned in ((mask, True), (~mask, False)):
             if not bool(weights.any()):
                 continue
-            grads = torch.autograd.grad(y, sources, grad_outputs=weights.to(y.dtype), retain_graph=True,
-                                        allow_unused=True)
+            grads = torch.autograd.grad(
+                y, sources, grad_outputs=weights.to(y.dtype), retain_graph=True, allow_unused=True
+            )
             square = sum(float(g.float().square().sum()) for g in grads if g is not None)
             count = int(weights.sum())
             if is_pinned:
@@ -106,11 +118,14 @@ class SaturationProbe(Probe):
     phase = Phase.ACTIVITY
     requires = (Fact.FORWARD_RUNS,)
     codes = (
-        CodeDoc("saturation", Stage.SATURATION,
-                "outputs pinned at a clamp bound or saturated nonlinearity, so gradients die",
-                "A clamped or saturated output has zero gradient: the layers behind it stop learning.",
-                "A critic score clamped at ±1000 from the first batch.",
-                "Replace hard clamps with a smooth bound (c * tanh(x / c)); fix the scale feeding it."),
+        CodeDoc(
+            "saturation",
+            Stage.SATURATION,
+            "outputs pinned at a clamp bound or saturated nonlinearity, so gradients die",
+            "A clamped or saturated output has zero gradient: the layers behind it stop learning.",
+            "A critic score clamped at ±1000 from the first batch.",
+            "Replace hard clamps with a smooth bound (c * tanh(x / c)); fix the scale feeding it.",
+        ),
     )
     folds = (
         Fold("saturation", "vanishing_gradients"),
@@ -121,9 +136,12 @@ class SaturationProbe(Probe):
     settings = (
         Setting("saturation_warning", 0.5, "saturation: share of a module's outputs at a bound for a warning"),
         Setting("saturation_critical", 0.9, "... and for a critical finding"),
-        Setting("saturation_passed", 0.01,
-                "... other modules: pinned outputs count as blocking when they pass back, per element, less "
-                "than this fraction of the gradient their module's other outputs pass"),
+        Setting(
+            "saturation_passed",
+            0.01,
+            "... other modules: pinned outputs count as blocking when they pass back, per element, less "
+            "than this fraction of the gradient their module's other outputs pass",
+        ),
     )
 
     def run(self, ctx: RunContext) -> ProbeResult:
@@ -134,26 +152,47 @@ class SaturationProbe(Probe):
         passed = gradient_passed(ctx, controls) if controls else {}
         for row in looks_pinned:
             row["gradient_passed"] = passed.get(row["module"])
-        blocked = [r for r in looks_pinned if r["tails"] or (
-            r["gradient_passed"] is not None and r["gradient_passed"] < ctx.settings.saturation_passed)]
+        blocked = [
+            r
+            for r in looks_pinned
+            if r["tails"]
+            or (r["gradient_passed"] is not None and r["gradient_passed"] < ctx.settings.saturation_passed)
+        ]
         if not blocked:
             return ProbeResult([], raw)
         first = blocked[0]  # hooks fire as calls finish: the innermost module first
         behind = _grad_norm_under(ctx, first["module"])
         tails = first["tails"]
         severity = Severity.CRITICAL if first["share"] >= ctx.settings.saturation_critical else Severity.WARNING
-        what = (f"in the flat tails of {first['type']}" if tails
-                else f"exactly at a bound ({first['bound']:,.6g})")
-        return ProbeResult([Finding(
-            "saturation", severity,
-            f"{first['share']:.0%} of the outputs of module {first['module']!r} sit {what}: no gradient passes",
-            Where(module=first["module"]),
-            {"share": first["share"], "bound": first["bound"], "output_min": first["min"],
-             "output_max": first["max"], "module_type": first["type"], "grad_norm_behind": behind,
-             "gradient_passed": first.get("gradient_passed"),
-             "kind": "tanh/sigmoid tails" if tails else "clamp bound"},
-            Fix(advice=("Replace the hard clamp with a smooth bound, c * torch.tanh(x / c), and bring "
-                        "the pre-clamp scale down (LayerNorm before the last layer, a smaller init): "
-                        "pinned outputs have zero gradient." if not tails else
-                        f"The inputs to {first['type']} are too large: add normalization before it, use a "
-                        "smaller init, or a non-saturating activation.")))], raw)
+        what = f"in the flat tails of {first['type']}" if tails else f"exactly at a bound ({first['bound']:,.6g})"
+        return ProbeResult(
+            [
+                Finding(
+                    "saturation",
+                    severity,
+                    f"{first['share']:.0%} of the outputs of module {first['module']!r} sit {what}: no gradient passes",
+                    Where(module=first["module"]),
+                    {
+                        "share": first["share"],
+                        "bound": first["bound"],
+                        "output_min": first["min"],
+                        "output_max": first["max"],
+                        "module_type": first["type"],
+                        "grad_norm_behind": behind,
+                        "gradient_passed": first.get("gradient_passed"),
+                        "kind": "tanh/sigmoid tails" if tails else "clamp bound",
+                    },
+                    Fix(
+                        advice=(
+                            "Replace the hard clamp with a smooth bound, c * torch.tanh(x / c), and bring "
+                            "the pre-clamp scale down (LayerNorm before the last layer, a smaller init): "
+                            "pinned outputs have zero gradient."
+                            if not tails
+                            else f"The inputs to {first['type']} are too large: add normalization before it, use a "
+                            "smaller init, or a non-saturating activation."
+                        )
+                    ),
+                )
+            ],
+            raw,
+        )

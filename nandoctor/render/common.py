@@ -66,8 +66,11 @@ def not_run(report: dict[str, Any]) -> dict[str, str]:
 def skipped_for_facts(report: dict[str, Any]) -> dict[str, str]:
     """Probes skipped because a finding above made them moot (``needs forward_ok``)."""
     missed = not_run(report)
-    return {name: raw["skipped"] for name, raw in report["probes"].items()
-            if isinstance(raw, dict) and "skipped" in raw and name not in missed}
+    return {
+        name: raw["skipped"]
+        for name, raw in report["probes"].items()
+        if isinstance(raw, dict) and "skipped" in raw and name not in missed
+    }
 
 
 def tables(report: dict[str, Any]) -> list[str]:
@@ -77,12 +80,17 @@ def tables(report: dict[str, Any]) -> list[str]:
     gradients = report["probes"].get("gradients", {})
     if gradients.get("top"):
         rows = [(r["parameter"], number(r["grad_norm"])) for r in gradients["top"]]
-        out += ["", f"Gradient norms at the first step (global {number(gradients['global_norm'])}):",
-                tabulate(rows, headers=["parameter", "grad norm"], tablefmt="simple", disable_numparse=True)]
+        out += [
+            "",
+            f"Gradient norms at the first step (global {number(gradients['global_norm'])}):",
+            tabulate(rows, headers=["parameter", "grad norm"], tablefmt="simple", disable_numparse=True),
+        ]
     activations = report["probes"].get("activations", {})
     if activations.get("profile") and any(f["code"] == "activation_explosion" for f in report["findings"]):
         rows = [(r["module"], r["type"], number(r["rms"]), number(r["absmax"])) for r in activations["profile"][:25]]
-        out += ["", "Activation scale by layer (execution order):",
-                tabulate(rows, headers=["module", "type", "rms", "abs max"], tablefmt="simple",
-                         disable_numparse=True)]
+        out += [
+            "",
+            "Activation scale by layer (execution order):",
+            tabulate(rows, headers=["module", "type", "rms", "abs max"], tablefmt="simple", disable_numparse=True),
+        ]
     return out

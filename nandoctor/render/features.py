@@ -7,8 +7,22 @@ from typing import Any
 
 from nandoctor.render.common import render_json
 
-_HEADERS = ["column", "count", "missing", "inf", "min", "p1", "p50", "p99", "max", "mean", "std",
-            "zero %", "distinct", "flags"]
+_HEADERS = [
+    "column",
+    "count",
+    "missing",
+    "inf",
+    "min",
+    "p1",
+    "p50",
+    "p99",
+    "max",
+    "mean",
+    "std",
+    "zero %",
+    "distinct",
+    "flags",
+]
 
 
 def _g(value: Any) -> str:
@@ -24,13 +38,32 @@ def render_table(result: dict[str, Any]) -> str:
 
     rows = []
     for name, c in result["columns"].items():
-        distinct = "-" if c["distinct"] is None else (f">{c['distinct']}" if c["distinct_capped"] else str(c["distinct"]))
+        distinct = (
+            "-" if c["distinct"] is None else (f">{c['distinct']}" if c["distinct_capped"] else str(c["distinct"]))
+        )
         zero = "-" if c["zero_share"] is None else f"{100 * c['zero_share']:.1f}"
-        rows.append([name, _g(c["count"]), _g(c["missing"]), _g(c["posinf"] + c["neginf"]), _g(c["min"]),
-                     _g(c["p1"]), _g(c["p50"]), _g(c["p99"]), _g(c["max"]), _g(c["mean"]), _g(c["std"]),
-                     zero, distinct, ", ".join(f["flag"] for f in c["flags"]) or "ok"])
-    lines = [f"{result['rows']:,} rows in {len(result['files'])} file(s)",
-             tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True)]
+        rows.append(
+            [
+                name,
+                _g(c["count"]),
+                _g(c["missing"]),
+                _g(c["posinf"] + c["neginf"]),
+                _g(c["min"]),
+                _g(c["p1"]),
+                _g(c["p50"]),
+                _g(c["p99"]),
+                _g(c["max"]),
+                _g(c["mean"]),
+                _g(c["std"]),
+                zero,
+                distinct,
+                ", ".join(f["flag"] for f in c["flags"]) or "ok",
+            ]
+        )
+    lines = [
+        f"{result['rows']:,} rows in {len(result['files'])} file(s)",
+        tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True),
+    ]
     flagged = [(name, f) for name, c in result["columns"].items() for f in c["flags"]]
     if flagged:
         lines += ["", "Flags:"] + [f"  {name}: {f['flag']}: {f['reason']}" for name, f in flagged]
@@ -61,11 +94,12 @@ def render_norm_yaml(result: dict[str, Any]) -> str:
         if norm is None:
             lines.append(f"# {name}: constant or empty, drop it")
         elif norm["transform"] == "log1p":
-            lines.append(f"{name}: {{transform: log1p, mean: {norm['mean']:.6g}, std: {norm['std']:.6g}}}"
-                         "  # heavy tail: standardize log1p(x)")
+            lines.append(
+                f"{name}: {{transform: log1p, mean: {norm['mean']:.6g}, std: {norm['std']:.6g}}}"
+                "  # heavy tail: standardize log1p(x)"
+            )
         else:
-            note = (f"  # integer ids: better embedded, nn.Embedding({int(c['max']) + 1}, dim)"
-                    if _is_id(c) else "")
+            note = f"  # integer ids: better embedded, nn.Embedding({int(c['max']) + 1}, dim)" if _is_id(c) else ""
             lines.append(f"{name}: {{mean: {norm['mean']:.6g}, std: {norm['std']:.6g}}}{note}")
     return "\n".join(lines)
 
@@ -89,13 +123,15 @@ def render_norm_python(result: dict[str, Any]) -> str:
         means.append(norm["mean"])
         stds.append(norm["std"])
     fmt = ", ".join
-    return "\n".join([
-        f"# feature order: {fmt(names)}",
-        *notes,
-        f"self.register_buffer(\"feature_mean\", torch.tensor([{fmt(f'{m:.6g}' for m in means)}]))",
-        f"self.register_buffer(\"feature_std\", torch.tensor([{fmt(f'{s:.6g}' for s in stds)}]))",
-        "# in forward: x = (x - self.feature_mean) / self.feature_std",
-    ])
+    return "\n".join(
+        [
+            f"# feature order: {fmt(names)}",
+            *notes,
+            f'self.register_buffer("feature_mean", torch.tensor([{fmt(f"{m:.6g}" for m in means)}]))',
+            f'self.register_buffer("feature_std", torch.tensor([{fmt(f"{s:.6g}" for s in stds)}]))',
+            "# in forward: x = (x - self.feature_mean) / self.feature_std",
+        ]
+    )
 
 
 def render_features(result: dict[str, Any], fmt: str, emit_norm: str | None) -> str:

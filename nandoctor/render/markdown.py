@@ -10,7 +10,12 @@ from nandoctor.render.common import batches_line, not_run, number, skipped_for_f
 def render_markdown(report: dict[str, Any]) -> str:
     findings = report["findings"]
     icon = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
-    lines = [f"## nandoctor: {report['verdict']}", "", f"`{report['spec']}` · nandoctor {report['nandoctor_version']}", ""]
+    lines = [
+        f"## nandoctor: {report['verdict']}",
+        "",
+        f"`{report['spec']}` · nandoctor {report['nandoctor_version']}",
+        "",
+    ]
     missed = not_run(report)
     if not findings:
         lines.append("No findings: every probe that ran passed." if missed else "No findings: every probe passed.")
@@ -18,7 +23,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["| # | severity | code | where | finding |", "|---|---|---|---|---|"]
         for n, f in enumerate(findings, 1):
             title = f["title"].replace("|", "\\|")
-            lines.append(f"| {n} | {icon[f['severity']]} {f['severity']} | `{f['code']}` | {where_text(f['where'])} | {title} |")
+            lines.append(
+                f"| {n} | {icon[f['severity']]} {f['severity']} | `{f['code']}` | {where_text(f['where'])} | {title} |"
+            )
         for n, f in enumerate(findings, 1):
             lines += ["", f"### {n}. `{f['code']}`", "", f["title"], ""]
             evidence = [(k, v) for k, v in f["evidence"].items() if not isinstance(v, (dict, list))]
@@ -40,5 +47,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", checked[0].upper() + checked[1:] + "."]
     extra = tables(report)
     if extra:
-        lines += ["", "<details><summary>tables</summary>", "", "```text", *[t for t in extra if t], "```", "</details>"]
+        lines += [
+            "",
+            "<details><summary>tables</summary>",
+            "",
+            "```text",
+            *[t for t in extra if t],
+            "```",
+            "</details>",
+        ]
     return "\n".join(lines)

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.render.common import (batches_line, evidence_line, not_run, number, skipped_for_facts, tables,
-                                     where_text)
+from nandoctor.render.common import batches_line, evidence_line, not_run, number, skipped_for_facts, tables, where_text
 
 
 def render_text(report: dict[str, Any]) -> str:
     findings = report["findings"]
     counts = {s: sum(f["severity"] == s for f in findings) for s in ("critical", "warning", "info")}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
-    lines = [f"nandoctor {report['nandoctor_version']}  {report['spec']}",
-             f"verdict: {report['verdict'].upper()} ({summary})"]
+    lines = [
+        f"nandoctor {report['nandoctor_version']}  {report['spec']}",
+        f"verdict: {report['verdict'].upper()} ({summary})",
+    ]
     for rank, finding in enumerate(findings, 1):
-        lines += ["", f"{rank}. [{finding['severity']}] {finding['code']}: {finding['title']}",
-                  f"   where:    {where_text(finding['where'])}"]
+        lines += [
+            "",
+            f"{rank}. [{finding['severity']}] {finding['code']}: {finding['title']}",
+            f"   where:    {where_text(finding['where'])}",
+        ]
         evidence = evidence_line(finding["evidence"])
         if evidence:
             lines.append(f"   evidence: {evidence}")

@@ -27,7 +27,7 @@ from nandoctor.sweep.training import BAD, LEARNS, TrainRun, evaluate, train
 def snap(rate: float) -> float:
     """The nearest of 1 and 3 x 10^k in log space: grids read as 1e-4, 3e-4, 1e-3."""
     exponent = math.floor(math.log10(rate))
-    options = [m * 10.0 ** e for e in (exponent - 1, exponent, exponent + 1) for m in (1, 3)]
+    options = [m * 10.0**e for e in (exponent - 1, exponent, exponent + 1) for m in (1, 3)]
     return float(f"{min(options, key=lambda o: abs(math.log10(o / rate))):.3g}")
 
 
@@ -77,10 +77,17 @@ class Sweep:
         return min(self.runs, key=lambda r: abs(math.log10(r.lr / self.user_lr)))
 
 
-def run_sweep(ctx: Any, rates: list[float], steps: int | Plan, clip: float | None,
-              progress: Callable[[str], None] = lambda message: None,
-              budget_s: float | None = None, center: float | None = None,
-              stream: BatchStream | None = None, extend: bool = True) -> Sweep:
+def run_sweep(
+    ctx: Any,
+    rates: list[float],
+    steps: int | Plan,
+    clip: float | None,
+    progress: Callable[[str], None] = lambda message: None,
+    budget_s: float | None = None,
+    center: float | None = None,
+    stream: BatchStream | None = None,
+    extend: bool = True,
+) -> Sweep:
     """The whole sweep from one snapshot; the model and RNG are restored after each run and at the end.
 
     ``steps``: a :class:`~nandoctor.sweep.plan.Plan` (how many steps, how many rates continued),
@@ -98,12 +105,13 @@ def run_sweep(ctx: Any, rates: list[float], steps: int | Plan, clip: float | Non
     plan = steps if isinstance(steps, Plan) else Plan(steps=steps, continued=None, guard_steps=steps)
     center = center if center is not None else ctx.setup.lr
     if plan.starting_rates is not None and extend:  # rates the user listed are all run
-        rates = sorted(nearest_first(rates, center)[:plan.starting_rates])
+        rates = sorted(nearest_first(rates, center)[: plan.starting_rates])
     checkpoints = checkpoints_for(plan.steps)
     stream = stream or BatchStream(ctx, settings.sweep_stream_batches)
     snapshot = run_snapshot(ctx)
-    result = Sweep(runs=[], user_lr=center, checkpoints=checkpoints, heldout_batches=len(stream.heldout),
-                   plan=plan.to_dict())
+    result = Sweep(
+        runs=[], user_lr=center, checkpoints=checkpoints, heldout_batches=len(stream.heldout), plan=plan.to_dict()
+    )
     runs: dict[float, TrainRun] = {}
     began = time.monotonic()
 
@@ -122,8 +130,11 @@ def run_sweep(ctx: Any, rates: list[float], steps: int | Plan, clip: float | Non
             snapshot.restore()
         result.steps_run += len(outcome.losses)
         if outcome.failure is not None:
-            raise StepRaised(outcome.failure, f"a training step raised {outcome.failure.error} (lr {rate:.3g}, "
-                                              f"step {outcome.failure.step}; `nandoctor diagnose` says where)")
+            raise StepRaised(
+                outcome.failure,
+                f"a training step raised {outcome.failure.error} (lr {rate:.3g}, "
+                f"step {outcome.failure.step}; `nandoctor diagnose` says where)",
+            )
         return outcome
 
     with preserved_rng():
@@ -156,27 +167,35 @@ def run_sweep(ctx: Any, rates: list[float], steps: int | Plan, clip: float | Non
     return result
 
 
-def _extend(runs: dict[float, TrainRun], center: float, settings: Any, result: Sweep,
-            run_rate: Callable[[float], TrainRun], affordable: Callable[[int], bool]) -> None:
+def _extend(
+    runs: dict[float, TrainRun],
+    center: float,
+    settings: Any,
+    result: Sweep,
+    run_rate: Callable[[float], TrainRun],
+    affordable: Callable[[int], bool],
+) -> None:
     """Grow the grid half a decade at a time while the best rate is on an edge, or nothing trains."""
-    top, bottom = center * 10 ** settings.sweep_max_decades, center / 10 ** settings.sweep_max_decades
+    top, bottom = center * 10**settings.sweep_max_decades, center / 10**settings.sweep_max_decades
     steps = result.checkpoints[0]
     while True:
         ordered = sorted(runs)
         usable = [r for r in ordered if runs[r].verdict not in BAD]
         if not usable:
-            step, reason = snap(ordered[0] / 10 ** 0.5), "no rate trained stably"
+            step, reason = snap(ordered[0] / 10**0.5), "no rate trained stably"
         else:
             best = min(usable, key=lambda r: runs[r].score_at(steps))
             if best == ordered[-1] and _clearly_best(runs, ordered, -1, steps, settings):
-                step, reason = snap(ordered[-1] * 10 ** 0.5), "the best rate was the highest tried"
+                step, reason = snap(ordered[-1] * 10**0.5), "the best rate was the highest tried"
             elif best == ordered[0] and _clearly_best(runs, ordered, 0, steps, settings):
-                step, reason = snap(ordered[0] / 10 ** 0.5), "the best rate was the lowest tried"
+                step, reason = snap(ordered[0] / 10**0.5), "the best rate was the lowest tried"
             else:
                 return
         if not bottom * 0.99 <= step <= top * 1.01 or step in runs:
-            result.extended.append(f"stopped at {ordered[0]:.3g}..{ordered[-1]:.3g}: {reason}, and the grid "
-                                   f"reaches {settings.sweep_max_decades} decades from the user's rate")
+            result.extended.append(
+                f"stopped at {ordered[0]:.3g}..{ordered[-1]:.3g}: {reason}, and the grid "
+                f"reaches {settings.sweep_max_decades} decades from the user's rate"
+            )
             return
         if not affordable(steps):
             result.dropped.append(step)
@@ -206,7 +225,7 @@ def _better_half(runs: dict[float, TrainRun], center: float, steps: int, most: i
     ``most``), and the user's."""
     usable = sorted((r for r in runs.values() if r.verdict not in BAD), key=lambda r: r.score_at(steps))
     half = max(1, math.ceil(len(usable) / 2))
-    keep = {r.lr for r in usable[:half if most is None else min(half, most)]}
+    keep = {r.lr for r in usable[: half if most is None else min(half, most)]}
     if center in runs and runs[center].verdict not in BAD:
         keep.add(center)
     return nearest_first(sorted(keep), center)
@@ -230,12 +249,15 @@ def recommend(sweep: Sweep, settings: Any) -> tuple[TrainRun | None, str]:
     tails = [r.train_tail for r in tied if r.train_tail is not None]
     if tails:
         low = min(tails)
-        tied = [r for r in tied if r.train_tail is None
-                or r.train_tail <= low + tie_margin(low, r.initial_loss, settings)]
+        tied = [
+            r for r in tied if r.train_tail is None or r.train_tail <= low + tie_margin(low, r.initial_loss, settings)
+        ]
     chosen = max(tied, key=lambda r: r.lr)
     if chosen.verdict != LEARNS:
-        return None, (f"no rate brought the held-out loss down by {settings.learns_drop:.0%} "
-                      f"(best: {chosen.drop:.1%} at {chosen.lr:.3g})")
+        return None, (
+            f"no rate brought the held-out loss down by {settings.learns_drop:.0%} "
+            f"(best: {chosen.drop:.1%} at {chosen.lr:.3g})"
+        )
     what = "held-out loss" if chosen.heldout_initial is not None else "training loss"
     why = f"the lowest {what} after {steps} steps ({chosen.score_at(steps):.4g}, down {chosen.drop:.0%})"
     if len(tied) > 1:
@@ -250,9 +272,20 @@ def sweep_rates(setup: Any, settings: Any) -> list[float]:
 
 def sweep_summary(sweep: Any, best: Any, why: str) -> dict[str, Any]:
     """The sweep as plain data: what ``lr-sweep`` prints and what the dynamics probe keeps as raw."""
-    return {"user_run_lr": sweep.user.lr, "recommended_lr": best.lr if best else None, "why": why,
-            "checkpoints": sweep.checkpoints, "steps_run": sweep.steps_run, "plan": sweep.plan,
-            "batches": {"distinct_training": sweep.distinct_batches, "fresh_read": sweep.fresh_batches,
-                        "heldout": sweep.heldout_batches},
-            "grid_extended": sweep.extended, "rates_not_run": sweep.dropped,
-            "rates_not_continued": sweep.not_continued, "runs": [r.to_dict() for r in sweep.runs]}
+    return {
+        "user_run_lr": sweep.user.lr,
+        "recommended_lr": best.lr if best else None,
+        "why": why,
+        "checkpoints": sweep.checkpoints,
+        "steps_run": sweep.steps_run,
+        "plan": sweep.plan,
+        "batches": {
+            "distinct_training": sweep.distinct_batches,
+            "fresh_read": sweep.fresh_batches,
+            "heldout": sweep.heldout_batches,
+        },
+        "grid_extended": sweep.extended,
+        "rates_not_run": sweep.dropped,
+        "rates_not_continued": sweep.not_continued,
+        "runs": [r.to_dict() for r in sweep.runs],
+    }

@@ -16,8 +16,16 @@ from typing import Any
 
 # (share of sweep_steps, rates continued past the first rung besides the user's (None: the better
 # half), starting rates kept nearest the user's (None: the whole grid)); the first that fits is taken
-SCHEDULES = ((1.0, None, None), (0.75, None, None), (0.5, None, None), (0.5, 2, None), (0.375, 2, None),
-             (0.25, 2, None), (0.25, 1, None), (0.25, 1, 7))
+SCHEDULES = (
+    (1.0, None, None),
+    (0.75, None, None),
+    (0.5, None, None),
+    (0.5, 2, None),
+    (0.375, 2, None),
+    (0.25, 2, None),
+    (0.25, 1, None),
+    (0.25, 1, 7),
+)
 
 
 @dataclass(frozen=True)
@@ -143,9 +151,17 @@ def plan_sweep(ctx: Any, rates: int, steps: int | None = None) -> Plan:
             scaled = share < 1.0 or continued is not None or starting is not None
             # scaled down, the steps probe reads the sweep's run of the user's rate instead of its own
             # (unless steps were asked for: diagnose --steps)
-            plan = Plan(steps=length, continued=continued, starting_rates=starting,
-                        guard_steps=length if scaled and not asked else guard, step_gflop=gflop, assumed_gflops=speed,
-                        affordable_steps=affordable, scaled=scaled, full_steps=full)
+            plan = Plan(
+                steps=length,
+                continued=continued,
+                starting_rates=starting,
+                guard_steps=length if scaled and not asked else guard,
+                step_gflop=gflop,
+                assumed_gflops=speed,
+                affordable_steps=affordable,
+                scaled=scaled,
+                full_steps=full,
+            )
             if estimated_steps(length, continued, min(rates, starting or rates)) <= affordable:
                 break
     ctx.shared["sweep_plan"] = plan
@@ -158,6 +174,8 @@ def plan_note(plan: dict[str, Any]) -> str | None:
         return None
     kept = "the better half" if plan["continued"] is None else f"{plan['continued']} best"
     grid = f", the {plan['starting_rates']} starting rates nearest yours" if plan.get("starting_rates") else ""
-    return (f"the sweep was shortened for this model's size ({plan['step_gflop']:.3g} GFLOP a step, planned at "
-            f"{plan['assumed_gflops']:g} GFLOP/s): {plan['steps']} steps, {kept} and yours continued{grid}; "
-            f"`nandoctor lr-sweep SPEC --steps {plan['full_steps']}` judges the rates over longer runs")
+    return (
+        f"the sweep was shortened for this model's size ({plan['step_gflop']:.3g} GFLOP a step, planned at "
+        f"{plan['assumed_gflops']:g} GFLOP/s): {plan['steps']} steps, {kept} and yours continued{grid}; "
+        f"`nandoctor lr-sweep SPEC --steps {plan['full_steps']}` judges the rates over longer runs"
+    )

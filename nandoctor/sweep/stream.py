@@ -81,11 +81,13 @@ def permute_targets(batch: Any, paths: set[str], generator: Any, path: str = "")
         except TypeError:
             return mapped
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(permute_targets(v, paths, generator, f"{path}.{i}" if path else str(i))
-                             for i, v in enumerate(batch)))
+        return type(batch)(
+            *(permute_targets(v, paths, generator, f"{path}.{i}" if path else str(i)) for i, v in enumerate(batch))
+        )
     if isinstance(batch, (list, tuple)):
-        return type(batch)(permute_targets(v, paths, generator, f"{path}.{i}" if path else str(i))
-                           for i, v in enumerate(batch))
+        return type(batch)(
+            permute_targets(v, paths, generator, f"{path}.{i}" if path else str(i)) for i, v in enumerate(batch)
+        )
     return batch
 
 
@@ -95,8 +97,11 @@ def target_paths(batch: Any, consumed: list[str]) -> set[str]:
 
     from nandoctor.batches import iter_tensors
 
-    return {p for p, t in iter_tensors(batch)
-            if p not in consumed and t.dim() >= 1 and t.shape[0] > 1 and t.dtype != torch.bool}
+    return {
+        p
+        for p, t in iter_tensors(batch)
+        if p not in consumed and t.dim() >= 1 and t.shape[0] > 1 and t.dtype != torch.bool
+    }
 
 
 class PermutedStream:

@@ -57,7 +57,7 @@ class TrainRun(StepLog):
         if stopped is not None and stopped < steps:
             return math.inf
         quarter = max(1, steps // 4)
-        tail = self.losses[steps - quarter:steps] if steps <= len(self.losses) else []
+        tail = self.losses[steps - quarter : steps] if steps <= len(self.losses) else []
         if self.heldout_initial is None:
             return sum(tail) / len(tail) if tail and len(tail) == quarter else None
         held = self.heldout.get(steps)
@@ -73,25 +73,39 @@ class TrainRun(StepLog):
 
     @property
     def score(self) -> float | None:
-        return math.inf if self.nonfinite_step is not None or self.blowup_step is not None else self.score_at(self.reached)
+        return (
+            math.inf if self.nonfinite_step is not None or self.blowup_step is not None else self.score_at(self.reached)
+        )
 
     @property
     def train_tail(self) -> float | None:
         """Mean training loss over the last quarter of the steps run: the second key of the ranking."""
-        finite = [l for l in self.losses if math.isfinite(l)]
-        tail = finite[-max(1, len(finite) // 4):]
+        finite = [loss for loss in self.losses if math.isfinite(loss)]
+        tail = finite[-max(1, len(finite) // 4) :]
         return sum(tail) / len(tail) if tail else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr, "clip": self.clip, "steps_run": len(self.losses), "verdict": self.verdict,
-                "drop": self.drop, "initial_loss": self.initial_loss, "final_loss": self.train_tail,
-                "heldout_initial": self.heldout_initial, "heldout_final": self.heldout.get(self.reached),
-                "heldout": {str(k): v for k, v in sorted(self.heldout.items())},
-                "output_spread": {"initial": self.spread_initial, **{str(k): v for k, v in sorted(self.spread.items())}},
-                "score": _finite_or_none(self.score), "min_loss": min((l for l in self.losses if math.isfinite(l)), default=None),
-                "max_grad_norm": self.max_grad_norm, "nonfinite_step": self.nonfinite_step,
-                "skipped_steps": self.skipped_steps, "cut": self.cut,
-                "losses": self.losses, "grad_norms": self.grad_norms}
+        return {
+            "lr": self.lr,
+            "clip": self.clip,
+            "steps_run": len(self.losses),
+            "verdict": self.verdict,
+            "drop": self.drop,
+            "initial_loss": self.initial_loss,
+            "final_loss": self.train_tail,
+            "heldout_initial": self.heldout_initial,
+            "heldout_final": self.heldout.get(self.reached),
+            "heldout": {str(k): v for k, v in sorted(self.heldout.items())},
+            "output_spread": {"initial": self.spread_initial, **{str(k): v for k, v in sorted(self.spread.items())}},
+            "score": _finite_or_none(self.score),
+            "min_loss": min((loss for loss in self.losses if math.isfinite(loss)), default=None),
+            "max_grad_norm": self.max_grad_norm,
+            "nonfinite_step": self.nonfinite_step,
+            "skipped_steps": self.skipped_steps,
+            "cut": self.cut,
+            "losses": self.losses,
+            "grad_norms": self.grad_norms,
+        }
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -103,8 +117,9 @@ def evaluate(ctx: Any, batches: list[Any]) -> tuple[float | None, float | None]:
     return score(ctx.setup, batches)
 
 
-def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float | None,
-          start: dict[str, Any] | None = None) -> TrainRun:
+def train(
+    ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float | None, start: dict[str, Any] | None = None
+) -> TrainRun:
     """Up to ``checkpoints[-1]`` steps at ``lr`` from the current weights; the caller restores them.
 
     The held-out batches are scored after each checkpoint. ``start`` is the held-out score of
@@ -118,16 +133,27 @@ def train(ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float 
     run.heldout_initial, run.spread_initial = start["loss"], start["spread"]
     run.heldout_batches = len(stream.heldout)
     with fresh_optimizer(ctx.setup, lr) as optimizer:
-        trainer = TrainingStep(ctx.setup, optimizer, clip, scaler=fp16_scaler(ctx.setup),
-                               read_every=read_interval(ctx.setup.device, ctx.settings.sweep_read_every))
+        trainer = TrainingStep(
+            ctx.setup,
+            optimizer,
+            clip,
+            scaler=fp16_scaler(ctx.setup),
+            read_every=read_interval(ctx.setup.device, ctx.settings.sweep_read_every),
+        )
 
         def at_checkpoint(done: int) -> None:
             if stream.heldout:
                 run.heldout[done], run.spread[done] = evaluate(ctx, stream.heldout)
 
-        run_steps(trainer, run, steps, stream.train,
-                  lambda values: _stopped(run, values, trainer.scaled, ctx.settings),
-                  checkpoints=checkpoints, at_checkpoint=at_checkpoint)
+        run_steps(
+            trainer,
+            run,
+            steps,
+            stream.train,
+            lambda values: _stopped(run, values, trainer.scaled, ctx.settings),
+            checkpoints=checkpoints,
+            at_checkpoint=at_checkpoint,
+        )
     if run.failure is not None:
         run.cut = run.failure.text
     run.unseen_steps = min(stream.distinct, len(run.losses))
@@ -154,8 +180,11 @@ def _stopped(run: TrainRun, values: list[list[float]], scaled: bool, limits: Any
 def blew_up(run: TrainRun, limits: Any) -> bool:
     """Stop a diverging rate early: the loss is far above where it started."""
     start = starting_level(run)
-    return (start is not None and math.isfinite(start)
-            and run.losses[-1] > start + limits.blowup_rise * max(abs(start), 1e-3))
+    return (
+        start is not None
+        and math.isfinite(start)
+        and run.losses[-1] > start + limits.blowup_rise * max(abs(start), 1e-3)
+    )
 
 
 def starting_level(run: TrainRun) -> float | None:
@@ -168,21 +197,33 @@ def starting_level(run: TrainRun) -> float | None:
 def classify(run: TrainRun, limits: Any) -> str:
     """diverged / unstable / collapsed / learns / flat, by the cut-offs in ``limits`` (dynamics settings)."""
     start = run.start_score  # the drop compares like with like: held-out batches before and after
-    end = run.score if run.score is None or not math.isfinite(run.score) or run.heldout_initial is None \
+    end = (
+        run.score
+        if run.score is None or not math.isfinite(run.score) or run.heldout_initial is None
         else run.heldout.get(run.reached)
-    if run.nonfinite_step is not None or run.blowup_step is not None or end is None or not math.isfinite(end) \
-            or start is None or not math.isfinite(start):
+    )
+    if (
+        run.nonfinite_step is not None
+        or run.blowup_step is not None
+        or end is None
+        or not math.isfinite(end)
+        or start is None
+        or not math.isfinite(start)
+    ):
         run.verdict = DIVERGED
         return run.verdict
     scale = max(abs(start), 1e-8)
     run.drop = (start - end) / scale
     first = starting_level(run) if starting_level(run) is not None else start
-    spiked = any(l > first + limits.spike_rise * max(abs(first), 1e-8) for l in run.losses)
+    spiked = any(loss > first + limits.spike_rise * max(abs(first), 1e-8) for loss in run.losses)
     norms = [g for g in run.grad_norms if math.isfinite(g)]
     grew = len(norms) > 2 and norms[0] > 0 and max(norms[2:]) > limits.grad_growth * norms[0]
     spread = run.spread.get(run.reached)
-    collapsed = (spread is not None and run.spread_initial is not None
-                 and spread < limits.collapse_spread * max(run.spread_initial, 1e-12))
+    collapsed = (
+        spread is not None
+        and run.spread_initial is not None
+        and spread < limits.collapse_spread * max(run.spread_initial, 1e-12)
+    )
     if end > start + limits.diverged_rise * scale:
         run.verdict = DIVERGED
     elif spiked or grew:

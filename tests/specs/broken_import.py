@@ -1,2 +1,1 @@
-
 raise RuntimeError("CUDA_VISIBLE_DEVICES is not set")

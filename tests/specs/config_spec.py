@@ -20,6 +20,11 @@ def build(config_path: str):
     with open(config_path) as handle:
         config = yaml.safe_load(handle)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Dropout(config["model"]["dropout"]), nn.Linear(64, 4))
-    return {"model": model, "data": _blobs(), "loss": lambda m, b: F.cross_entropy(m(b[0]), b[1]),
-            "lr": config["optim"]["learning_rate"], "grad_clip": config["trainer"].get("gradient_clip_val"),
-            "config": config}
+    return {
+        "model": model,
+        "data": _blobs(),
+        "loss": lambda m, b: F.cross_entropy(m(b[0]), b[1]),
+        "lr": config["optim"]["learning_rate"],
+        "grad_clip": config["trainer"].get("gradient_clip_val"),
+        "config": config,
+    }

@@ -39,5 +39,8 @@ def build_loader_exits():
 
 def build_fine():
     model, data = _classifier()
-    return {"model": model, "data": data,
-            "loss": lambda model, batch: nn.functional.cross_entropy(model(batch[0]), batch[1])}
+    return {
+        "model": model,
+        "data": data,
+        "loss": lambda model, batch: nn.functional.cross_entropy(model(batch[0]), batch[1]),
+    }

@@ -8,9 +8,14 @@ from torch import nn
 def build(steps: int = 2, lr: float = 1e-3, amp=None, fixed: bool = False, name: str = "x"):
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(4, WIDTH, generator=g), torch.randn(4, 1, generator=g)) for _ in range(steps)]
-    return {"model": nn.Sequential(nn.Linear(WIDTH, 8), nn.ReLU(), nn.Linear(8, 1)), "data": data,
-            "loss": lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]), "lr": lr, "amp": amp,
-            "config": {"fixed": fixed, "name": name}}
+    return {
+        "model": nn.Sequential(nn.Linear(WIDTH, 8), nn.ReLU(), nn.Linear(8, 1)),
+        "data": data,
+        "loss": lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]),
+        "lr": lr,
+        "amp": amp,
+        "config": {"fixed": fixed, "name": name},
+    }
 
 
 class Bundle:
@@ -60,6 +65,7 @@ def build_data_raises():
     def gen():
         raise OSError("disk unplugged")
         yield
+
     return {"model": nn.Linear(2, 1), "data": gen()}
 
 

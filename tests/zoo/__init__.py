@@ -41,18 +41,18 @@ class ZooCase:
 
 # fault -> (expected code); the expected where is per architecture below
 CODES = {
-    "lr_too_high": "lr_too_high",              # AdamW at 1.0
-    "lr_too_low": "lr_too_low",                # plain SGD at 1e-4
+    "lr_too_high": "lr_too_high",  # AdamW at 1.0
+    "lr_too_low": "lr_too_low",  # plain SGD at 1e-4
     "grad_clip_tiny": "grad_clip_too_aggressive",  # grad_clip = 1e-4
-    "amp_overflow": "amp_overflow",            # amp="fp16", head init scaled so logits pass 65,504
+    "amp_overflow": "amp_overflow",  # amp="fp16", head init scaled so logits pass 65,504
     "ids_beyond_vocab": "index_out_of_range",  # token ids >= vocab_size
     "labels_out_of_range": "label_out_of_range",  # class targets >= classes, or -1 / 255
-    "unnormalized": "unnormalized_input",      # raw 0..255 pixels, income in dollars
-    "nan_sample": "nonfinite_input",           # one NaN value in one sample
-    "zero_init": "dead_units",                 # a Linear/Conv zeroed (weight and bias) before a ReLU
-    "float64": None,                           # model.double() and double data: healthy
-    "no_loss_key": None,                       # no `loss`: model(**batch).loss per the contract; healthy
-    "model_output_loss": None,                 # `loss` returns the ModelOutput (has .loss); healthy
+    "unnormalized": "unnormalized_input",  # raw 0..255 pixels, income in dollars
+    "nan_sample": "nonfinite_input",  # one NaN value in one sample
+    "zero_init": "dead_units",  # a Linear/Conv zeroed (weight and bias) before a ReLU
+    "float64": None,  # model.double() and double data: healthy
+    "no_loss_key": None,  # no `loss`: model(**batch).loss per the contract; healthy
+    "model_output_loss": None,  # `loss` returns the ModelOutput (has .loss); healthy
 }
 
 HF = {"bert": hf_models.bert, "gpt2": hf_models.gpt2, "vit": hf_models.vit, "resnet": hf_models.resnet}
@@ -60,43 +60,72 @@ TORCH = {"lstm": torch_models.lstm, "unet": torch_models.unet, "mlp": torch_mode
 
 # arch -> {fault: expected where}
 PLAN: dict[str, dict[str, dict | None]] = {
-    "bert": {"lr_too_high": None, "lr_too_low": None, "grad_clip_tiny": None,
-             "ids_beyond_vocab": {"module": "bert.embeddings.word_embeddings"},
-             "labels_out_of_range": {"feature": "labels"},
-             "amp_overflow": {"module": "classifier"},
-             "float64": None, "no_loss_key": None, "model_output_loss": None},
-    "gpt2": {"lr_too_high": None, "lr_too_low": None, "grad_clip_tiny": None,
-             "ids_beyond_vocab": {"module": "transformer.wte"},
-             "labels_out_of_range": {"feature": "labels"},
-             "amp_overflow": {"module": "lm_head"},
-             "float64": None, "no_loss_key": None, "model_output_loss": None},
-    "vit": {"lr_too_high": None, "lr_too_low": None,
-            "unnormalized": {"feature": "pixel_values"},
-            "nan_sample": {"feature": "pixel_values"},
-            "labels_out_of_range": {"feature": "labels"},
-            "amp_overflow": {"module": "classifier"},
-            "float64": None},
-    "resnet": {"lr_too_high": None, "lr_too_low": None,
-               "unnormalized": {"feature": "pixel_values"},
-               "zero_init": {"module": "resnet.embedder.embedder.activation"},
-               "labels_out_of_range": {"feature": "labels"},
-               "amp_overflow": {"module": "classifier.1"},
-               "float64": None},
-    "lstm": {"lr_too_high": None, "lr_too_low": None, "grad_clip_tiny": None,
-             "ids_beyond_vocab": {"module": "embedding"},
-             "labels_out_of_range": {"feature": "label"},
-             "float64": None},
-    "unet": {"lr_too_high": None, "lr_too_low": None,
-             "unnormalized": {"feature": "0"},
-             "nan_sample": {"feature": "0"},
-             "zero_init": {"module": "enc1.1"},
-             "labels_out_of_range": {"feature": "1"},
-             "float64": None},
-    "mlp": {"lr_too_high": None, "lr_too_low": None, "grad_clip_tiny": None,
-            "unnormalized": {"feature": "income"},
-            "nan_sample": {"feature": "age"},
-            "zero_init": {"module": "net.1"},
-            "float64": None},
+    "bert": {
+        "lr_too_high": None,
+        "lr_too_low": None,
+        "grad_clip_tiny": None,
+        "ids_beyond_vocab": {"module": "bert.embeddings.word_embeddings"},
+        "labels_out_of_range": {"feature": "labels"},
+        "amp_overflow": {"module": "classifier"},
+        "float64": None,
+        "no_loss_key": None,
+        "model_output_loss": None,
+    },
+    "gpt2": {
+        "lr_too_high": None,
+        "lr_too_low": None,
+        "grad_clip_tiny": None,
+        "ids_beyond_vocab": {"module": "transformer.wte"},
+        "labels_out_of_range": {"feature": "labels"},
+        "amp_overflow": {"module": "lm_head"},
+        "float64": None,
+        "no_loss_key": None,
+        "model_output_loss": None,
+    },
+    "vit": {
+        "lr_too_high": None,
+        "lr_too_low": None,
+        "unnormalized": {"feature": "pixel_values"},
+        "nan_sample": {"feature": "pixel_values"},
+        "labels_out_of_range": {"feature": "labels"},
+        "amp_overflow": {"module": "classifier"},
+        "float64": None,
+    },
+    "resnet": {
+        "lr_too_high": None,
+        "lr_too_low": None,
+        "unnormalized": {"feature": "pixel_values"},
+        "zero_init": {"module": "resnet.embedder.embedder.activation"},
+        "labels_out_of_range": {"feature": "labels"},
+        "amp_overflow": {"module": "classifier.1"},
+        "float64": None,
+    },
+    "lstm": {
+        "lr_too_high": None,
+        "lr_too_low": None,
+        "grad_clip_tiny": None,
+        "ids_beyond_vocab": {"module": "embedding"},
+        "labels_out_of_range": {"feature": "label"},
+        "float64": None,
+    },
+    "unet": {
+        "lr_too_high": None,
+        "lr_too_low": None,
+        "unnormalized": {"feature": "0"},
+        "nan_sample": {"feature": "0"},
+        "zero_init": {"module": "enc1.1"},
+        "labels_out_of_range": {"feature": "1"},
+        "float64": None,
+    },
+    "mlp": {
+        "lr_too_high": None,
+        "lr_too_low": None,
+        "grad_clip_tiny": None,
+        "unnormalized": {"feature": "income"},
+        "nan_sample": {"feature": "age"},
+        "zero_init": {"module": "net.1"},
+        "float64": None,
+    },
 }
 
 
@@ -107,12 +136,16 @@ def _case(arch: str, fault: str | None, where: dict | None) -> ZooCase:
         build = partial(builder, None, explicit_loss=False)
     else:
         build = partial(builder, fault)
-    return ZooCase(arch, fault, build, CODES[fault] if fault else None, where, hf_loss=hf,
-                   requires=("transformers",) if hf else ())
+    return ZooCase(
+        arch, fault, build, CODES[fault] if fault else None, where, hf_loss=hf, requires=("transformers",) if hf else ()
+    )
 
 
-ZOO: list[ZooCase] = [case for arch, faults in PLAN.items()
-                      for case in [_case(arch, None, None)] + [_case(arch, f, w) for f, w in faults.items()]]
+ZOO: list[ZooCase] = [
+    case
+    for arch, faults in PLAN.items()
+    for case in [_case(arch, None, None)] + [_case(arch, f, w) for f, w in faults.items()]
+]
 
 ARCHS = list(PLAN)
 FAULTS = list(dict.fromkeys(f for faults in PLAN.values() for f in faults))

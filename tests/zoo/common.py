@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import torch
 
-BATCHES = 8        # batches per data set (nandoctor reads the first few)
+BATCHES = 8  # batches per data set (nandoctor reads the first few)
 BATCH_SIZE = 16
 SEQ_LEN = 16
 VOCAB = 32
-IMAGE = 16         # images are IMAGE x IMAGE
+IMAGE = 16  # images are IMAGE x IMAGE
 
-HIGH_LR = 1.0      # AdamW at 1.0: every step moves each weight by about 1
+HIGH_LR = 1.0  # AdamW at 1.0: every step moves each weight by about 1
 SGD_LOW_LR = 1e-4  # SGD (momentum 0.9) at 1e-4: the loss barely moves in a short run
 SGD_LOW_LR_SLOW = 1e-3  # the same fault for the LSTM, whose SGD needs a rate near 1
-ADAM_LOW_LR = 1e-6      # AdamW at 1e-6 (BERT learns at 1e-3)
+ADAM_LOW_LR = 1e-6  # AdamW at 1e-6 (BERT learns at 1e-3)
 ADAM_LOW_LR_UNET = 1e-5  # AdamW at 1e-5 (the U-Net learns at 1e-2)
-TINY_CLIP = 1e-4   # clip_grad_norm_(max_norm=1e-4): every step shrunk by orders of magnitude
-HEAD_SCALE = 1e6   # head init scaled up: logits far beyond float16's 65,504 (float32 is fine)
+TINY_CLIP = 1e-4  # clip_grad_norm_(max_norm=1e-4): every step shrunk by orders of magnitude
+HEAD_SCALE = 1e6  # head init scaled up: logits far beyond float16's 65,504 (float32 is fine)
 
 
 def gen(seed: int = 0) -> torch.Generator:

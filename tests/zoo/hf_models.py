@@ -14,8 +14,23 @@ from __future__ import annotations
 
 import torch
 
-from tests.zoo.common import (ADAM_LOW_LR, BATCHES, BATCH_SIZE, HEAD_SCALE, IMAGE, SEQ_LEN, SGD_LOW_LR, VOCAB,
-                              common_faults, gen, hf_loss, hf_output, scale_weight_, sgd, zero_)
+from tests.zoo.common import (
+    ADAM_LOW_LR,
+    BATCH_SIZE,
+    BATCHES,
+    HEAD_SCALE,
+    IMAGE,
+    SEQ_LEN,
+    SGD_LOW_LR,
+    VOCAB,
+    common_faults,
+    gen,
+    hf_loss,
+    hf_output,
+    scale_weight_,
+    sgd,
+    zero_,
+)
 
 
 def _finish(spec: dict, fault: str | None, explicit_loss: bool, low: tuple = (SGD_LOW_LR, sgd)) -> dict:
@@ -34,6 +49,7 @@ def _finish(spec: dict, fault: str | None, explicit_loss: bool, low: tuple = (SG
 
 # --- BERT sequence classifier ---------------------------------------------------------------
 
+
 def _text_batches(seed: int, rule):
     g = gen(seed)
     batches = []
@@ -51,9 +67,17 @@ def bert(fault: str | None = None, explicit_loss: bool = True) -> dict:
     the vocabulary (BERT pools position 0, so a healthy model learns it in a few steps)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=SEQ_LEN, num_labels=2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=SEQ_LEN,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = BertForSequenceClassification(config)
     data = _text_batches(1, lambda ids: (ids[:, 0] >= VOCAB // 2).long())
     spec = {"model": model, "data": data, "lr": 1e-3, "config": {"num_labels": 2, "vocab_size": VOCAB}}
@@ -69,15 +93,26 @@ def bert(fault: str | None = None, explicit_loss: bool = True) -> dict:
 
 # --- GPT-2 language model ---------------------------------------------------------------------
 
+
 def gpt2(fault: str | None = None, explicit_loss: bool = True) -> dict:
     """Causal LM on arithmetic sequences: each sequence counts up (mod the vocabulary) by a step of
     1 or 3, so the next token follows from the previous two."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=VOCAB, n_positions=SEQ_LEN, n_embd=32, n_layer=2, n_head=2,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
-                        loss_type="ForCausalLM",
-                        tie_word_embeddings=fault != "amp_overflow")
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=SEQ_LEN,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        loss_type="ForCausalLM",
+        tie_word_embeddings=fault != "amp_overflow",
+    )
     model = GPT2LMHeadModel(config)
     g = gen(2)
     data = []
@@ -99,6 +134,7 @@ def gpt2(fault: str | None = None, explicit_loss: bool = True) -> dict:
 
 
 # --- images: ViT and ResNet -------------------------------------------------------------------
+
 
 def image_batches(seed: int, channels: int = 3, classes: int = 3, raw: bool = False):
     """Noise images; class c brightens channel c. ``raw``: 0..255 pixel values, never normalized."""
@@ -127,12 +163,25 @@ def vit(fault: str | None = None, explicit_loss: bool = True) -> dict:
     from transformers import ViTConfig, ViTForImageClassification
 
     classes = 3
-    config = ViTConfig(image_size=IMAGE, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=64, num_labels=classes,
-                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = ViTConfig(
+        image_size=IMAGE,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=classes,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = ViTForImageClassification(config)
-    spec = {"model": model, "data": image_batches(3, raw=fault == "unnormalized"), "lr": 1e-3,
-            "config": {"num_labels": classes}}
+    spec = {
+        "model": model,
+        "data": image_batches(3, raw=fault == "unnormalized"),
+        "lr": 1e-3,
+        "config": {"num_labels": classes},
+    }
     _image_faults(spec, fault, classes)
     if fault == "amp_overflow":
         spec["amp"] = "fp16"
@@ -144,11 +193,16 @@ def resnet(fault: str | None = None, explicit_loss: bool = True) -> dict:
     from transformers import ResNetConfig, ResNetForImageClassification
 
     classes = 3
-    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                          layer_type="basic", num_labels=classes)
+    config = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=classes
+    )
     model = ResNetForImageClassification(config)
-    spec = {"model": model, "data": image_batches(4, raw=fault == "unnormalized"), "lr": 1e-3,
-            "config": {"num_labels": classes}}
+    spec = {
+        "model": model,
+        "data": image_batches(4, raw=fault == "unnormalized"),
+        "lr": 1e-3,
+        "config": {"num_labels": classes},
+    }
     _image_faults(spec, fault, classes)
     if fault == "zero_init":  # the stem conv zeroed: after BatchNorm every stem ReLU input is 0
         zero_(model.resnet.embedder.embedder.convolution)

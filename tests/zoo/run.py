@@ -12,11 +12,15 @@ def diagnose(spec: dict, settings: dict | None = None) -> dict:
     from nandoctor.runner import build_report, run_probes
     from nandoctor.settings import Settings
     from nandoctor.spec import validate
-
     from tests.conftest import on_test_device
 
-    parts = run_probes(validate(on_test_device(spec), "zoo:build"), Settings(**(settings or {})), sorted(PROBES, key=lambda p: p.order),
-                       progress=lambda message: None, debug=False)
+    parts = run_probes(
+        validate(on_test_device(spec), "zoo:build"),
+        Settings(**(settings or {})),
+        sorted(PROBES, key=lambda p: p.order),
+        progress=lambda message: None,
+        debug=False,
+    )
     return build_report("zoo:build", parts).to_dict()
 
 

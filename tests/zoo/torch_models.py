@@ -9,8 +9,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tests.zoo.common import (ADAM_LOW_LR_UNET, BATCHES, BATCH_SIZE, IMAGE, SEQ_LEN, SGD_LOW_LR_SLOW, VOCAB,
-                              common_faults, gen, zero_)
+from tests.zoo.common import (
+    ADAM_LOW_LR_UNET,
+    BATCH_SIZE,
+    BATCHES,
+    IMAGE,
+    SEQ_LEN,
+    SGD_LOW_LR_SLOW,
+    VOCAB,
+    common_faults,
+    gen,
+    zero_,
+)
 
 
 def _double(spec: dict) -> None:
@@ -30,6 +40,7 @@ def _double(spec: dict) -> None:
 
 
 # --- LSTM text classifier ---------------------------------------------------------------------
+
 
 class LSTMClassifier(nn.Module):
     def __init__(self, vocab: int = VOCAB, width: int = 32, classes: int = 2):
@@ -66,6 +77,7 @@ def lstm(fault: str | None = None) -> dict:
 
 
 # --- U-Net-like segmentation net ---------------------------------------------------------------
+
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU())
@@ -121,8 +133,9 @@ FEATURES = ["age", "income", "tenure", "clicks", "score", "ratio"]
 class TabularMLP(nn.Module):
     def __init__(self, features: int = len(FEATURES), width: int = 32):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(features, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                                 nn.Linear(width, 1))
+        self.net = nn.Sequential(
+            nn.Linear(features, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1)
+        )
 
     def forward(self, x):
         return self.net(x)
