@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from nandoctor import __version__
+from nandoctor import cli_options as opt
 from nandoctor.errors import UsageError
 from nandoctor.exits import check_writable, fail, guarded, spec_file, write_output
 
@@ -20,40 +20,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Find why a PyTorch training run goes NaN or refuses to learn.",
 )
-
-
-class Format(str, Enum):
-    text = "text"
-    json = "json"
-
-
-class ReportFormat(str, Enum):
-    text = "text"
-    json = "json"
-    markdown = "markdown"
-
-
-class SmokeFormat(str, Enum):
-    text = "text"
-    json = "json"
-    markdown = "markdown"
-    junit = "junit"
-
-
-class FailOn(str, Enum):
-    info = "info"
-    warning = "warning"
-    critical = "critical"
-    never = "never"
-
-
-class EmitNorm(str, Enum):
-    yaml = "yaml"
-    python = "python"
-
-
-SPEC_HELP = "path/to/file.py:function or package.module:function"
-SET_HELP = "key=value passed to the build function (repeatable)"
 
 
 def _version(value: bool) -> None:
@@ -91,37 +57,26 @@ def _diagnosis(
         from nandoctor.config import load_config, plain
 
         document, text = load_config(config)
-    report = api.diagnose(
-        spec,
-        overrides=overrides,
-        probes=probes,
-        skip=skip,
-        quick=quick,
-        settings=settings_file,
-        config=None if document is None else plain(document),
-        budget_s=budget_s,
-        debug=debug,
-        **settings_values,
-    )
+    options = dict(probes=probes, skip=skip, quick=quick, settings=settings_file, budget_s=budget_s, debug=debug)
+    config_values = None if document is None else plain(document)
+    report = api.diagnose(spec, overrides=overrides, config=config_values, **options, **settings_values)
     return report, document, text
 
 
 @app.command()
 def diagnose(
-    spec: str = typer.Argument(..., help=SPEC_HELP),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-    fmt: ReportFormat = typer.Option(
-        ReportFormat.text, "--format", help="text for a terminal, json for scripts, markdown for PRs"
+    spec: str = opt.SPEC,
+    set_: List[str] = opt.SET,
+    fmt: opt.ReportFormat = typer.Option(
+        opt.ReportFormat.text, "--format", help="text for a terminal, json for scripts, markdown for PRs"
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON report to this file"),
-    fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
+    fail_on: opt.FailOn = opt.FAIL_ON,
     probe: List[str] = typer.Option([], "--probe", help="run only these probes (repeatable)"),
     skip: List[str] = typer.Option([], "--skip", help="skip these probes (repeatable)"),
-    batches: Optional[int] = typer.Option(None, "--batches", help="batches to read from data and reuse"),
-    settings_file: Optional[str] = typer.Option(
-        None, "--settings", help="YAML file of probe settings (see configs/probes.yaml)"
-    ),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and the probes (default 0)"),
+    batches: Optional[int] = opt.BATCHES,
+    settings_file: Optional[str] = opt.SETTINGS_FILE,
+    seed: Optional[int] = opt.SEED,
     quick: bool = typer.Option(False, "--quick", help="skip the training-dynamics sweep and the training steps"),
     steps: Optional[int] = typer.Option(
         None,
@@ -136,7 +91,7 @@ def diagnose(
         None, "--write-fixed", help="write the config with the fixes applied here"
     ),
     in_place: bool = typer.Option(False, "--in-place", help="allow writing the fixes into the --config file itself"),
-    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """Load the spec, run the probes and print a ranked root-cause report."""
     with guarded(debug, fmt.value, spec, out) as exits:
@@ -173,30 +128,19 @@ def diagnose(
     raise typer.Exit(code)
 
 
-def parse_budget(text: str) -> float:
-    """``60s``, ``2m``, ``90`` -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    try:
-        seconds = float(value) * units[unit]
-    except ValueError as exc:
-        raise UsageError(f"--budget takes seconds like 60s or 2m, got {text!r}") from exc
-    if seconds <= 0:
-        raise UsageError(f"--budget must be positive, got {text!r}")
-    return seconds
-
-
 @app.command()
 def smoke(
-    spec: str = typer.Argument(..., help=SPEC_HELP),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    spec: str = opt.SPEC,
+    set_: List[str] = opt.SET,
     budget: str = typer.Option("60s", "--budget", help="time budget: probes that would start later are skipped"),
-    fmt: SmokeFormat = typer.Option(SmokeFormat.text, "--format", help="text (one line), json, markdown or junit"),
+    fmt: opt.SmokeFormat = typer.Option(
+        opt.SmokeFormat.text, "--format", help="text (one line), json, markdown or junit"
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the output to this file"),
-    fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
+    fail_on: opt.FailOn = opt.FAIL_ON,
     dynamics: bool = typer.Option(False, "--dynamics", help="also run the training-dynamics sweep"),
-    batches: Optional[int] = typer.Option(None, "--batches", help="batches to read from data and reuse"),
-    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    batches: Optional[int] = opt.BATCHES,
+    debug: bool = opt.DEBUG,
 ) -> None:
     """CI check: the quick probes under a time budget, one summary line.
 
@@ -206,7 +150,7 @@ def smoke(
     start = time.monotonic()
     with guarded(debug, fmt.value, spec, out) as exits:
         check_writable(out, exits=exits)
-        seconds = parse_budget(budget)
+        seconds = opt.parse_budget(budget)
         report, *_ = _diagnosis(
             spec, set_, {"batches": batches}, None, [], [], debug, budget_s=seconds, quick=not dynamics
         )
@@ -222,7 +166,7 @@ def smoke(
         }[fmt.value]()
         exits.emit(text)
         write_output(out, text)
-        if fmt != SmokeFormat.text:
+        if fmt != opt.SmokeFormat.text:
             typer.echo(summary_line(report.to_dict(), took), err=True)
         code = report.exit_code(fail_on.value)
     raise typer.Exit(code)
@@ -264,8 +208,8 @@ def explain(code: Optional[str] = typer.Argument(None, help="a finding code; omi
 
 @app.command("lr-sweep")
 def lr_sweep(
-    spec: str = typer.Argument(..., help=SPEC_HELP),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    spec: str = opt.SPEC,
+    set_: List[str] = opt.SET,
     lrs: Optional[str] = typer.Option(
         None, "--lrs", help="comma-separated rates (default: two decades each way of the spec's lr)"
     ),
@@ -275,15 +219,13 @@ def lr_sweep(
         help="training steps per rate that reaches the end "
         "(default: planned from the model's size, as diagnose plans them)",
     ),
-    settings_file: Optional[str] = typer.Option(
-        None, "--settings", help="YAML file of probe settings (see configs/probes.yaml)"
-    ),
+    settings_file: Optional[str] = opt.SETTINGS_FILE,
     plot: Optional[Path] = typer.Option(None, "--plot", help="write loss and gradient-norm curves to this PNG"),
-    fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
+    fmt: opt.Format = typer.Option(opt.Format.text, "--format", help="text table or json"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
-    batches: Optional[int] = typer.Option(None, "--batches", help="batches to read from data and reuse"),
+    batches: Optional[int] = opt.BATCHES,
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and every run (default 0)"),
-    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """Train a few steps at each learning rate from the same start; table and recommendation."""
     with guarded(debug, fmt.value, spec, out) as exits:
@@ -295,7 +237,7 @@ def lr_sweep(
             spec, overrides=set_, lrs=lrs, steps=steps, batches=batches, seed=seed, settings=settings_file
         )
         # the results first: a plot that fails loses nothing
-        exits.emit(result.to_json() if fmt == Format.json else str(result))
+        exits.emit(result.to_json() if fmt == opt.Format.json else str(result))
         write_output(out, result.to_json())
         if plot is not None:
             result.plot(plot)
@@ -307,16 +249,16 @@ def lr_sweep(
 @app.command()
 def replay(
     capture: Path = typer.Argument(..., help="a capture file written by nandoctor.Guard"),
-    spec: Optional[str] = typer.Option(None, "--spec", help=SPEC_HELP + " (default: the one the capture records)"),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-    fmt: Format = typer.Option(Format.text, "--format", help="text for a terminal, json for scripts"),
+    spec: Optional[str] = typer.Option(None, "--spec", help=opt.SPEC_HELP + " (default: the one the capture records)"),
+    set_: List[str] = opt.SET,
+    fmt: opt.Format = typer.Option(opt.Format.text, "--format", help="text for a terminal, json for scripts"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON report to this file"),
-    fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function and the probes (default 0)"),
+    fail_on: opt.FailOn = opt.FAIL_ON,
+    seed: Optional[int] = opt.SEED,
     trust_spec: bool = typer.Option(
         False, "--trust-spec", help="run the spec the capture records (a file, shown first)"
     ),
-    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """Re-run a guard's capture to its failing step and diagnose that step."""
     with guarded(debug, fmt.value, spec, out) as exits:
@@ -341,8 +283,8 @@ def replay(
 
 @app.command()
 def scan(
-    spec: str = typer.Argument(..., help=SPEC_HELP),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    spec: str = opt.SPEC,
+    set_: List[str] = opt.SET,
     max_batches: Optional[int] = typer.Option(
         None, "--max-batches", help="stop after this many batches (default: all of data)"
     ),
@@ -354,11 +296,11 @@ def scan(
         "--extreme-factor",
         help="flag a sample whose largest |value| is this many times an input's typical largest value",
     ),
-    fmt: Format = typer.Option(Format.text, "--format", help="text for a terminal, json for scripts"),
+    fmt: opt.Format = typer.Option(opt.Format.text, "--format", help="text for a terminal, json for scripts"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
-    fail_on: FailOn = typer.Option(FailOn.critical, "--fail-on", help="exit 1 when a finding is at least this severe"),
+    fail_on: opt.FailOn = opt.FAIL_ON,
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for the build function (default 0)"),
-    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    debug: bool = opt.DEBUG,
 ) -> None:
     """Every batch of data through the model: bad inputs, ids, labels or loss by batch and sample.
 
@@ -382,7 +324,7 @@ def scan(
         from nandoctor.render.common import render_json
         from nandoctor.render.scan import render_scan
 
-        exits.emit(render_json(result) if fmt == Format.json else render_scan(result))
+        exits.emit(render_json(result) if fmt == opt.Format.json else render_scan(result))
         write_output(out, render_json(result))
     if result["stopped"]:  # the user's data raised: the scan is incomplete, what it found stands
         stopped = result["stopped"]
@@ -402,13 +344,13 @@ def feature_stats(
     paths: List[str] = typer.Argument(..., help=".parquet/.csv/.tsv files, folders of them, or globs"),
     columns: Optional[str] = typer.Option(None, "--columns", help="comma-separated columns to analyse"),
     limit_rows: Optional[int] = typer.Option(None, "--limit-rows", help="stop after this many rows"),
-    fmt: Format = typer.Option(Format.text, "--format", help="text table or json"),
-    emit_norm: Optional[EmitNorm] = typer.Option(
+    fmt: opt.Format = typer.Option(opt.Format.text, "--format", help="text table or json"),
+    emit_norm: Optional[opt.EmitNorm] = typer.Option(
         None, "--emit-norm", help="print per-feature mean/std as yaml or python"
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON result to this file"),
-    fail_on: FailOn = typer.Option(
-        FailOn.never,
+    fail_on: opt.FailOn = typer.Option(
+        opt.FailOn.never,
         "--fail-on",
         help="exit 1 when a column has a flag at least this severe (NaN, mixed "
         "types: critical; not normalized, ids: warning; heavy tail, constant: info)",

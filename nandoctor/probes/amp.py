@@ -13,8 +13,8 @@ from typing import Any
 from nandoctor.config import AMP, fix_config
 from nandoctor.context import RunContext
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is_finite
+from nandoctor.measure.forward_pass import ForwardPass, forward_pass
 from nandoctor.measure.ops import OpPass, locate_nonfinite_op
-from nandoctor.measure.trace import ForwardPass, forward_pass
 from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
 
 LIMITS = {"fp16": 65504.0, "bf16": 3.3895e38}
