@@ -119,3 +119,18 @@ def test_user_output_on_descriptor_1_never_lands_in_the_json(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["verdict"] == "healthy"  # pure JSON: the user's writes went to stderr
     assert "from-os-write-in-the-loss" in done.stderr and "from-os-system-in-the-build" in done.stderr
+
+
+def test_a_training_step_that_raises_stops_the_run_the_same_way_everywhere():
+    import json
+    from pathlib import Path
+
+    spec = f"{Path(__file__).parent / 'specs'}/exits.py:build_step_raises"
+    result = _invoke("diagnose", spec, "--format", "json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 3 and report["verdict"] == "incomplete", result.output
+    missed = report["coverage"]["probes_not_run"]
+    assert "step 1 raised ValueError: the weights moved" in missed["dynamics"]
+    assert "step 1 raised ValueError: the weights moved" in report["probes"]["steps"]["stopped"]
+    sweep = _invoke("lr-sweep", spec)
+    assert sweep.exit_code == 2 and "raised ValueError: the weights moved (lr 0.001, step 1" in sweep.stderr

@@ -22,6 +22,7 @@ from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, S
 from nandoctor.probes.label_control import SETTINGS as LABEL_CONTROL_SETTINGS
 from nandoctor.probes.label_control import label_control, runs_away
 from nandoctor.state import run_snapshot
+from nandoctor.step import StepRaised
 from nandoctor.sweep.grid import Sweep, recommend, run_sweep, sweep_rates, sweep_summary
 from nandoctor.sweep.plan import plan_note, plan_sweep
 from nandoctor.sweep.stream import BatchStream
@@ -131,15 +132,18 @@ class DynamicsProbe(Probe):
             )
         stream = BatchStream(ctx, settings.sweep_stream_batches)
         rates = sweep_rates(setup, settings)
-        sweep = run_sweep(
-            ctx,
-            rates,
-            plan_sweep(ctx, len(rates)),
-            setup.grad_clip,
-            budget_s=settings.sweep_budget_s,
-            center=setup.lr,
-            stream=stream,
-        )
+        try:
+            sweep = run_sweep(
+                ctx,
+                rates,
+                plan_sweep(ctx, len(rates)),
+                setup.grad_clip,
+                budget_s=settings.sweep_budget_s,
+                center=setup.lr,
+                stream=stream,
+            )
+        except StepRaised as raised:  # the user's step, not ours: the run stops there, as the steps probe's does
+            return ProbeResult([], {"stopped": raised.failure.text}, incomplete=f"a training {raised.failure.text}")
         best, why = recommend(sweep, settings)
         raw: dict[str, Any] = {"user_lr": setup.lr, **sweep_summary(sweep, best, why)}
         lr_findings = self._lr(ctx, sweep, best, why)

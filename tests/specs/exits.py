@@ -44,3 +44,26 @@ def build_fine():
         "data": data,
         "loss": lambda model, batch: nn.functional.cross_entropy(model(batch[0]), batch[1]),
     }
+
+
+class _RaisesOnceTrained(nn.Module):
+    """Raises as soon as its weights have moved from their start: at the second training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("start", self.fc.weight.detach().clone())
+
+    def forward(self, x):
+        if not torch.equal(self.start, self.fc.weight.detach()):
+            raise ValueError("the weights moved")
+        return self.fc(x)
+
+
+def build_step_raises():
+    _, data = _classifier()
+    return {
+        "model": _RaisesOnceTrained(),
+        "data": data,
+        "loss": lambda model, batch: nn.functional.cross_entropy(model(batch[0]), batch[1]),
+    }
