@@ -186,9 +186,10 @@ def test_crash_inside_an_installed_package_points_at_the_users_line(diagnose, in
 
 
 def test_crash_inside_an_installed_model_points_at_the_loss_line(diagnose, installed):
-    report = diagnose(
-        {"model": installed.Classifier(2), "data": _rows(), "loss": lambda m, b: m(b[0], b[1])}
-    )  # labels reach 2 with 2 classes
+    def loss(m, b):
+        return m(b[0], b[1])  # labels reach 2 with 2 classes
+
+    report = diagnose({"model": installed.Classifier(2), "data": _rows(), "loss": loss})
     top = report["findings"][0]  # the labels check names the cause before the package's crash
     assert top["code"] == "label_out_of_range" and "site-packages" not in top["fix"]["advice"]
     crash = next(e for e in top["evidence"]["explains"] if e["code"] == "forward_error")
