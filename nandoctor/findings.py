@@ -57,10 +57,15 @@ class Where:
 
 @dataclass(frozen=True)
 class Fix:
-    """A suggested change: ``config`` maps dotted config keys to values; ``advice`` says why."""
+    """A suggested change: ``config`` maps dotted config keys to values; ``advice`` says why.
+
+    ``verified`` is ``{"steps", "before", "after", "ok"}`` when a control re-ran the fix (contract
+    §2, ``fix.verified``); None, and absent from the JSON, when nothing re-ran it.
+    """
 
     config: dict[str, Any] = field(default_factory=dict)
     advice: str = ""
+    verified: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["severity"] = self.severity.value
+        if self.fix.verified is None:  # the contract's key is absent when nothing re-ran the fix
+            del data["fix"]["verified"]
         return data
 
 

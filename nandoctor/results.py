@@ -30,7 +30,11 @@ def finding_from_dict(data: Mapping[str, Any]) -> Finding:
         title=data["title"],
         where=Where(**where),
         evidence=dict(data.get("evidence") or {}),
-        fix=Fix(config=dict(fix.get("config") or {}), advice=fix.get("advice", "")),
+        fix=Fix(
+            config=dict(fix.get("config") or {}),
+            advice=fix.get("advice", ""),
+            verified=dict(fix["verified"]) if fix.get("verified") else None,
+        ),
     )
 
 

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from nandoctor.measure.hooks import ACCUMULATE, module_names, ours, tag_graph
-from nandoctor.measure.ops import SOURCE_KEY, node_sources
+from nandoctor.measure.ops import SOURCE_KEY, node_sources, restore_rng
 from nandoctor.measure.trace import float_tensors
 
 _TAG = "nandoctor_module"
@@ -36,10 +36,37 @@ def _all_nodes(root: Any) -> list[Any]:
     return order
 
 
+def _bounded(torch: Any, grads: list[Any]) -> Any:
+    """Every value of ``grads`` squares to a finite number of its dtype."""
+    if not grads:
+        return torch.tensor(True)
+    return torch.stack(
+        [(g.abs().max() <= torch.finfo(g.dtype).max ** 0.5).cpu() if g.numel() else torch.tensor(True) for g in grads]
+    ).all()
+
+
 def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = None) -> dict[str, Any] | None:
     """Re-run one batch and return ``{"op", "module", "loss_side", "source"}`` for the first bad node.
 
     With ``component``, the search follows that loss component's gradient instead of the total's.
+    """
+    return gradient_origin(ctx, batch_index, component)[0]
+
+
+def gradient_origin(
+    ctx: Any,
+    batch_index: int,
+    component: str | None = None,
+    rng: tuple[Any, dict[Any, Any]] | None = None,
+    squares: bool = False,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """:func:`find_gradient_origin`, and in words why no node was found when none was.
+
+    ``rng``: the generator states the failing pass started from, so the re-run draws its dropout
+    masks (a step after training: the traced pass drew them, and other masks may not fail).
+    ``squares``: when every gradient is finite, find the node whose outgoing gradient first grows past
+    the square root of its dtype's largest value: its square overflows, so the gradient norm (what
+    clipping and the step's NaN check read) is Inf while each gradient is finite (``"norm_overflow"``).
     """
     import torch
 
@@ -47,6 +74,7 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
     names = module_names(model)
     running: list[str] = []
     records: list[tuple[str, str, Any, Any, str | None]] = []
+    bounded: list[list[Any]] = []  # per record: incoming, outgoing below sqrt(dtype max) (``squares``)
 
     def pre_hook(module, args, kwargs):
         tag_graph(_grad_fns(float_tensors((args, kwargs))), _TAG, running[-1] if running else _LOSS)
@@ -71,11 +99,17 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
                         node.metadata.get(SOURCE_KEY),
                     )
                 )
+                if squares:
+                    bounded.append(
+                        [_bounded(torch, [g for g in grads if g is not None]) for grads in (grad_outputs, grad_inputs)]
+                    )
 
         return record
 
     for param in model.parameters():
         param.grad = None
+    if rng is not None:
+        restore_rng(rng)
     with ExitStack() as hooks:
         for module in model.modules():
             hooks.enter_context(module.register_forward_pre_hook(ours(pre_hook), with_kwargs=True))
@@ -84,7 +118,7 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
         result = ctx.loss(batch)
     loss = result.components[component] if component is not None else result.total
     if loss.grad_fn is None:
-        return None
+        return None, "the loss has no autograd graph to search"
     tag_graph([loss.grad_fn], _TAG, _LOSS)
     with ExitStack() as hooks:
         for node in _all_nodes(loss.grad_fn):
@@ -92,8 +126,8 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
                 hooks.enter_context(node.register_hook(ours(node_hook(node))))
         try:
             loss.backward()
-        except Exception:  # the cheap pass already reported backward crashes
-            return None
+        except Exception as exc:  # the cheap pass already reported backward crashes
+            return None, f"the re-run backward raised {type(exc).__name__}"
     flags = (
         torch.stack(
             [
@@ -108,5 +142,27 @@ def find_gradient_origin(ctx: Any, batch_index: int, component: str | None = Non
     )
     for (op, tag, _, _, source), (incoming_ok, outgoing_ok) in zip(records, flags):
         if incoming_ok and not outgoing_ok:
-            return {"op": op, "module": None if tag == _LOSS else tag, "loss_side": tag == _LOSS, "source": source}
-    return None
+            return {
+                "op": op,
+                "module": None if tag == _LOSS else tag,
+                "loss_side": tag == _LOSS,
+                "source": source,
+            }, None
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if squares and bounded:
+        small = torch.stack([torch.stack(pair).to(loss.device) for pair in bounded]).tolist()
+        for (op, tag, _, _, source), (incoming_ok, outgoing_ok) in zip(records, small):
+            if incoming_ok and not outgoing_ok:
+                return {
+                    "op": op,
+                    "module": None if tag == _LOSS else tag,
+                    "loss_side": tag == _LOSS,
+                    "source": source,
+                    "norm_overflow": True,
+                }, None
+    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        return None, (
+            "every autograd op passed on finite gradients: they turned non-finite only where autograd "
+            "summed them into a parameter's .grad"
+        )
+    return None, "the re-run of this batch's backward gave finite gradients (it did not fail again)"

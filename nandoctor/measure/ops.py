@@ -280,13 +280,29 @@ def _first_made(ops: list[_Op], values: list[list[bool]]) -> tuple[int, str] | N
     return None
 
 
+def restore_rng(rng: tuple[Any, dict[Any, Any]]) -> None:
+    """Put back the CPU and CUDA generator states of ``measure.stats.rng_state``: a re-run of a step
+    draws the dropout masks the step drew (another mask may not make the NaN at all)."""
+    import torch
+
+    torch.random.set_rng_state(rng[0])
+    for device, state in rng[1].items():
+        torch.cuda.set_rng_state(state, device)
+
+
 def locate_nonfinite_op(
-    ctx: Any, batch_index: int, autocast: Any = None, precision: str | None = None, component: str | None = None
+    ctx: Any,
+    batch_index: int,
+    autocast: Any = None,
+    precision: str | None = None,
+    component: str | None = None,
+    rng: tuple[Any, dict[Any, Any]] | None = None,
 ) -> OpPass:
     """Run the loss on one cached batch under the op watch; name the op that made NaN/Inf.
 
     The walk starts at the loss (or ``component``); without a non-finite one, at the first op
-    that made non-finite values from finite inputs.
+    that made non-finite values from finite inputs. ``rng``: the generator states the failing
+    pass started from (a step after training); without it, the run's seed (a step-0 pass).
     """
     import torch
 
@@ -294,7 +310,10 @@ def locate_nonfinite_op(
     result = OpPass(batch=batch_index, autocast=precision)
     watch = _Watch(model)
     model.train()
-    torch.manual_seed(ctx.settings.seed)
+    if rng is None:
+        torch.manual_seed(ctx.settings.seed)
+    else:
+        restore_rng(rng)
     loss = None
     with ExitStack() as stack:
         stack.enter_context(watch.hooks(model))

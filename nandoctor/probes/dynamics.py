@@ -145,6 +145,9 @@ class DynamicsProbe(Probe):
         except StepRaised as raised:  # the user's step, not ours: the run stops there, as the steps probe's does
             return ProbeResult([], {"stopped": raised.failure.text}, incomplete=f"a training {raised.failure.text}")
         best, why = recommend(sweep, settings)
+        ctx.shared["sweep_recommended_lr"] = (
+            best.lr if best is not None else None
+        )  # the steps probe's lower-rate control
         raw: dict[str, Any] = {"user_lr": setup.lr, **sweep_summary(sweep, best, why)}
         lr_findings = self._lr(ctx, sweep, best, why)
         # which rate "wins" on noise says nothing: a control that finds no signal drops the warnings

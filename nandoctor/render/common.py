@@ -39,6 +39,16 @@ def evidence_line(evidence: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def verified_text(verified: dict[str, Any] | None) -> str | None:
+    """``fix.verified`` in words: a control re-ran the fix; what it measured before and after."""
+    if not verified:
+        return None
+    before, after = (number(verified.get(k)) if verified.get(k) is not None else "none" for k in ("before", "after"))
+    return (
+        f"{'ok' if verified.get('ok') else 'NOT fixed'} in a {verified.get('steps')}-step re-run: {before} -> {after}"
+    )
+
+
 def where_text(where: dict[str, Any]) -> str:
     parts = [f"{k}={v!r}" for k, v in where.items() if v is not None]
     return ", ".join(parts) if parts else "-"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.render.common import batches_line, not_run, number, skipped_for_facts, tables, where_text
+from nandoctor.render.common import batches_line, not_run, number, skipped_for_facts, tables, verified_text, where_text
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -37,6 +37,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines += ["", "```yaml"] + [f"{k}: {v}" for k, v in f["fix"]["config"].items()] + ["```"]
             if f["fix"]["advice"]:
                 lines += ["", f"**Fix:** {f['fix']['advice']}"]
+            verified = verified_text(f["fix"].get("verified"))
+            if verified:
+                lines += ["", f"**Verified:** {verified}"]
     if missed:
         lines += ["", "**Not run (the report is incomplete):**", ""] + [f"- `{n}`: {why}" for n, why in missed.items()]
     skipped = skipped_for_facts(report)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from nandoctor.render.common import batches_line, evidence_line, not_run, number, skipped_for_facts, tables, where_text
+from nandoctor.render.common import (
+    batches_line,
+    evidence_line,
+    not_run,
+    number,
+    skipped_for_facts,
+    tables,
+    verified_text,
+    where_text,
+)
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -28,6 +37,9 @@ def render_text(report: dict[str, Any]) -> str:
             lines.append("   config:   " + ", ".join(f"{k}: {number(v)}" for k, v in finding["fix"]["config"].items()))
         if finding["fix"]["advice"]:
             lines.append(f"   fix:      {finding['fix']['advice']}")
+        verified = verified_text(finding["fix"].get("verified"))
+        if verified:
+            lines.append(f"   verified: {verified}")
         for explained in finding["evidence"].get("explains", []):
             lines.append(f"   explains: {explained['code']}: {explained['title']}")
     lines += tables(report)
