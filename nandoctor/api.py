@@ -147,8 +147,10 @@ def caller_state_kept(spec: SpecLike) -> Iterator[None]:
 
 
 def _settings(settings: str | Path | Mapping[str, Any] | None, explicit: dict[str, Any]) -> Any:
-    from nandoctor.settings import load_settings
+    from nandoctor.settings import Settings, load_settings
 
+    if isinstance(settings, Settings):  # built already: the explicit keywords still win
+        settings = settings.as_dict()
     if isinstance(settings, Mapping):
         return load_settings(None, {**dict(settings), **{k: v for k, v in explicit.items() if v is not None}})
     return load_settings(None if settings is None else str(settings), explicit)

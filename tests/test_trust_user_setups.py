@@ -134,3 +134,12 @@ def test_a_training_step_that_raises_stops_the_run_the_same_way_everywhere():
     assert "step 1 raised ValueError: the weights moved" in report["probes"]["steps"]["stopped"]
     sweep = _invoke("lr-sweep", spec)
     assert sweep.exit_code == 2 and "raised ValueError: the weights moved (lr 0.001, step 1" in sweep.stderr
+
+
+def test_the_api_takes_built_settings_as_it_takes_a_mapping():
+    from nandoctor.settings import Settings
+
+    report = nandoctor.diagnose(HEALTHY, quick=True, settings=Settings(batches=2), progress=False)
+    assert report.coverage["batches_checked"] == 2
+    with pytest.raises(UsageError, match="at least 1"):
+        nandoctor.diagnose(HEALTHY, quick=True, settings=Settings(batches=2), batches=0, progress=False)
