@@ -140,29 +140,26 @@ def gradient_origin(
         if records
         else []
     )
-    for (op, tag, _, _, source), (incoming_ok, outgoing_ok) in zip(records, flags):
-        if incoming_ok and not outgoing_ok:
-            return {
-                "op": op,
-                "module": None if tag == _LOSS else tag,
-                "loss_side": tag == _LOSS,
-                "source": source,
-            }, None
+    found = _first_break(records, flags)
+    if found is not None:
+        return found, None
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if squares and bounded:
         small = torch.stack([torch.stack(pair).to(loss.device) for pair in bounded]).tolist()
-        for (op, tag, _, _, source), (incoming_ok, outgoing_ok) in zip(records, small):
-            if incoming_ok and not outgoing_ok:
-                return {
-                    "op": op,
-                    "module": None if tag == _LOSS else tag,
-                    "loss_side": tag == _LOSS,
-                    "source": source,
-                    "norm_overflow": True,
-                }, None
+        found = _first_break(records, small)
+        if found is not None:
+            return dict(found, norm_overflow=True), None
     if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
         return None, (
             "every autograd op passed on finite gradients: they turned non-finite only where autograd "
             "summed them into a parameter's .grad"
         )
     return None, "the re-run of this batch's backward gave finite gradients (it did not fail again)"
+
+
+def _first_break(records: list[Any], flags: list[Any]) -> dict[str, Any] | None:
+    """The first op whose incoming gradients pass the check and whose outgoing ones do not."""
+    for (op, tag, _, _, source), (incoming_ok, outgoing_ok) in zip(records, flags):
+        if incoming_ok and not outgoing_ok:
+            return {"op": op, "module": None if tag == _LOSS else tag, "loss_side": tag == _LOSS, "source": source}
+    return None
