@@ -88,22 +88,25 @@ def _replayed(path):
     return json.loads(result.stdout)
 
 
-def test_lightning_fit_is_stopped_at_the_nan_and_replayed(tmp_path, monkeypatch):
-    pl = pytest.importorskip("pytorch_lightning")
-    from torch.utils.data import DataLoader
-
-    from nandoctor.integrations.lightning import NanGuardCallback
-
+def _lightning_module(tmp_path, monkeypatch):
+    """models.py and lit.py written beside each other; (models' namespace, a seeded Module)."""
     models = _write(tmp_path)
     (tmp_path / "lit.py").write_text(LIGHTNING)
     monkeypatch.syspath_prepend(str(tmp_path))  # lit.py imports its sibling models.py
     monkeypatch.delitem(sys.modules, "models", raising=False)
     namespace: dict = {}
     exec(compile(LIGHTNING, str(tmp_path / "lit.py"), "exec"), namespace)
-    Module = namespace["Module"]
-
     torch.manual_seed(0)
-    module = Module()
+    return models, namespace["Module"]()
+
+
+def test_lightning_fit_is_stopped_at_the_nan_and_replayed(tmp_path, monkeypatch):
+    pl = pytest.importorskip("pytorch_lightning")
+    from torch.utils.data import DataLoader
+
+    from nandoctor.integrations.lightning import NanGuardCallback
+
+    models, module = _lightning_module(tmp_path, monkeypatch)
     spec = f"{tmp_path / 'lit.py'}:build"
     callback = NanGuardCallback(path=str(tmp_path / "capture.pt"), check_every=4, spec=spec)
     trainer = pl.Trainer(
@@ -167,14 +170,7 @@ def test_lightning_with_gradient_accumulation_keeps_every_micro_batch(tmp_path, 
     from nandoctor.guard.capture import MicroBatches
     from nandoctor.integrations.lightning import NanGuardCallback
 
-    models = _write(tmp_path)
-    (tmp_path / "lit.py").write_text(LIGHTNING)
-    monkeypatch.syspath_prepend(str(tmp_path))  # lit.py imports its sibling models.py
-    monkeypatch.delitem(sys.modules, "models", raising=False)
-    namespace: dict = {}
-    exec(compile(LIGHTNING, str(tmp_path / "lit.py"), "exec"), namespace)
-    torch.manual_seed(0)
-    module = namespace["Module"]()
+    models, module = _lightning_module(tmp_path, monkeypatch)
     callback = NanGuardCallback(path=str(tmp_path / "capture.pt"), check_every=2, spec=f"{tmp_path / 'lit.py'}:build")
     trainer = pl.Trainer(
         max_steps=30,
