@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Union
 
+from nandoctor.distributed import label as rank_label
 from nandoctor.errors import UsageError
 from nandoctor.results import FeatureStats, Report, SweepReport, finding_from_dict
 from nandoctor.spec import Overrides, SpecLike, load, spec_label, stderr_progress
@@ -38,7 +39,12 @@ Progress = Union[bool, Callable[[str], None]]
 def progress_printer(progress: Progress) -> Callable[[str], None]:
     if callable(progress):
         return progress
-    return stderr_progress if progress else (lambda message: None)
+    return labelled_progress if progress else (lambda message: None)
+
+
+def labelled_progress(message: str) -> None:
+    """Progress on stderr; under torchrun each line says its rank."""
+    stderr_progress(rank_label(message))
 
 
 class _Lines:
@@ -199,14 +205,17 @@ def diagnose(
     """
     import time
 
+    from nandoctor.distributed import process_group
     from nandoctor.probes import training_probes
+    from nandoctor.ranks import merge_parts, on_every_rank
     from nandoctor.runner import build_report, run_probes, select_probes
 
     for label, count, least in (("steps", steps, 1), ("batches", batches, 1), ("seed", seed, 0)):
         _count(label, count, least)
     say = progress_printer(progress)
     start = time.monotonic()
-    with caller_state_kept(spec):
+    # under torchrun: every rank diagnoses its own batches; the ranks' results merge into one report
+    with process_group(), caller_state_kept(spec):
         chosen_settings = _settings(
             settings, {"batches": batches, "seed": seed, "amp_what_if": amp_what_if, "guard_steps": steps}
         )
@@ -214,15 +223,25 @@ def diagnose(
             _names("probes", probes), _names("skip", skip) + (training_probes() if quick else []), progress=say
         )
         config_values = _config(config)
-        setup = load(spec, overrides, chosen_settings.seed, say, name)
-        if config_values is not None:
-            setup.config = config_values
-        if budget_s is not None:  # the build function's time is part of the budget
-            took = time.monotonic() - start
-            if took > budget_s:
-                say(f"nandoctor: loading the spec took {took:.1f}s of the {budget_s:g}s budget")
-            budget_s = max(budget_s - took, 0.0)
-        parts = run_probes(setup, chosen_settings, chosen, progress=say, debug=debug, budget_s=budget_s)
+
+        def load_this_rank() -> Any:
+            nonlocal budget_s
+            setup = load(spec, overrides, chosen_settings.seed, say, name)
+            if config_values is not None:
+                setup.config = config_values
+            if budget_s is not None:  # the build function's time is part of the budget
+                took = time.monotonic() - start
+                if took > budget_s:
+                    say(f"nandoctor: loading the spec took {took:.1f}s of the {budget_s:g}s budget")
+                budget_s = max(budget_s - took, 0.0)
+            return setup
+
+        # every rank builds before any probes: a rank whose build raised stops all of them here
+        setup = on_every_rank(load_this_rank, local=True)
+        outcome = on_every_rank(
+            lambda: run_probes(setup, chosen_settings, chosen, progress=say, debug=debug, budget_s=budget_s)
+        )
+        parts = merge_parts(outcome, setup.wrappers) if isinstance(outcome, list) else outcome
         return build_report(name or spec_label(spec), parts)
 
 

@@ -20,6 +20,7 @@ import typer
 
 from nandoctor import __version__
 from nandoctor.descriptors import Descriptors, user_output_to_stderr
+from nandoctor.distributed import label, reporting_rank
 from nandoctor.errors import UsageError
 
 
@@ -36,14 +37,18 @@ class Exits:
     descriptors: Optional[Descriptors] = None  # descriptor 1 points at stderr while the user's code may run
 
     def emit(self, text: str) -> None:
-        """Print the command's output on the real stdout (inside the guard, prints go to stderr)."""
+        """Print the command's output on the real stdout (inside the guard, prints go to stderr);
+        under torchrun only rank 0 prints it."""
+        if not reporting_rank():
+            self.emitted = True
+            return
         with self.descriptors.ours() if self.descriptors is not None else nullcontext():
             typer.echo(text, file=self.stdout)  # type: ignore[arg-type]
         self.emitted = True
 
 
 def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"nandoctor: error: {message}", err=True)
+    typer.echo(label(f"nandoctor: error: {message}"), err=True)
     raise typer.Exit(code)
 
 
@@ -88,7 +93,7 @@ def guarded(
 
 
 def _error_exit(exits: Exits, kind: str, message: str, code: int) -> None:
-    typer.echo(f"nandoctor: error: {message}", err=True)
+    typer.echo(label(f"nandoctor: error: {message}"), err=True)
     _error_output(exits, kind, message)
     raise typer.Exit(code)
 
@@ -105,7 +110,7 @@ def error_report(spec: Optional[str], kind: str, message: str) -> dict:
 
 def _error_output(exits: Exits, kind: str, message: str) -> None:
     """The one JSON object (or JUnit XML) of an error exit, on stdout and in ``--out`` when it is safe."""
-    if exits.emitted or exits.fmt not in ("json", "junit"):
+    if exits.emitted or exits.fmt not in ("json", "junit") or not reporting_rank():
         return
     if exits.fmt == "json":
         from nandoctor.render.common import render_json
@@ -172,8 +177,9 @@ def check_writable(*paths: Optional[Path], inputs: Iterable[Path] = (), exits: O
 
 
 def write_output(path: Optional[Path], text: str) -> None:
-    """Write ``text`` to ``path``; a failure is said on stderr, and the report is printed anyway."""
-    if path is None:
+    """Write ``text`` to ``path``; a failure is said on stderr, and the report is printed anyway.
+    Under torchrun only rank 0 writes: the ranks hold the same merged report."""
+    if path is None or not reporting_rank():
         return
     try:
         path.write_text(text + "\n")

@@ -42,7 +42,8 @@ class Where:
     """Where a finding points: names as ``named_modules()`` / ``named_parameters()`` give them.
 
     ``op`` is the torch/autograd op, ``source`` the user's ``file.py:line``, ``batch`` and
-    ``sample`` the batch index in ``data`` and the sample inside it (findings about data).
+    ``sample`` the batch index in ``data`` and the sample inside it (findings about data), ``rank``
+    the process whose data or weights it is about under ``torchrun`` (None in one process).
     """
 
     module: str | None = None
@@ -53,6 +54,7 @@ class Where:
     source: str | None = None
     batch: int | None = None
     sample: int | None = None
+    rank: int | None = None  # the process rank under torchrun, for findings that differ by rank
 
 
 @dataclass(frozen=True)

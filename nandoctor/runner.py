@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 from nandoctor.batches import check_feature_names, read_batches, to_device
 from nandoctor.context import RunContext
+from nandoctor.distributed import active
 from nandoctor.errors import InternalError, UsageError, describe
 from nandoctor.probes import PROBES, with_dependencies
 from nandoctor.ranking import rank, verdict
@@ -27,7 +28,12 @@ def select_probes(
     for name in (only or []) + (skip or []):
         if name not in known:
             raise UsageError(f"unknown probe {name!r} (probes: {', '.join(known)})")
-    chosen = [p for p in PROBES if (not only or p.name in only) and p.name not in (skip or [])]
+    ranks = active()
+    chosen = [
+        p
+        for p in PROBES
+        if (not only or p.name in only) and p.name not in (skip or []) and (ranks or not p.needs_ranks)
+    ]
     if not chosen:  # a run that checks nothing must not pass as healthy
         asked = f"the chosen probes ({', '.join(only)})" if only else "every probe"
         raise UsageError(
@@ -172,6 +178,8 @@ def run_probes(
     with open_context(setup, settings, progress) as ctx:
         snapshot = run_snapshot(ctx)
         for number, probe_class in enumerate(probes, 1):
+            if probe_class.needs_ranks and not active():  # compares ranks: nothing to do in one process
+                continue
             probe = probe_class()
             missing = [fact.value for fact in probe.requires if not facts.get(fact, False)]
             if missing:  # a finding above explains why (the forward is NaN, the backward raised)
@@ -202,6 +210,7 @@ def run_probes(
         "batches_total": batches_total(setup.data),
         "probes_run": ran,
         "probes_not_run": not_run,
+        "ranks": 1,
     }
     return {"findings": rank(findings), "probes": raw, "coverage": coverage}
 
@@ -214,6 +223,7 @@ def build_report(spec: str, parts: dict[str, Any], **sections: Any) -> Report:
         "batches_total": None,
         "probes_run": [],
         "probes_not_run": {},
+        "ranks": 1,
     }
     return Report(
         spec=spec,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from nandoctor.distributed import plain_module, sharded
 from nandoctor.errors import UsageError, describe
 from nandoctor.overrides import Overrides, parse_overrides, parse_value  # noqa: F401 (re-exported)
 from nandoctor.user_code import _is_file_target, _user_frame, call_build, resolve_function, split_spec  # noqa: F401
@@ -56,6 +57,7 @@ class Setup:
     config: dict | None = None
     config_keys: dict[str, str] = field(default_factory=dict)
     device: Any = None
+    wrappers: tuple[str, ...] = ()  # taken off the model: DDP, torch.compile (nandoctor probes the module inside)
 
 
 def _as_mapping(result: Any, spec: str) -> dict[str, Any]:
@@ -208,6 +210,12 @@ def validate(result: Any, spec: str) -> Setup:
     model = mapping["model"]
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{spec}: 'model' must be a torch.nn.Module, got {type(model).__name__}")
+    model, wrappers = plain_module(model)
+    if sharded(model):
+        raise UsageError(
+            f"{spec}: the model's parameters are sharded (FSDP2 fully_shard): nandoctor probes the whole "
+            "model on every rank; return it before fully_shard (the same modules and weights) for the diagnosis"
+        )
     data = mapping["data"]
     if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
         raise UsageError(
@@ -240,6 +248,7 @@ def validate(result: Any, spec: str) -> Setup:
         config=dict(mapping["config"]) if mapping.get("config") is not None else None,
         config_keys=dict(mapping.get("config_keys") or {}),
         device=_resolve_device(mapping.get("device"), model, spec),
+        wrappers=tuple(wrappers),
     )
 
 

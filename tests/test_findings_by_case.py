@@ -35,7 +35,7 @@ def test_report_is_contract_shaped_plain_data(name, diagnose):
     report = diagnose(CASES[name].build())
     parsed = json.loads(render_json(report))  # strict JSON: NaN/Inf become strings
     assert set(parsed) == {"nandoctor_version", "spec", "verdict", "findings", "coverage", "probes"}
-    assert set(parsed["coverage"]) == {"batches_checked", "batches_total", "probes_run", "probes_not_run"}
+    assert set(parsed["coverage"]) == {"batches_checked", "batches_total", "probes_run", "probes_not_run", "ranks"}
     for finding in parsed["findings"]:
         assert finding["code"] in CODES
         assert finding["severity"] in ("critical", "warning", "info")
@@ -48,6 +48,7 @@ def test_report_is_contract_shaped_plain_data(name, diagnose):
             "source",
             "batch",
             "sample",
+            "rank",
         }
         assert set(finding["fix"]) == {"config", "advice"}
     assert render_text(report).startswith("nandoctor ")

@@ -63,6 +63,7 @@ LAYERS = [
         [
             "nandoctor",
             "nandoctor.errors",
+            "nandoctor.distributed",
             "nandoctor.findings",
             "nandoctor.state",
             "nandoctor.batches",
@@ -80,7 +81,10 @@ LAYERS = [
     ("ranking", ["nandoctor.ranking"]),
     ("render", ["nandoctor.render"]),
     ("results", ["nandoctor.results"]),
-    ("run", ["nandoctor.runner", "nandoctor.sweep_report", "nandoctor.scan", "nandoctor.guard.replay"]),
+    (
+        "run",
+        ["nandoctor.runner", "nandoctor.ranks", "nandoctor.sweep_report", "nandoctor.scan", "nandoctor.guard.replay"],
+    ),
     (
         "cli/api",
         [

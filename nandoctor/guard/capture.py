@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nandoctor.distributed import active, per_rank_path, plain_state, rank
 from nandoctor.errors import UsageError, first_line
 
 FORMAT = "nandoctor-capture"
@@ -136,14 +137,24 @@ def _as_tuples(value: Any) -> Any:
 
 
 def save_capture(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write atomically (a temporary file, then a rename): a crash never leaves half a capture."""
+    """Write atomically (a temporary file, then a rename): a crash never leaves half a capture.
+
+    Under torchrun each rank writes its own file (``nan_capture.rank1.pt``) and records its rank;
+    the weights are stored as the plain module names them (no ``module.``/``_orig_mod.`` prefix).
+    """
     import torch
 
-    target = Path(path)
+    target = per_rank_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".partial")
-    torch.save(dict(payload, format=FORMAT, version=VERSION), temporary)
+    temporary = target.with_name(f"{target.name}.{os.getpid()}.partial")  # unique: ranks never share one
+    if isinstance(payload.get("model"), dict):
+        payload = dict(payload, model=plain_state(payload["model"]))  # replays in one process, unwrapped
+    payload = dict(payload, format=FORMAT, version=VERSION)
+    if active():
+        payload["rank"] = rank()
+    torch.save(payload, temporary)
     os.replace(temporary, target)
+    load_capture(target)  # "capture written" only for a file that loads back
     return target
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from nandoctor.distributed import plain_module
 from nandoctor.guard.capture import plain, plain_step, rng_states, save_capture
 
 REASONS = {
@@ -318,13 +319,17 @@ class Guard:
             "spec": self.spec,
             "spec_args": plain(self.spec_args),
             "spec_folder": self.spec_folder,
-            "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+            "model_class": _class_name(plain_module(self.model)[0]),
             "optimizer_class": None
             if optimizer is None
             else f"{type(optimizer).__module__}.{type(optimizer).__qualname__}",
             "torch_version": str(torch.__version__),
         }
         return save_capture(self.path, payload)
+
+
+def _class_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def _first_float(output: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from nandoctor.batches import to_device
 from nandoctor.config import LR, fix_config
+from nandoctor.distributed import plain_state
 from nandoctor.errors import UsageError, first_line
 from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.guard.capture import MicroBatches, check_capture, load_capture, set_rng_states
@@ -80,7 +81,7 @@ def load_replay_setup(payload: dict[str, Any], spec: str, kwargs: dict[str, Any]
     """The spec's setup with the captured weights loaded."""
     setup = load(spec, kwargs, seed, progress=lambda message: None)
     try:
-        setup.model.load_state_dict(payload["model"])
+        setup.model.load_state_dict(plain_state(payload["model"]))
     except (RuntimeError, KeyError, TypeError) as exc:
         keys = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
         raise UsageError(

@@ -17,10 +17,12 @@ from nandoctor.probes.gradients import GradientsProbe
 from nandoctor.probes.inputs import InputsProbe
 from nandoctor.probes.labels import LabelsProbe
 from nandoctor.probes.parameters import ParametersProbe
+from nandoctor.probes.ranks import RanksProbe
 from nandoctor.probes.saturation import SaturationProbe
 from nandoctor.probes.steps import StepsProbe
 
 PROBES: list[type[Probe]] = [
+    RanksProbe,
     InputsProbe,
     ParametersProbe,
     LabelsProbe,

@@ -94,6 +94,7 @@ class Probe:
     codes: ClassVar[tuple[CodeDoc, ...]] = ()
     settings: ClassVar[tuple[Setting, ...]] = ()
     folds: ClassVar[tuple[Fold, ...]] = ()
+    needs_ranks: ClassVar[bool] = False  # compares ranks: chosen only under torchrun
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -1,0 +1,92 @@
+"""One report from every rank's results: the same merge on every rank, so every rank agrees.
+
+Each rank diagnoses its own batches. A finding every rank made is the run's (``where.rank`` is
+None); a finding only some ranks made names the first of them in ``where.rank`` and lists them
+all in ``evidence.ranks`` (a NaN in rank 1's shard, a rank whose inputs are scaled differently).
+A rank that failed (its build raised, its data was unreadable) fails the run on every rank with
+the same message, instead of leaving the others waiting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, replace
+from typing import Any
+
+from nandoctor.distributed import gather, world_size
+from nandoctor.errors import UsageError
+from nandoctor.findings import Finding
+from nandoctor.ranking import rank
+
+
+def on_every_rank(work: Any, local: bool = False) -> Any:
+    """``work()`` on this rank. Under torchrun, every rank's result in rank order (a list; with
+    ``local`` this rank's alone, after every rank finished), or the first failing rank's usage
+    error raised on all of them. In one process, ``work()``'s result alone."""
+    if world_size() == 1:
+        return work()
+    try:
+        result, outcome = work(), ("ok", None)
+    except UsageError as exc:
+        result, outcome = None, ("usage", str(exc))
+    outcomes = gather(outcome if local else (outcome[0], result if outcome[0] == "ok" else outcome[1]))
+    for number, (kind, value) in enumerate(outcomes):
+        if kind == "usage":
+            raise UsageError(f"rank {number}: {value}")
+    return result if local else [value for _, value in outcomes]
+
+
+def _key(finding: Finding) -> tuple:
+    return (finding.code, astuple(replace(finding.where, rank=None)))
+
+
+def merge_findings(per_rank: list[list[Finding]]) -> list[Finding]:
+    """Every rank's findings once: a finding of every rank as it is, one of some ranks with its rank."""
+    seen: dict[tuple, list[tuple[int, Finding]]] = {}
+    for number, findings in enumerate(per_rank):
+        for finding in findings:
+            seen.setdefault(_key(finding), []).append((number, finding))
+    merged = []
+    for found in seen.values():
+        ranks = sorted({number for number, _ in found})
+        number, finding = found[0]
+        if len(ranks) < len(per_rank):
+            where = replace(finding.where, rank=finding.where.rank if finding.where.rank is not None else number)
+            finding = replace(finding, where=where, evidence={**finding.evidence, "ranks": ranks})
+        merged.append(finding)
+    return rank(merged)
+
+
+def merge_parts(per_rank: list[dict[str, Any]], wrappers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The report parts of a run under torchrun from each rank's parts (``runner.run_probes``)."""
+    coverages = [parts["coverage"] for parts in per_rank]
+    totals = [c["batches_total"] for c in coverages]
+    not_run: dict[str, str] = {}
+    for number, coverage in enumerate(coverages):
+        for probe, why in coverage["probes_not_run"].items():
+            not_run.setdefault(probe, why if number == 0 else f"rank {number}: {why}")
+    coverage = {
+        "batches_checked": sum(c["batches_checked"] or 0 for c in coverages),
+        "batches_total": None if any(t is None for t in totals) else sum(totals),
+        "probes_run": [p for p in coverages[0]["probes_run"] if all(p in c["probes_run"] for c in coverages)],
+        "probes_not_run": not_run,
+        "ranks": len(per_rank),
+    }
+    probes = dict(per_rank[0]["probes"])
+    probes["distributed"] = {
+        "ranks": len(per_rank),
+        "wrappers": list(wrappers),
+        "per_rank": [
+            {"rank": number, "findings": [f.code for f in parts["findings"]], "batches_checked": c["batches_checked"]}
+            for number, (parts, c) in enumerate(zip(per_rank, coverages))
+        ],
+        "batch": (
+            f"each rank was diagnosed on its own batches; the rates judged are for one rank's batch, while "
+            f"training under DDP averages the gradients of {len(per_rank)} of them (effective batch "
+            f"{len(per_rank)} x the per-rank batch)"
+        ),
+    }
+    return {
+        "findings": merge_findings([parts["findings"] for parts in per_rank]),
+        "probes": probes,
+        "coverage": coverage,
+    }

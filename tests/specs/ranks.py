@@ -1,0 +1,87 @@
+"""Build functions meant for ``torchrun --nproc_per_node=2``: each rank builds its own shard.
+
+In one process (no launcher) they build the single-rank setup, so the same file serves both.
+"""
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def blobs(seed: int, count: int = 5, size: int = 48):
+    g = torch.Generator().manual_seed(seed)
+    centers = 2.0 * torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    batches = []
+    for _ in range(count):
+        labels = torch.randint(0, 4, (size,), generator=g)
+        batches.append((centers[labels] + torch.randn(size, 16, generator=g), labels))
+    return batches
+
+
+def ce(model, batch):
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def ddp(nan_on_rank: int = -1, lr: float = 1e-3):
+    """An MLP wrapped in DDP, every rank its own shard; ``nan_on_rank`` puts one NaN in that rank's first batch."""
+    torch.manual_seed(0)
+    model = mlp()
+    if dist.is_initialized():
+        model = DistributedDataParallel(model)
+    data = blobs(seed=1 + _rank())
+    if _rank() == nan_on_rank:
+        x, y = data[0]
+        x = x.clone()
+        x[3, 2] = float("nan")
+        data[0] = (x, y)
+    return {"model": model, "data": data, "loss": ce, "lr": lr}
+
+
+def seed_per_rank():
+    """No DDP (gradients all-reduced by hand in the user's loop), seeded with the rank: ranks differ."""
+    torch.manual_seed(_rank())
+    return {"model": mlp(), "data": blobs(seed=1 + _rank()), "loss": ce}
+
+
+def one_seed():
+    torch.manual_seed(0)
+    return {"model": mlp(), "data": blobs(seed=1 + _rank()), "loss": ce}
+
+
+class Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(100, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).mean(1))
+
+
+def ids_beyond_vocab(vocab_ids: int = 120):
+    """Token ids up to ``vocab_ids`` into a 100-row embedding, wrapped in DDP."""
+    torch.manual_seed(0)
+    model = Tokens()
+    if dist.is_initialized():
+        model = DistributedDataParallel(model)
+    g = torch.Generator().manual_seed(_rank())
+    data = [
+        (torch.randint(0, vocab_ids, (16, 8), generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(3)
+    ]
+    return {"model": model, "data": data, "loss": ce}
+
+
+def raises_on_rank_1():
+    if _rank() == 1:
+        raise RuntimeError("no data shard for rank 1")
+    return one_seed()

@@ -1,0 +1,124 @@
+"""nandoctor under ``torchrun --nproc_per_node=2`` on the CPU (gloo): one report, per-rank evidence.
+
+Every run has a hard timeout: a deadlock fails the test instead of hanging CI.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.ranks import RANK_CASES
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = "tests/specs/ranks.py"
+
+
+def torchrun(*args, timeout=240, tmp_path=None):
+    """``torchrun --nproc_per_node=2 -m nandoctor ARGS``: (exit code, stdout, stderr)."""
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NANDOCTOR_RANK_TIMEOUT": "60", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "nandoctor", *[str(a) for a in args]]
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as stuck:
+        pytest.fail(f"torchrun did not finish in {timeout}s (a rank waits on another): {stuck.stderr}")
+    return done.returncode, done.stdout, done.stderr
+
+
+def report_of(stdout: str) -> dict:
+    return json.loads(stdout)  # one JSON object: only rank 0 prints
+
+
+def test_a_healthy_ddp_model_is_one_healthy_report_written_once(tmp_path):
+    out = tmp_path / "report.json"
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:ddp", "--format", "json", "--out", out)
+    report = report_of(stdout)
+    assert code == 0, stderr[-3000:]
+    assert report["verdict"] == "healthy", [(f["code"], f["title"]) for f in report["findings"]]
+    assert report["coverage"]["ranks"] == 2 and report["coverage"]["batches_checked"] == 8
+    assert report["probes"]["distributed"]["wrappers"] == ["DistributedDataParallel"]
+    assert "[rank 1] nandoctor:" in stderr and "[rank 0] nandoctor:" in stderr
+    assert json.loads(out.read_text()) == report
+
+
+def test_a_nan_in_one_ranks_shard_names_that_rank():
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:ddp", "--set", "nan_on_rank=1", "--format", "json")
+    report = report_of(stdout)
+    top = report["findings"][0]
+    assert code == 1, stderr[-3000:]
+    assert top["code"] == "nonfinite_input" and top["where"]["rank"] == 1 and top["evidence"]["ranks"] == [1]
+    assert top["where"]["feature"] == "0[2]" and top["evidence"]["nan"] == 1
+
+
+def test_a_bug_found_in_one_process_is_the_same_top_finding_under_ddp(diagnose):
+    from tests.specs import ranks
+
+    alone = diagnose(ranks.ids_beyond_vocab())
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:ids_beyond_vocab", "--format", "json")
+    together = report_of(stdout)
+    assert code == 1, stderr[-3000:]
+    assert together["findings"][0]["code"] == alone["findings"][0]["code"] == "index_out_of_range"
+    assert together["findings"][0]["where"]["module"] == alone["findings"][0]["where"]["module"] == "embed"
+
+
+@pytest.mark.parametrize("name", sorted(RANK_CASES))
+def test_rank_cases_raise_their_code_and_their_twin_is_healthy(name):
+    case = RANK_CASES[name]
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:{case.build.__name__}", "--format", "json")
+    top = report_of(stdout)["findings"][0]
+    assert code == 1, stderr[-3000:]
+    assert top["code"] == case.code and {k: top["where"][k] for k in case.where} == case.where
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:{case.twin.__name__}", "--format", "json")
+    assert code == 0 and report_of(stdout)["verdict"] == "healthy", stdout[:2000]
+
+
+def test_a_build_that_raises_on_one_rank_stops_every_rank_with_one_error():
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:raises_on_rank_1", "--format", "json", "--quick")
+    error = report_of(stdout)
+    assert code != 0 and "exitcode  : 2" in stderr  # torchrun exits 1 when a rank fails; the ranks exit 2
+    assert error["verdict"] == "error" and error["error"]["message"].startswith("rank 1: ")
+    assert "no data shard for rank 1" in error["error"]["message"] and "Traceback" not in stderr.split("torch")[0]
+
+
+def test_in_one_process_the_ranks_probe_is_not_chosen_and_where_rank_is_null(diagnose):
+    from tests.specs import ranks
+
+    report = diagnose(ranks.ddp(nan_on_rank=0))
+    assert "ranks" not in report["coverage"]["probes_run"] and report["coverage"]["ranks"] == 1
+    assert report["findings"][0]["where"]["rank"] is None
+
+
+def test_guard_writes_one_capture_per_rank_that_replays_in_one_process(tmp_path):
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["tests/specs/ranks_train.py", str(tmp_path / "capture.pt")]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["capture.rank0.pt", "capture.rank1.pt"]
+    # the rank whose own loss went NaN is where it started; the other saw it arrive in its gradients
+    assert "rank 1 tripped {'reason': 'nonfinite_loss'" in done.stderr
+    assert "rank 0 tripped {'reason': 'nonfinite_grad'" in done.stderr
+    import torch
+
+    capture = torch.load(tmp_path / "capture.rank1.pt", weights_only=False)
+    assert capture["rank"] == 1 and not any(k.startswith("module.") for k in capture["model"])
+    replay = subprocess.run(
+        [sys.executable, "-m", "nandoctor", "replay", str(tmp_path / "capture.rank1.pt"), "--trust-spec"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert replay.returncode == 1 and "nonfinite_input" in replay.stdout, replay.stderr[-2000:]
