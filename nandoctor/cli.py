@@ -313,14 +313,17 @@ def scan(
         check_writable(out, exits=exits)
         if (max_batches is not None and max_batches < 1) or not extreme_factor > 1:
             raise UsageError("--max-batches must be at least 1 and --extreme-factor above 1")
+        from nandoctor.distributed import process_group, reporting_rank
         from nandoctor.spec import load
 
-        setup = load(spec, set_, seed or 0)
-        result = {
-            "nandoctor_version": __version__,
-            "spec": spec,
-            **run_scan(setup, max_batches, with_backward, extreme_factor, ProgressBar(sys.stderr)),
-        }
+        with process_group():  # under torchrun each rank scans its share; rank 0 prints them all
+            setup = load(spec, set_, seed or 0)
+            bar = ProgressBar(sys.stderr) if reporting_rank() else (lambda *progress: None)
+            result = {
+                "nandoctor_version": __version__,
+                "spec": spec,
+                **run_scan(setup, max_batches, with_backward, extreme_factor, bar),
+            }
         from nandoctor.render.common import render_json
         from nandoctor.render.scan import render_scan
 

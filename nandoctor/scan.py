@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nandoctor.batches import iter_tensors, loader_error, to_device
+from nandoctor.distributed import gather, rank, world_size
 from nandoctor.errors import UsageError, describe
 from nandoctor.findings import Finding, Fix, Severity, Where
 from nandoctor.loss import compute_loss
@@ -262,6 +263,17 @@ def _plain_batch_size(data: Any) -> int | None:
     return None
 
 
+def _share(data: Any) -> tuple[int, int]:
+    """(stride, offset): under torchrun each rank checks every world-size-th batch, so every batch is
+    checked once; a loader the user already shards per rank (a ``DistributedSampler``) is read whole."""
+    if world_size() == 1:
+        return 1, 0
+    sampler = getattr(data, "sampler", None)
+    if type(sampler).__name__ == "DistributedSampler":
+        return 1, 0
+    return world_size(), rank()
+
+
 def run_scan(
     setup: Any,
     max_batches: int | None,
@@ -278,20 +290,25 @@ def run_scan(
         total = min(total, max_batches) if total is not None else max_batches
     scanner = Scanner(setup, extreme_factor, with_backward)
     scanned, interrupted, queue, stopped = 0, False, [], None
+    stride, mine = _share(setup.data)
+    index = 0  # of the batch in the whole data; this rank checks every stride-th one
     start = time.monotonic()
     with preserved_everything(setup.model), on_device(setup.model, setup.device):
         setup.model.train()
         try:
             iterator = iter(setup.data)
-            while max_batches is None or scanned < max_batches:
+            while max_batches is None or index < max_batches:
                 try:
                     batch = next(iterator)
                 except StopIteration:
                     break
                 except (Exception, SystemExit) as exc:  # the user's dataset raised: theirs, and the scan ends here
-                    stopped = _data_error(setup.data, scanned, exc)
+                    stopped = _data_error(setup.data, index, exc)
                     break
-                queue.append(_check_batch(setup, scanned, to_device(batch, setup.device), with_backward))
+                index += 1
+                if (index - 1) % stride != mine:  # another rank's batch
+                    continue
+                queue.append(_check_batch(setup, index - 1, to_device(batch, setup.device), with_backward))
                 scanned += 1
                 if len(queue) >= READ_BACK_EVERY:
                     full, queue = queue, []
@@ -300,20 +317,28 @@ def run_scan(
         except KeyboardInterrupt:
             interrupted = True
         scanner.judge(queue)
+    problems, samples = scanner.problems, scanner.samples
+    if world_size() > 1:  # every rank's part, gathered: every rank returns the same result
+        parts = gather((scanned, samples, problems, stopped, interrupted))
+        scanned, samples = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        problems = sorted((q for p in parts for q in p[2]), key=lambda q: (q.batch, q.sample is None, q.sample or 0))
+        stopped = next((p[3] for p in parts if p[3] is not None), None)
+        interrupted = any(p[4] for p in parts)
     seconds = time.monotonic() - start
     progress(scanned, total, True)
     return {
         "batches_scanned": scanned,
         "batches_total": total,
-        "samples_scanned": scanner.samples,
+        "samples_scanned": samples,
+        "ranks": world_size(),
         "seconds": seconds,
         "batches_per_s": scanned / seconds if seconds > 0 else None,
         "interrupted": interrupted,
         "stopped": stopped,
         "with_backward": with_backward,
-        "findings": [f.to_dict() for f in findings_of(scanner.problems)],
-        "problems": [vars(p) for p in scanner.problems[:MAX_LISTED]],
-        "problems_total": len(scanner.problems),
+        "findings": [f.to_dict() for f in findings_of(problems)],
+        "problems": [vars(p) for p in problems[:MAX_LISTED]],
+        "problems_total": len(problems),
     }
 
 

@@ -122,3 +122,12 @@ def test_guard_writes_one_capture_per_rank_that_replays_in_one_process(tmp_path)
         timeout=180,
     )
     assert replay.returncode == 1 and "nonfinite_input" in replay.stdout, replay.stderr[-2000:]
+
+
+def test_scan_splits_the_batches_across_ranks_and_lists_them_all_once():
+    code, stdout, stderr = torchrun("scan", f"{SPECS}:whole_dataset", "--format", "json")
+    result = json.loads(stdout)
+    assert code != 0 and "exitcode  : 1" in stderr  # something was found: every rank exits 1
+    assert result["ranks"] == 2 and result["batches_scanned"] == 6 and result["samples_scanned"] == 6 * 48
+    (finding,) = result["findings"]
+    assert finding["code"] == "nonfinite_input" and (finding["where"]["batch"], finding["where"]["sample"]) == (3, 5)

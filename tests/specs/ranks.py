@@ -85,3 +85,14 @@ def raises_on_rank_1():
     if _rank() == 1:
         raise RuntimeError("no data shard for rank 1")
     return one_seed()
+
+
+def whole_dataset():
+    """The same six batches on every rank (nothing sharded): batch 3, sample 5 holds a NaN."""
+    torch.manual_seed(0)
+    data = blobs(seed=7, count=6)
+    x, y = data[3]
+    x = x.clone()
+    x[5, 1] = float("nan")
+    data[3] = (x, y)
+    return {"model": mlp(), "data": data, "loss": ce}
