@@ -13,20 +13,24 @@ from nandoctor.probes.components import ComponentsProbe
 from nandoctor.probes.dead_units import DeadUnitsProbe
 from nandoctor.probes.dynamics import DynamicsProbe
 from nandoctor.probes.forward import ForwardProbe
+from nandoctor.probes.gradient_path import GradientPathProbe
 from nandoctor.probes.gradients import GradientsProbe
 from nandoctor.probes.inputs import InputsProbe
 from nandoctor.probes.labels import LabelsProbe
 from nandoctor.probes.parameters import ParametersProbe
 from nandoctor.probes.saturation import SaturationProbe
 from nandoctor.probes.steps import StepsProbe
+from nandoctor.probes.targets import TargetsProbe
 
 PROBES: list[type[Probe]] = [
     InputsProbe,
     ParametersProbe,
     LabelsProbe,
+    TargetsProbe,
     ForwardProbe,
     AmpProbe,
     BackwardProbe,
+    GradientPathProbe,
     ComponentsProbe,
     ActivationsProbe,
     SaturationProbe,
