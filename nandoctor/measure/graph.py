@@ -24,6 +24,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from nandoctor.measure.activity import RELU_FAMILY
 from nandoctor.measure.hooks import ACCUMULATE, module_names, ours
 from nandoctor.measure.ops import is_user_file, user_source
 
@@ -197,7 +198,11 @@ def _group(cut: list[str], named: dict, calls: list, entered: list, reaches_noth
 
 
 def _fixed_point(ctx: Any, batch_index: int, named: dict, zero: list[str]) -> tuple[list[str], list[str]]:
-    """Zero-valued parameters whose gradient stays exactly zero after the others take a small step."""
+    """Zero-valued parameters whose gradient stays exactly zero after the others take a small step.
+
+    Not when a ReLU receives all-zero inputs and a gradient at its output: a zeroed layer before a
+    ReLU sits at the ReLU's kink, the dead_units probe's case, not a product of zero factors.
+    """
     import torch
 
     candidates = [n for n in zero if n in named and not bool(named[n].detach().any())]
@@ -212,8 +217,24 @@ def _fixed_point(ctx: Any, batch_index: int, named: dict, zero: list[str]) -> tu
             param.add_(torch.sign(grad), alpha=-scale)
     for param in named.values():
         param.grad = None
-    total = ctx.loss(ctx.batches[batch_index]).total
-    if total.requires_grad:
-        total.backward()
+    kinks: list[tuple[Any, list[Any]]] = []  # (input all zero, [gradient at the output non-zero])
+
+    def at_relu(module: Any, args: tuple, output: Any) -> None:
+        if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
+            return
+        flags: list[Any] = []
+        kinks.append((~args[0].detach().any(), flags))
+        if output.requires_grad:
+            output.register_hook(lambda grad: flags.append(grad.detach().any()))
+
+    with ExitStack() as stack:
+        for module in ctx.model.modules():
+            if type(module).__name__ in RELU_FAMILY:
+                stack.enter_context(module.register_forward_hook(ours(at_relu)))
+        total = ctx.loss(ctx.batches[batch_index]).total
+        if total.requires_grad:
+            total.backward()
+    if any(bool(zero_input) and any(bool(f) for f in flags) for zero_input, flags in kinks):
+        return [], list(zero)
     still = [n for n in candidates if named[n].grad is None or not bool(named[n].grad.detach().any())]
     return still, [n for n in zero if n not in still]
