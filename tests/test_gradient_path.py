@@ -151,3 +151,16 @@ def test_log_target_kl_and_integer_label_smoothing_stay_clean(diagnose):
 
     report = diagnose({"model": model, "data": _classes(), "loss": loss}, probes=QUICK)
     assert "target_out_of_range" not in _codes(report), report["findings"]
+
+
+def test_a_zeroed_layer_before_a_relu_is_dead_units_with_the_specific_advice(diagnose):
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    nn.init.zeros_(model[0].weight)
+    nn.init.zeros_(model[0].bias)
+    report = diagnose(
+        {"model": model, "data": _classes(), "loss": lambda m, b: F.cross_entropy(m(b[0]), b[1])}, probes=QUICK
+    )
+    top = report["findings"][0]
+    assert top["code"] == "dead_units" and top["where"]["module"] == "1"
+    assert "zero-initialised" in top["fix"]["advice"]
+    assert "no_gradient_path" not in _codes(report)

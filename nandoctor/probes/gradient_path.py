@@ -66,9 +66,14 @@ class GradientPathProbe(Probe):
     )
 
     def run(self, ctx: RunContext) -> ProbeResult:
-        traces = [t for t in traced(ctx) if t.crash is None]
+        # a backward that raised (an in-place op) left every gradient None: that is no cut
+        traces = [
+            t
+            for t in traced(ctx)
+            if t.crash is None and (t.backward_error is None or "does not require grad" in t.backward_error)
+        ]
         if not traces:
-            return ProbeResult([], {"skipped": "no traced batch ran"})
+            return ProbeResult([], {"skipped": "no traced batch ran its backward"})
         trainable = [n for n, p in ctx.model.named_parameters() if p.requires_grad]
         none = [n for n in trainable if all(n in t.no_grad_params for t in traces)]
         zero = [n for n in trainable if n not in none and all(t.grad_norms.get(n, 0.0) == 0.0 for t in traces)]
