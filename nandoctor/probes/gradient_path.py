@@ -164,7 +164,9 @@ class GradientPathProbe(Probe):
         moving = set(paths.trainable) - set(stuck) - set(paths.blocked) - set(paths.cut) - set(paths.unused)
         everything = not any(not n.endswith("bias") for n in moving)
         if len(weights) > 1:
-            what = f"{_listed(weights)} are all zero-initialised: the product's gradient is zero"
+            pair = f"{weights[0]!r} and {weights[1]!r} are both"
+            names = pair if len(weights) == 2 else f"{_listed(weights)} are all"
+            what = f"{names} zero-initialised: the product's gradient is zero"
             advice = f"{what}, and stays zero after any step. Initialise one of them with non-zero weights."
         else:
             what = f"{_listed(weights)} is zero-initialised and its gradient is exactly zero"
