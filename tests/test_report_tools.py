@@ -44,14 +44,7 @@ CONTRACT_CODES = [
     "loss_shape_mismatch",
     "rank_divergence",
 ]
-# Codes the 0.3 contract added whose detectors are open work: nandoctor declares a code only with a
-# detector, a fixture that raises it and a healthy twin. Each flips its strict xfail below when it lands.
-NOT_YET_DETECTED = {
-    "no_gradient_path": "issue 17",
-    "target_out_of_range": "issue 17",
-    "loss_shape_mismatch": "issue 17",
-}
-DETECTED = [code for code in CONTRACT_CODES if code not in NOT_YET_DETECTED]
+DETECTED = list(CONTRACT_CODES)  # every contract code has a detector, a fixture and a twin
 
 
 def invoke(*args):
@@ -148,12 +141,6 @@ def test_contract_codes_match_the_shared_contract():
     table = [line.split("|")[1].strip().strip("`") for line in section.splitlines() if line.startswith("| `")]
     assert set(table) == set(CONTRACT_CODES)
     assert set(DETECTED) <= set(CODES)
-
-
-@pytest.mark.parametrize("code", sorted(NOT_YET_DETECTED))
-@pytest.mark.xfail(strict=True, reason="a 0.3 contract code whose detector is open work")
-def test_contract_code_not_yet_detected(code):
-    assert code in CODES
 
 
 def test_every_code_has_a_fixture_that_raises_it_and_a_twin():

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from nandoctor.measure.hooks import UserFacing
+from nandoctor.measure.hooks import UserFacing, ours
+from nandoctor.measure.targets import check_loss_call
 
 
 class LabelRangeError(UserFacing):
@@ -29,16 +30,6 @@ class LabelRangeError(UserFacing):
             f"[0, {details['classes']}) for {details['loss']}"
         )
         self.details = details
-
-
-def may_hold_labels(batch_tensors: dict[int, tuple[str, Any]]) -> bool:
-    """Class labels come in as integer tensors: without one, the check costs nothing."""
-    import torch
-
-    return any(
-        not t.is_floating_point() and t.dtype not in (torch.bool, torch.complex64, torch.complex128)
-        for _, t in batch_tensors.values()
-    )
 
 
 def class_count(logits: Any) -> int | None:
@@ -101,13 +92,19 @@ def loss_targets(func: Any, args: tuple, kwargs: dict) -> LossTargets | None:
     return LossTargets(func.__name__, target, classes, call.arguments.get("ignore_index", -100), call)
 
 
-def label_range_mode(batch_tensors: dict[int, tuple[str, Any]]):
-    """The mode that checks class targets; ``batch_tensors``: id -> (path, tensor) of the batch."""
+def label_range_mode(batch_tensors: dict[int, tuple[str, Any]], records: list | None = None):
+    """The mode that checks class targets; ``batch_tensors``: id -> (path, tensor) of the batch.
+
+    With ``records``, every loss call's targets are also judged against the loss's domain and
+    shape (measure/targets.py) and what is wrong is appended there; nothing is raised for it.
+    """
     from torch.overrides import TorchFunctionMode
 
     class CheckClassTargets(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            if records is not None:
+                ours(check_loss_call)(func, args, kwargs, batch_tensors, records)
             targets = loss_targets(func, args, kwargs)
             if targets is not None:
                 _raise_if_outside(targets, batch_tensors)

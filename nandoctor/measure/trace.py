@@ -20,7 +20,7 @@ from nandoctor.errors import InternalError, UsageError, describe, first_line
 from nandoctor.findings import Setting, is_finite
 from nandoctor.measure.activity import Activity, ActivityRecorder
 from nandoctor.measure.hooks import UserFacing, module_names, ours
-from nandoctor.measure.labels import LabelRangeError, label_range_mode, may_hold_labels
+from nandoctor.measure.labels import LabelRangeError, label_range_mode
 from nandoctor.measure.ops import installed_package_of, user_source_of
 from nandoctor.measure.stats import count_nonfinite, float_tensors, range_stats, rng_state
 
@@ -100,6 +100,7 @@ class BatchTrace:
     consumed_paths: list[str] = field(default_factory=list)  # batch tensors that reached a child module
     root_width: int | None = None  # last dimension of the root module's first float output (classes)
     activity: Activity | None = None  # outputs at a bound, fired ReLU units (measure/activity.py)
+    loss_checks: list[dict[str, Any]] = field(default_factory=list)  # targets vs their loss (measure/targets.py)
 
     @property
     def forward_finite(self) -> bool:
@@ -294,8 +295,8 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
     recorder.batch_paths = {id(t): (path, t) for path, t in iter_tensors(batch)}
     with recorder.handles:
         recorder.install(model)
-        if may_hold_labels(recorder.batch_paths):
-            recorder.handles.enter_context(label_range_mode(recorder.batch_paths))
+        # class targets are range-checked, every loss's targets recorded (result.loss_checks)
+        recorder.handles.enter_context(label_range_mode(recorder.batch_paths, result.loss_checks))
         try:
             loss = ctx.loss(batch)
         except (UsageError, InternalError):

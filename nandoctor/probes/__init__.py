@@ -13,6 +13,7 @@ from nandoctor.probes.components import ComponentsProbe
 from nandoctor.probes.dead_units import DeadUnitsProbe
 from nandoctor.probes.dynamics import DynamicsProbe
 from nandoctor.probes.forward import ForwardProbe
+from nandoctor.probes.gradient_path import GradientPathProbe
 from nandoctor.probes.gradients import GradientsProbe
 from nandoctor.probes.inputs import InputsProbe
 from nandoctor.probes.labels import LabelsProbe
@@ -20,15 +21,18 @@ from nandoctor.probes.parameters import ParametersProbe
 from nandoctor.probes.ranks import RanksProbe
 from nandoctor.probes.saturation import SaturationProbe
 from nandoctor.probes.steps import StepsProbe
+from nandoctor.probes.targets import TargetsProbe
 
 PROBES: list[type[Probe]] = [
     RanksProbe,
     InputsProbe,
     ParametersProbe,
     LabelsProbe,
+    TargetsProbe,
     ForwardProbe,
     AmpProbe,
     BackwardProbe,
+    GradientPathProbe,
     ComponentsProbe,
     ActivationsProbe,
     SaturationProbe,

@@ -77,6 +77,17 @@ class DeadUnitsProbe(Probe):
         if not dead:
             return ProbeResult([], raw)
         first = dead[0]
+        advice = (
+            "Dead ReLUs get no gradient and never recover: initialize biases at zero (or slightly "
+            "positive), check the scale of the inputs to the layer before, use LeakyReLU/GELU, "
+            "and lower the LR if units die during training."
+        )
+        if _zero_input(ctx, first["module"]):  # the layer before is zeroed: every input sits at the kink
+            advice = (
+                f"Every input of {first['module']!r} is exactly 0: the layer before it is zero-initialised "
+                "(weight and bias), and ReLU passes no gradient at 0, so that layer never moves. Initialise it "
+                "with non-zero weights (Kaiming)."
+            )
         return ProbeResult(
             [
                 Finding(
@@ -92,12 +103,14 @@ class DeadUnitsProbe(Probe):
                         "samples": first["samples"],
                         "all_modules": {r["module"]: r["share"] for r in dead},
                     },
-                    Fix(
-                        advice="Dead ReLUs get no gradient and never recover: initialize biases at zero (or slightly "
-                        "positive), check the scale of the inputs to the layer before, use LeakyReLU/GELU, "
-                        "and lower the LR if units die during training."
-                    ),
+                    Fix(advice=advice),
                 )
             ],
             raw,
         )
+
+
+def _zero_input(ctx: RunContext, module: str) -> bool:
+    """Whether ``module`` received exactly zero inputs on every traced batch."""
+    calls = [c for trace in traced(ctx) for c in trace.calls if c.name == module]
+    return bool(calls) and all(c.in_min == 0.0 and c.in_max == 0.0 for c in calls)
