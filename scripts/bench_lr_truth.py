@@ -32,7 +32,9 @@ For every setup in ``scripts/lr_truth_setups.py`` this script
 Cost (issue 21): each tool's wall time and optimizer steps per setup, in the same run, and nandoctor's
 time over torch-lr-finder's. No time includes a process start or imports: the anchors run in this
 process with their libraries imported before the clock starts; nandoctor runs in a fresh process
-whose clock starts after ``import torch, nandoctor.api, nandoctor.cli`` (a ``PYTHON -m nandoctor``
+whose clock starts after ``import torch, nandoctor.api, nandoctor.cli`` and a first optimizer (whose
+construction imports ``torch._dynamo``, seconds, once per process; this process builds one too before
+timing anything) (a ``PYTHON -m nandoctor``
 command; any other ``--nandoctor-cmd`` gets its wall time less a measured ``import torch`` start,
 flagged as estimated). Every tool's time includes building the setup.
 """
@@ -328,6 +330,7 @@ TIMED_SHIM = """
 import atexit, os, sys, time
 import torch
 import nandoctor.api, nandoctor.cli
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # the first optimizer imports torch._dynamo (~3 s)
 began = time.monotonic()
 def _write_time():
     with open(os.environ["NANDOCTOR_BENCH_TIMER"], "w") as handle:
@@ -731,6 +734,9 @@ def main() -> None:
             f"nandoctor: {args.nandoctor_cmd} -> {where.stdout.strip().splitlines()[0] if where.stdout.strip() else '?'}"
         )
 
+    # the first optimizer built in a process imports torch._dynamo (seconds): an import, paid here once
+    # before any clock starts, as nandoctor's process pays it before its own
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     cache = load_cache()
     results = []
     for name in names:
