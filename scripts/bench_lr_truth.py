@@ -29,8 +29,14 @@ For every setup in ``scripts/lr_truth_setups.py`` this script
     python scripts/bench_lr_truth.py --only gru_clip --tools nandoctor
     python scripts/bench_lr_truth.py --nandoctor-cmd "python -m nandoctor" --nandoctor-pythonpath /path/to/other/checkout
 
-Wall times: nandoctor's includes its process start (interpreter and ``import torch``, printed once
-as ``startup``); the in-process anchors' include building the setup but not importing torch.
+Cost (issue 21): each tool's wall time and optimizer steps per setup, in the same run, and nandoctor's
+time over torch-lr-finder's. No time includes a process start or imports: the anchors run in this
+process with their libraries imported before the clock starts; nandoctor runs in a fresh process
+whose clock starts after ``import torch, nandoctor.api, nandoctor.cli`` and a first optimizer (whose
+construction imports ``torch._dynamo``, seconds, once per process; this process builds one too before
+timing anything) (a ``PYTHON -m nandoctor``
+command; any other ``--nandoctor-cmd`` gets its wall time less a measured ``import torch`` start,
+flagged as estimated). Every tool's time includes building the setup.
 """
 
 from __future__ import annotations
@@ -317,20 +323,55 @@ def _from_json(obj: Any) -> Any:
 # the tools
 
 
-def run_nandoctor(name: str, cmd: list[str], pythonpath: str | None) -> dict[str, Any]:
+# Run inside nandoctor's process: the interpreter, torch and nandoctor's command-line modules load first
+# (process start, like the anchors' imports, which happen before their clocks start); the clock starts
+# after them and stops at exit, written to the file named by NANDOCTOR_BENCH_TIMER.
+TIMED_SHIM = """
+import atexit, os, sys, time
+import torch
+import nandoctor.api, nandoctor.cli
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # the first optimizer imports torch._dynamo (~3 s)
+began = time.monotonic()
+def _write_time():
+    with open(os.environ["NANDOCTOR_BENCH_TIMER"], "w") as handle:
+        handle.write(repr(time.monotonic() - began))
+atexit.register(_write_time)
+sys.argv = ["nandoctor"] + sys.argv[1:]
+nandoctor.cli.main()
+"""
+
+
+def run_nandoctor(name: str, cmd: list[str], pythonpath: str | None, startup_s: float | None) -> dict[str, Any]:
+    """``nandoctor lr-sweep`` in a fresh process. Its time excludes the process start: measured inside
+    the process when ``cmd`` is ``PYTHON -m nandoctor``; otherwise the whole wall time less the
+    ``import torch`` start measured once (flagged as estimated)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([pythonpath] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    argv = cmd + ["lr-sweep", f"{SETUPS_FILE}:build_{name}", "--format", "json"]
-    start = time.monotonic()
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-    seconds = time.monotonic() - start
+    inside = cmd[1:] == ["-m", "nandoctor"]
+    args = ["lr-sweep", f"{SETUPS_FILE}:build_{name}", "--format", "json"]
+    with tempfile.TemporaryDirectory() as tmp:
+        timer = Path(tmp) / "seconds"
+        env["NANDOCTOR_BENCH_TIMER"] = str(timer)
+        argv = ([cmd[0], "-c", TIMED_SHIM] if inside else cmd) + args
+        start = time.monotonic()
+        proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.monotonic() - start
+        measured = float(timer.read_text()) if inside and timer.exists() else None
+    seconds = measured if measured is not None else max(wall - (startup_s or 0.0), 0.0)
+    out: dict[str, Any] = {"seconds": seconds, "process_s": wall, "time_estimated": measured is None}
     try:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"lr": None, "seconds": seconds, "error": f"exit {proc.returncode}: {tail}"}
-    return {"lr": report.get("recommended_lr"), "seconds": seconds, "why": report.get("why"), "report": report}
+        return {"lr": None, **out, "error": f"exit {proc.returncode}: {tail}"}
+    return {
+        "lr": report.get("recommended_lr"),
+        **out,
+        "steps": report.get("steps_run"),
+        "why": report.get("why"),
+        "report": report,
+    }
 
 
 def run_lr_finder(name: str) -> dict[str, Any]:
@@ -370,6 +411,7 @@ def run_lr_finder(name: str) -> dict[str, Any]:
         return {
             "lr": None,
             "seconds": time.monotonic() - start,
+            "steps": len(finder.history["lr"]),
             "error": f"range test stopped after {len(finder.history['lr'])} iterations",
         }
     pick = float(lrs[int(np.gradient(np.array(losses)).argmin())])
@@ -377,6 +419,7 @@ def run_lr_finder(name: str) -> dict[str, Any]:
         "lr": pick,
         "seconds": time.monotonic() - start,
         "iterations": len(finder.history["lr"]),
+        "steps": len(finder.history["lr"]),
         "stopped_at": finder.history["lr"][-1],
     }
 
@@ -427,6 +470,7 @@ def run_lightning(name: str) -> dict[str, Any]:
         "lr": float(pick) if pick is not None else None,
         "seconds": time.monotonic() - start,
         "iterations": len(finder.results["lr"]) if finder is not None else 0,
+        "steps": len(finder.results["lr"]) if finder is not None else 0,
     }
 
 
@@ -523,6 +567,7 @@ def render(results: list[dict[str, Any]], tools: list[str], protocol: dict[str, 
                     _g(pick["decades_off"], "+.2f"),
                     _g(pick["loss_ratio"], ".3f"),
                     _g(pick.get("seconds"), ".1f"),
+                    str(pick["steps"]) if pick.get("steps") is not None else "-",
                     "; ".join(flags),
                 ]
             )
@@ -538,6 +583,7 @@ def render(results: list[dict[str, Any]], tools: list[str], protocol: dict[str, 
                 "decades off best",
                 "loss/best",
                 "wall s",
+                "steps",
                 "flags",
             ],
             disable_numparse=True,
@@ -553,6 +599,7 @@ def render(results: list[dict[str, Any]], tools: list[str], protocol: dict[str, 
         ratios = [p["loss_ratio"] for p in picks if p["loss_ratio"] is not None]
         finite = [x for x in ratios if math.isfinite(x)]
         times = [p["seconds"] for p in picks if p.get("seconds") is not None]
+        steps = [p["steps"] for p in picks if p.get("steps") is not None]
         rows.append(
             [
                 tool,
@@ -563,6 +610,7 @@ def render(results: list[dict[str, Any]], tools: list[str], protocol: dict[str, 
                 sum(bool(p.get("diverges")) for p in picks),
                 sum(p["lr"] is None for p in picks),
                 _g(sum(times) if times else None, ".1f"),
+                str(sum(steps)) if steps else "-",
             ]
         )
     lines.append(
@@ -576,15 +624,48 @@ def render(results: list[dict[str, Any]], tools: list[str], protocol: dict[str, 
                 "diverging picks",
                 "no pick",
                 "total wall s",
+                "total steps",
             ],
             disable_numparse=True,
         )
     )
+    lines += ["", cost_table(results, tools)]
     if startup_s is not None:
         lines.append(
-            f"\nstartup: a fresh `python -c 'import torch'` takes {startup_s:.1f}s; nandoctor's wall times include it"
+            f"\nstartup: a fresh `python -c 'import torch'` takes {startup_s:.1f}s; no tool's time includes its "
+            "process start or imports (nandoctor's clock starts inside its process after `import nandoctor.api`)"
         )
     return "\n".join(lines)
+
+
+def cost_table(results: list[dict[str, Any]], tools: list[str]) -> str:
+    """Each tool's wall time and optimizer steps per setup, side by side, and nandoctor's time over
+    torch-lr-finder's (all measured in the same run, process start and imports excluded)."""
+    from tabulate import tabulate
+
+    shown = [t for t in tools if t != "user"]
+    rows, ratios = [], []
+    for res in results:
+        row = [res["name"]]
+        for tool in shown:
+            pick = res["picks"].get(tool) or {}
+            seconds, steps = pick.get("seconds"), pick.get("steps")
+            row.append(f"{_g(seconds, '.1f')} s / {steps if steps is not None else '-'}")
+        ours, theirs = (res["picks"].get(t, {}).get("seconds") for t in ("nandoctor", "lr_finder"))
+        ratio = ours / theirs if ours is not None and theirs else None
+        if ratio is not None:
+            ratios.append(ratio)
+        row.append(_g(ratio, ".2f") + ("x" if ratio is not None else ""))
+        rows.append(row)
+    if ratios:
+        geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        rows.append(
+            ["(all)"]
+            + [""] * len(shown)
+            + [f"geomean {geomean:.2f}x, max {max(ratios):.2f}x, <= 2x on {sum(r <= 2 for r in ratios)}/{len(ratios)}"]
+        )
+    headers = ["setup"] + [f"{t}: wall / steps" for t in shown] + ["nandoctor / lr_finder time"]
+    return tabulate(rows, headers=headers, disable_numparse=True)
 
 
 def main() -> None:
@@ -653,6 +734,9 @@ def main() -> None:
             f"nandoctor: {args.nandoctor_cmd} -> {where.stdout.strip().splitlines()[0] if where.stdout.strip() else '?'}"
         )
 
+    # the first optimizer built in a process imports torch._dynamo (seconds): an import, paid here once
+    # before any clock starts, as nandoctor's process pays it before its own
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     cache = load_cache()
     results = []
     for name in names:
@@ -673,7 +757,9 @@ def main() -> None:
             say(f"{name}: {tool}")
             try:
                 raw = {
-                    "nandoctor": lambda: run_nandoctor(name, nandoctor_cmd, args.nandoctor_pythonpath or None),
+                    "nandoctor": lambda: run_nandoctor(
+                        name, nandoctor_cmd, args.nandoctor_pythonpath or None, startup_s
+                    ),
                     "lr_finder": lambda: run_lr_finder(name),
                     "lightning": lambda: run_lightning(name),
                 }[tool]()

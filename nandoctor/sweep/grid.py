@@ -231,11 +231,28 @@ def _better_half(runs: dict[float, TrainRun], center: float, steps: int, most: i
     return nearest_first(sorted(keep), center)
 
 
+def _tail_noise(a: TrainRun, b: TrainRun) -> float:
+    """Standard error of the difference of two runs' last-quarter mean training losses, from the
+    step-to-step differences of each (a trend does not count as noise; dropout and small batches do)."""
+
+    def variance_of_mean(run: TrainRun) -> float:
+        finite = [loss for loss in run.losses if math.isfinite(loss)]
+        tail = finite[-max(1, len(finite) // 4) :]
+        if len(tail) < 3:
+            return 0.0
+        steps = [(later - earlier) ** 2 for earlier, later in zip(tail, tail[1:])]
+        return sum(steps) / len(steps) / 2 / len(tail)
+
+    return math.sqrt(variance_of_mean(a) + variance_of_mean(b))
+
+
 def recommend(sweep: Sweep, settings: Any) -> tuple[TrainRun | None, str]:
     """The rate with the best held-out loss at the end; ties go to the larger rate; never a bad one.
 
     Ties: within ``tie_tolerance`` of the best rate's fall from the start, first on held-out
-    loss, then on the training loss of the last quarter.
+    loss, then on the training loss of the last quarter (there a difference within two standard
+    errors of the step-to-step noise ties too: under dropout or small batches the training loss
+    is noisy, and the noise must not outvote the held-out loss that tied).
     """
     final = sweep.checkpoints[-1]
     finished = [r for r in sweep.runs if r.verdict not in BAD and r.reached >= final]
@@ -246,11 +263,15 @@ def recommend(sweep: Sweep, settings: Any) -> tuple[TrainRun | None, str]:
     best = min(pool, key=lambda r: r.score_at(steps))
     margin = tie_margin(best.score_at(steps), best.start_score, settings)
     tied = [r for r in pool if r.score_at(steps) <= best.score_at(steps) + margin]
-    tails = [r.train_tail for r in tied if r.train_tail is not None]
+    tails = [r for r in tied if r.train_tail is not None]
     if tails:
-        low = min(tails)
+        lowest = min(tails, key=lambda r: r.train_tail)
+        low = lowest.train_tail
         tied = [
-            r for r in tied if r.train_tail is None or r.train_tail <= low + tie_margin(low, r.initial_loss, settings)
+            r
+            for r in tied
+            if r.train_tail is None
+            or r.train_tail <= low + max(tie_margin(low, r.initial_loss, settings), 2 * _tail_noise(r, lowest))
         ]
     chosen = max(tied, key=lambda r: r.lr)
     if chosen.verdict != LEARNS:

@@ -4,7 +4,9 @@ The last cached batch is held out (when two or more are cached). Training reads 
 cached batches and then fresh ones from a new iterator over ``data`` (when ``data`` can be
 iterated again: a one-pass generator is never read past the cached batches), so a run does not
 "learn" by memorising three batches. What is read is cached (up to a bound), so every rate
-sees the same sequence; past the end, the sequence repeats.
+sees the same sequence; past the end, the sequence repeats. A fresh batch from a loader that
+reshuffles a small set holds samples of the held-out batch again: those rows are dropped from it
+(matched by value), or the held-out loss would reward the rates that memorise fastest.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from nandoctor.batches import to_device
+from nandoctor.batches import iter_tensors, map_tensors, to_device
 
 
 class BatchStream:
@@ -29,6 +31,8 @@ class BatchStream:
         self._skip = len(cached)
         self._fresh = None if len(cached) < ctx.settings.batches else ctx.setup.data
         self.fresh_read = 0
+        self._held_keys = set(sample_keys(self.heldout[0]) or []) if self.heldout else set()
+        self.heldout_rows_dropped = 0  # rows of fresh batches that were samples of the held-out batch
 
     def _read_more(self, count: int) -> None:
         """Read ``count`` more batches from a fresh iterator over ``data``; stop quietly when it ends."""
@@ -46,10 +50,25 @@ class BatchStream:
         except (Exception, SystemExit):  # a loader that cannot be read again: train on the cached batches
             batches = []
         self._indices += range(self._skip + self.fresh_read, self._skip + self.fresh_read + len(batches))
-        self._train += [to_device(b, self._device) for b in batches]
+        self._train += [to_device(self._without_heldout(b), self._device) for b in batches]
         self.fresh_read += len(batches)
         if len(batches) < count:
             self._fresh = None
+
+    def _without_heldout(self, batch: Any) -> Any:
+        """``batch`` less its rows that are held-out samples; as it is when none are, or all (a loader
+        that repeats one batch has no held-out samples to protect)."""
+        keys = sample_keys(batch) if self._held_keys else None
+        if keys is None:
+            return batch
+        keep = [i for i, key in enumerate(keys) if key not in self._held_keys]
+        if not keep or len(keep) == len(keys):
+            return batch
+        import torch
+
+        self.heldout_rows_dropped += len(keys) - len(keep)
+        index = torch.tensor(keep)
+        return map_tensors(batch, lambda t: t.index_select(0, index.to(t.device)) if t.dim() >= 1 else t)
 
     def train(self, step: int) -> Any:
         if step >= len(self._train) and len(self._train) < self._limit:
@@ -63,6 +82,23 @@ class BatchStream:
     @property
     def distinct(self) -> int:
         return len(self._train)
+
+
+def sample_keys(batch: Any) -> list[float] | None:
+    """One number per sample: a fixed projection of its row in every tensor of the batch (equal rows,
+    equal numbers); None when the tensors do not share a first dimension (samples cannot be told apart)."""
+    import torch
+
+    tensors = [t for _, t in iter_tensors(batch) if t.dim() >= 1]
+    size = tensors[0].shape[0] if tensors else 0
+    if size < 1 or any(t.shape[0] != size for t in tensors):
+        return None
+    total = torch.zeros(size, dtype=torch.float64)
+    for t in tensors:
+        rows = t.detach().reshape(size, -1).to("cpu", torch.float64)
+        weights = torch.rand(rows.shape[1], generator=torch.Generator().manual_seed(rows.shape[1]), dtype=torch.float64)
+        total += rows @ (weights + 0.5)
+    return total.tolist()
 
 
 def permute_targets(batch: Any, paths: set[str], generator: Any, path: str = "") -> Any:
