@@ -10,6 +10,7 @@ from nandoctor.probes.amp import AmpProbe
 from nandoctor.probes.backward import BackwardProbe
 from nandoctor.probes.base import Cost, Fold, Probe
 from nandoctor.probes.components import ComponentsProbe
+from nandoctor.probes.constant_inputs import ConstantInputsProbe
 from nandoctor.probes.dead_units import DeadUnitsProbe
 from nandoctor.probes.dynamics import DynamicsProbe
 from nandoctor.probes.forward import ForwardProbe
@@ -22,6 +23,7 @@ from nandoctor.probes.steps import StepsProbe
 
 PROBES: list[type[Probe]] = [
     InputsProbe,
+    ConstantInputsProbe,
     ParametersProbe,
     LabelsProbe,
     ForwardProbe,
