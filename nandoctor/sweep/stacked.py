@@ -17,6 +17,7 @@ the sequential runs, and the reason is kept for the raw report.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from nandoctor.findings import Setting
@@ -198,19 +199,24 @@ class RateRunner:
         self.passes: list[dict[str, Any]] = []
         self.k, self.reason = 1, None
         self.steps_done = 0
+        self.memo: str | None = None  # how K was chosen
         on, why = wanted(ctx, ctx.settings)
         if not on:
             self.reason = why
             return
         self.reason = refusal(ctx)
-        self.memo: str | None = None
 
     def expect(self, rates: list[float], checkpoints: list[int]) -> None:
         self.queue = {rate: list(checkpoints) for rate in rates}
 
     def summary(self) -> dict[str, Any]:
         """What the raw report keeps: how many rates a pass, the passes, or why rates ran one at a time."""
-        return {"rates_per_pass": self.k, "passes": self.passes, "sequential_because": self.reason}
+        return {
+            "rates_per_pass": self.k,
+            "memory": self.memo or None,
+            "passes": self.passes,
+            "sequential_because": self.reason,
+        }
 
     def train(self, rate: float, checkpoints: list[int], start: dict[str, Any]) -> TrainRun:
         key = (rate, tuple(checkpoints))
@@ -273,7 +279,9 @@ def train_stacked(
     alive = list(range(len(rates)))  # the run of each slice
     every = read_interval(setup.device, settings.sweep_read_every)
     pending: list[Any] = []
-    with preserved_rng():
+    with preserved_rng(), warnings.catch_warnings():
+        # vmap's note that an op runs slice by slice (no batching rule) is about speed, not the user's code
+        warnings.filterwarnings("ignore", message="There is a performance drop")
         torch.manual_seed(settings.seed)
         for step in range(steps):
             pending.append(model.step(stream.train(step), clip, update))
