@@ -158,11 +158,19 @@ class StackedUpdate:
         self.kind, self.groups, self.group_of = kind, groups, group_of
         self.steps = 0
         self.state: list[list[Any]] = [[] for _ in group_of]
+        self.columns: dict[tuple, Any] = {}  # per-slice scalars on the device, made once (no copy a step)
+
+    def _col(self, name: str, group: int, values: list[float], like: Any) -> Any:
+        key = (name, group, like.dim(), like.dtype, like.device)
+        if key not in self.columns:
+            self.columns[key] = _column(values, like)
+        return self.columns[key]
 
     def keep(self, slices: list[int]) -> None:
         import torch
 
         self.groups = [self.groups[i] for i in slices]
+        self.columns.clear()
         for i, tensors in enumerate(self.state):
             if tensors:
                 index = torch.tensor(slices, device=tensors[0].device)
@@ -196,9 +204,9 @@ class StackedUpdate:
         exp_avg, exp_avg_sq = self.state[i][0], self.state[i][1]
         if any(decays):
             if hyper["decoupled_weight_decay"] or self.kind == "AdamW" and hyper["decoupled_weight_decay"] is None:
-                p.mul_(_column([1 - lr * wd for lr, wd in zip(lrs, decays)], p))
+                p.mul_(self._col("decay", group, [1 - lr * wd for lr, wd in zip(lrs, decays)], p))
             else:
-                g = g.add(p * _column(decays, p))
+                g = g.add(p * self._col("wd", group, decays, p))
         exp_avg.lerp_(g, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         bias_correction1 = 1 - beta1**self.steps
@@ -208,8 +216,9 @@ class StackedUpdate:
             denom = (self.state[i][2].sqrt() / bias_correction2_sqrt).add_(hyper["eps"])
         else:
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(hyper["eps"])
-        # addcdiv_(exp_avg, denom, value=-step_size) computes self + (value * t1) / t2
-        p.add_(exp_avg.mul(_column([-lr / bias_correction1 for lr in lrs], p)).div_(denom))
+        # addcdiv_(exp_avg, denom, value=-step_size) computes self + (value * t1) / t2; the step size
+        # -lr / bias_correction1 from the cached -lr column: a device op, no copy from the host a step
+        p.add_(exp_avg.mul(self._col("-lr", group, [-lr for lr in lrs], p) / bias_correction1).div_(denom))
 
     def _sgd(self, i: int, p: Any, g: Any, group: int) -> None:
         hyper = self.groups[0][group]
@@ -217,7 +226,7 @@ class StackedUpdate:
         if hyper["maximize"]:
             g = -g
         if any(decays):
-            g = g.add(p * _column(decays, p))
+            g = g.add(p * self._col("wd", group, decays, p))
         momentum = hyper["momentum"]
         if momentum:
             if not self.state[i]:
@@ -226,4 +235,4 @@ class StackedUpdate:
                 self.state[i][0].mul_(momentum).add_(g, alpha=1 - hyper["dampening"])
             buf = self.state[i][0]
             g = g.add(buf, alpha=momentum) if hyper["nesterov"] else buf
-        p.add_(g * _column([-lr for lr in lrs], p))
+        p.add_(g * self._col("-lr", group, [-lr for lr in lrs], p))
