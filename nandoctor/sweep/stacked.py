@@ -135,7 +135,7 @@ def copies_that_fit(ctx: Any, settings: Any, state_slots: int) -> tuple[int, str
     fit = max(1, int((total // 2) // max(per_copy, 1)))
     k = max(1, min(1 + int(settings.sweep_memory), fit))
     why = (
-        f"{k} rates a pass: one copy plus {k - 1} of {per_copy / 2**20:.0f} MiB each (weights, gradients, "
+        f"{k} rates a pass: one copy plus {k - 1} of {per_copy / 2**20:.3g} MiB each (weights, gradients, "
         f"{state_slots} optimizer state slot(s), activations); sweep_memory allows {settings.sweep_memory}, "
         f"half the device's memory allows {fit}"
     )
@@ -176,6 +176,13 @@ def wanted(ctx: Any, settings: Any) -> tuple[bool, str]:
         return True, f"sweep_stacked is {mode}"
     plan = ctx.shared.get("sweep_plan")
     gflop = getattr(plan, "step_gflop", None)
+    if plan is None:  # lr-sweep --steps: no plan was made; count the step here
+        from nandoctor.state import run_snapshot
+        from nandoctor.sweep.plan import step_gflop
+
+        snapshot = run_snapshot(ctx)
+        gflop = step_gflop(ctx)
+        snapshot.restore()
     if gflop is not None and gflop > settings.sweep_stacked_cpu_gflop:
         return False, (
             f"on a CPU a {gflop:.3g}-GFLOP step is arithmetic-bound (sweep_stacked_cpu_gflop "
