@@ -109,7 +109,12 @@ def refusal(ctx: Any) -> str | None:
         for name, module in setup.model.named_modules()
         if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
     ]
-    hooked += ["<global>"] if torch.nn.modules.module._global_forward_hooks else []
+    module_globals = torch.nn.modules.module
+    hooked += [
+        "<global>"
+        for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+        if getattr(module_globals, name, None)
+    ][:1]
     if hooked:
         return f"hooks on {hooked[0] or '<root>'} (a hook could keep a stacked tensor)"
     return None
