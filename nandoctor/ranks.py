@@ -13,25 +13,30 @@ from dataclasses import astuple, replace
 from typing import Any
 
 from nandoctor.distributed import gather, world_size
-from nandoctor.errors import UsageError
+from nandoctor.errors import InternalError, UsageError, describe
 from nandoctor.findings import Finding
 from nandoctor.ranking import rank
 
 
 def on_every_rank(work: Any, local: bool = False) -> Any:
     """``work()`` on this rank. Under torchrun, every rank's result in rank order (a list; with
-    ``local`` this rank's alone, after every rank finished), or the first failing rank's usage
-    error raised on all of them. In one process, ``work()``'s result alone."""
+    ``local`` this rank's alone, after every rank finished), or the first failing rank's error
+    raised on all of them (a usage error as one, any other as an internal error). In one process,
+    ``work()``'s result alone."""
     if world_size() == 1:
         return work()
     try:
         result, outcome = work(), ("ok", None)
     except UsageError as exc:
         result, outcome = None, ("usage", str(exc))
+    except Exception as exc:  # ours: the other ranks must not wait for this one's results
+        result, outcome = None, ("internal", describe(exc))
     outcomes = gather(outcome if local else (outcome[0], result if outcome[0] == "ok" else outcome[1]))
     for number, (kind, value) in enumerate(outcomes):
         if kind == "usage":
             raise UsageError(f"rank {number}: {value}")
+        if kind == "internal":
+            raise InternalError(f"rank {number}: {value}")
     return result if local else [value for _, value in outcomes]
 
 
