@@ -147,7 +147,8 @@ def batch_size(batch: Any) -> int | None:
 def heldout_parts(ctx: Any, batches: list[Any]) -> list[float] | None:
     """The loss on each of ``heldout_slices`` slices (along dimension 0) of every held-out batch:
     the samples a paired comparison needs. None when a batch cannot be sliced (too few samples, or
-    the loss does not take a slice) or a slice's loss is not finite."""
+    the loss does not take a slice), a slice's loss is not finite, or the slices do not average to
+    the batch's loss (not a mean over samples)."""
     parts: list[float] = []
     slices = ctx.settings.heldout_slices
     for batch in batches:
@@ -164,6 +165,12 @@ def heldout_parts(ctx: Any, batches: list[Any]) -> list[float] | None:
             if loss is None or not math.isfinite(loss):
                 return None
             parts.append(loss)
+        # only a loss that is a mean over samples splits into slices that average to it (a contrastive
+        # loss over the batch does not): otherwise the slices say nothing about this batch's noise
+        whole, _ = score(ctx.setup, [batch])
+        mean = sum(parts[-slices:]) / slices
+        if whole is None or not math.isfinite(whole) or abs(mean - whole) > 0.05 * max(abs(whole), 1e-8):
+            return None
     return parts or None
 
 
