@@ -12,8 +12,9 @@ from tests.test_dynamics import dynamics_only
 
 
 def _run(build, **settings):
+    """The dynamics probe alone; no wall-clock budget, so a loaded machine does not drop rates."""
     torch.manual_seed(0)
-    return dynamics_only(build(), **settings)
+    return dynamics_only(build(), **{"sweep_budget_s": 1e9, **settings})
 
 
 def test_sgd_four_decades_too_low_grows_the_grid_upwards_and_names_the_rate_that_trains():

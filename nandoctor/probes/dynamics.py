@@ -250,8 +250,7 @@ class DynamicsProbe(Probe):
         fall = max(start - theirs, 1e-12)
         missed = (mine - theirs) / fall
         worse = mine - theirs >= settings.lr_worse_loss * (abs(theirs) + 0.01 * abs(start))
-        stuck = not user.moved(settings) and best.verdict == LEARNS  # one rate trains, the user's does not move
-        if (missed < settings.lr_worse_gap or not worse) and not stuck:
+        if missed < settings.lr_worse_gap or not worse:
             return []
         evidence.update(compared_at_steps=steps, share_of_fall_missed=missed)
         what = "held-out" if user.heldout_initial is not None else "training"
@@ -270,7 +269,8 @@ class DynamicsProbe(Probe):
                     rate_fix(ctx, user, best, steps, f"Lower the learning rate to {best.lr:.3g}: {why}."),
                 )
             ]
-        if user.moved(settings):  # it trains, only slower in a short run: that favours high rates
+        # it trains, only slower in a short run: that favours high rates
+        if user.drop >= settings.learns_drop or user.moved(settings):
             return []
         return [
             Finding(
