@@ -10,6 +10,7 @@ from nandoctor.probes.amp import AmpProbe
 from nandoctor.probes.backward import BackwardProbe
 from nandoctor.probes.base import Cost, Fold, Probe
 from nandoctor.probes.components import ComponentsProbe
+from nandoctor.probes.constant_inputs import ConstantInputsProbe
 from nandoctor.probes.dead_units import DeadUnitsProbe
 from nandoctor.probes.dynamics import DynamicsProbe
 from nandoctor.probes.forward import ForwardProbe
@@ -26,6 +27,7 @@ from nandoctor.probes.targets import TargetsProbe
 PROBES: list[type[Probe]] = [
     RanksProbe,
     InputsProbe,
+    ConstantInputsProbe,
     ParametersProbe,
     LabelsProbe,
     TargetsProbe,
