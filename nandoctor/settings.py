@@ -16,7 +16,7 @@ from nandoctor import context, probes
 from nandoctor.errors import InternalError, UsageError, first_line
 from nandoctor.findings import Setting
 from nandoctor.measure import trace
-from nandoctor.sweep import limits
+from nandoctor.sweep import limits, stacked
 
 _CHOICES = {"amp_what_if": ("", "fp16", "bf16")}
 
@@ -27,6 +27,7 @@ def declared() -> list[Setting]:
         *context.RUN_SETTINGS,
         *trace.SETTINGS,
         *limits.SETTINGS,
+        *stacked.SETTINGS,
         *(s for probe in probes.PROBES for s in probe.settings),
     ]
     names = [setting.name for setting in table]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, for a lent GPU machine (CI has none): the CUDA-only tests
 # (fp16 GradScaler), every detector fixture and twin and the zoo run on cuda
-# (NANDOCTOR_TEST_DEVICE=cuda), and the whole-diagnose benchmark on cuda. Each step has its own
+# (NANDOCTOR_TEST_DEVICE=cuda), the whole-diagnose benchmark and the LR sweep benchmark on cuda. Each step has its own
 # time limit so that one slow step leaves the others their time; logs go to OUTDIR.
 #
 #   bash scripts/gpu_check.sh OUTDIR [pytest -n WORKERS]
@@ -22,4 +22,7 @@ NANDOCTOR_TEST_DEVICE=cuda step cases_on_cuda 200 python3 -m pytest -q -p no:cac
     tests/test_findings_by_case.py tests/test_dynamics.py
 NANDOCTOR_TEST_DEVICE=cuda step zoo_on_cuda 150 python3 -m pytest -q -p no:cacheprovider -n "$workers" tests/test_zoo.py
 (cd scripts && step bench_diagnose_cuda 120 python3 bench_diagnose.py --cuda 1)
+# the sweep against the same optimizer steps done plainly, rates one at a time and stacked (issue 21)
+(cd scripts && step bench_lr_sweep_cuda 150 python3 bench_lr_sweep.py --cuda 1)
+grep -E "nandoctor sweep|stacked / sequential|sweep_stacked=" "$out/bench_lr_sweep_cuda.log"
 grep -h -E "^(FAILED|ERROR)|passed|failed" "$out"/*.log | head -40

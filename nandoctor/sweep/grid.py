@@ -23,8 +23,9 @@ from typing import Any
 from nandoctor.state import preserved_rng, run_snapshot
 from nandoctor.step import StepRaised
 from nandoctor.sweep.plan import Plan, first_rung
+from nandoctor.sweep.stacked import RateRunner
 from nandoctor.sweep.stream import BatchStream
-from nandoctor.sweep.training import BAD, LEARNS, TrainRun, evaluate, heldout_parts, train
+from nandoctor.sweep.training import BAD, LEARNS, TrainRun, evaluate, heldout_parts
 
 
 def snap(rate: float) -> float:
@@ -116,19 +117,20 @@ def run_sweep(
         runs=[], user_lr=center, checkpoints=checkpoints, heldout_batches=len(stream.heldout), plan=plan.to_dict()
     )
     runs: dict[float, TrainRun] = {}
+    runner = RateRunner(ctx, stream, clip, snapshot)  # several rates a pass where it can
     began = time.monotonic()
 
     def affordable(steps_needed: int) -> bool:
-        if budget_s is None or not result.steps_run:
+        if budget_s is None or not runner.steps_done:
             return True
         spent = time.monotonic() - began
-        return spent + spent / result.steps_run * steps_needed <= budget_s
+        return spent + spent / runner.steps_done * steps_needed <= budget_s
 
     def run(rate: float, upto: list[int]) -> TrainRun:
         torch.manual_seed(settings.seed)
         progress(f"nandoctor: lr {rate:.3g}: {upto[-1]} steps")
         try:
-            outcome = train(ctx, stream, rate, upto, clip, start)
+            outcome = runner.train(rate, upto, start)
         finally:
             snapshot.restore()
         result.steps_run += len(outcome.losses)
@@ -145,6 +147,7 @@ def run_sweep(
             torch.manual_seed(settings.seed)
             start = dict(zip(("loss", "spread"), evaluate(ctx, stream.heldout)))
             start["parts"] = heldout_parts(ctx, stream.heldout)
+            runner.expect(nearest_first(rates, center), checkpoints[:1])
             for rate in nearest_first(rates, center):
                 if rate != center and not affordable(checkpoints[0]):
                     result.dropped.append(rate)
@@ -153,6 +156,7 @@ def run_sweep(
             if extend:
                 _extend(runs, center, settings, result, lambda rate: run(rate, checkpoints[:1]), affordable)
             if len(checkpoints) > 1:
+                runner.expect(_better_half(runs, center, checkpoints[0], plan.continued), checkpoints)
                 for rate in _better_half(runs, center, checkpoints[0], plan.continued):
                     if not affordable(checkpoints[-1]):
                         result.not_continued.append(rate)
@@ -164,6 +168,7 @@ def run_sweep(
                         r.cut = f"worse half after {checkpoints[0]} steps"
         finally:
             snapshot.restore()
+            result.plan["stacked"] = runner.summary()
     if center in runs:
         ctx.shared["sweep_user"] = UserRun(runs[center], stream, checkpoints)
     result.runs = sorted(runs.values(), key=lambda r: r.lr)
