@@ -23,6 +23,12 @@ SETTINGS = (
         0.02,
         "loss_plateau: real targets beat targets permuted across samples by less than this share of the start",
     ),
+    Setting(
+        "plateau_clear_gap",
+        0.25,
+        "... a real run that did not lower the held-out loss (it overfits) still shows signal when the "
+        "permuted run ends this share of the start above it",
+    ),
 )
 
 
@@ -123,13 +129,15 @@ def label_control(
         # has no floor: the control cannot tell
         return [], dict(raw, inconclusive=True)
     start = reference.start_score
-    # held-out data speaks for the real targets only where they lowered it: a real run that rose a
-    # little less than the shuffled one did is noise, not signal
+    # held-out data speaks for the real targets where they lowered it, or where the shuffled run ends
+    # far above them (a real run that overfits its few batches): one that rose a little less than the
+    # shuffled one did is noise, not signal
+    clear = ctx.settings.plateau_clear_gap * abs(start or 1.0)
     signal = any(
         real[k] is not None
         and permuted[k] is not None
         and permuted[k] - real[k] > margin
-        and (k == "train" or start is None or real[k] < start - margin)
+        and (k == "train" or start is None or real[k] < start - margin or permuted[k] - real[k] > clear)
         for k in ("heldout", "train")
     )
     raw.update(signal=signal, heldout_drop=reference.drop, train_fall=fits)
