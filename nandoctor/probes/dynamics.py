@@ -4,7 +4,10 @@ The sweep (``nandoctor.sweep.grid``) judges every rate against the others on hel
 from the same start; this probe turns its table into findings: the user's rate diverges or ends
 clearly worse than another rate. ``loss_plateau`` is decided by a control run: the same training
 with the targets permuted across samples. Real targets that do no better than permuted ones
-carry no signal.
+carry no signal. A run where no rate lowers the held-out loss beyond its noise is never healthy:
+the control names the targets when it can, else a critical ``loss_plateau`` with the table, folded
+under any cause measured elsewhere (inputs, targets, the gradient path). A rate finding's fix carries
+``fix.verified``: the sweep's own run at the recommended rate against the user's.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from nandoctor.conventions import plays_a_game
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, Setting, nothing_to_train
 from nandoctor.probes.label_control import SETTINGS as LABEL_CONTROL_SETTINGS
-from nandoctor.probes.label_control import label_control, runs_away
+from nandoctor.probes.label_control import label_control, no_learning, runs_away
 from nandoctor.state import run_snapshot
 from nandoctor.step import StepRaised
 from nandoctor.sweep.grid import Sweep, recommend, run_sweep, sweep_rates, sweep_summary
@@ -36,6 +39,41 @@ def nice_below(value: float) -> float:
         if mantissa * 10**exponent <= value:
             return float(f"{mantissa * 10**exponent:.3g}")
     return float(f"{10**exponent:.3g}")
+
+
+# measured causes that leave the loss flat: each explains a plateau when it is more than a note
+PLATEAU_CAUSES = (
+    "no_gradient_path",
+    "target_out_of_range",
+    "loss_shape_mismatch",
+    "unnormalized_input",
+    "label_out_of_range",
+    "vanishing_gradients",
+    "saturation",
+    "dead_units",
+)
+
+
+def not_a_note(cause: Finding, symptom: Finding) -> bool:
+    return cause.severity != Severity.INFO
+
+
+def verified_rate(user: TrainRun, best: TrainRun, steps: int) -> dict[str, Any]:
+    """``fix.verified`` from the sweep's own runs: the user's rate and the recommended one, same steps."""
+    before, after = user.score_at(steps), best.score_at(steps)
+    before = before if before is not None and math.isfinite(before) else None
+    after = after if after is not None and math.isfinite(after) else None
+    ok = best.verdict == LEARNS and after is not None and (before is None or after < before)
+    return {"steps": steps, "before": before, "after": after, "ok": ok}
+
+
+def rate_fix(ctx: RunContext, user: TrainRun, best: TrainRun, steps: int, advice: str) -> Fix:
+    """The rate as a config change, with its verification; a rate whose run did not help is not offered."""
+    verified = verified_rate(user, best, steps)
+    if not verified["ok"]:
+        return Fix(advice=f"{advice} (Its {steps}-step run did not beat yours: not a verified fix.)", verified=verified)
+    config, note = fix_config(ctx.setup, LR, best.lr)
+    return Fix(config, f"{advice}{note}", verified)
 
 
 def _table(sweep: Sweep) -> dict[str, Any]:
@@ -96,6 +134,7 @@ class DynamicsProbe(Probe):
         ),
     )
     folds = (
+        *(Fold(cause, "loss_plateau", not_a_note) for cause in PLATEAU_CAUSES),
         Fold("grad_clip_too_aggressive", "loss_plateau"),  # every step shrunk: the loss cannot move
         Fold("grad_clip_too_aggressive", "lr_too_low"),
     )
@@ -152,9 +191,13 @@ class DynamicsProbe(Probe):
         lr_findings = self._lr(ctx, sweep, best, why)
         # which rate "wins" on noise says nothing: a control that finds no signal drops the warnings
         droppable = [f for f in lr_findings if "compared_at_steps" in f.evidence]  # judged against another rate
-        plateau, raw["control"] = label_control(ctx, sweep, best, stream, needed=bool(droppable))
+        stuck = best is None and not any(r.moved(settings) for r in sweep.runs)  # nothing lowered the held-out loss
+        plateau, raw["control"] = label_control(ctx, sweep, best, stream, needed=bool(droppable), stuck=stuck)
         no_signal = raw["control"].get("signal") is False
         findings = [f for f in lr_findings if not (no_signal and any(f is d for d in droppable))]
+        if stuck and not plateau and not any(f.code == "lr_too_high" for f in findings):
+            plateau = [no_learning(sweep, _table(sweep), settings)]
+        raw["no_rate_moved"] = stuck
         clip_findings, raw["clip"] = self._clip(ctx, sweep, stream)
         findings += clip_findings + plateau
         note = plan_note(sweep.plan)
@@ -163,7 +206,9 @@ class DynamicsProbe(Probe):
             findings = [
                 replace(
                     f,
-                    severity=Severity.INFO if f.code in ("lr_too_low", "loss_plateau") else f.severity,
+                    severity=Severity.INFO
+                    if f.code in ("lr_too_low", "loss_plateau") and not f.evidence.get("no_rate_moved")
+                    else f.severity,
                     evidence={**f.evidence, "sweep_plan": note},
                     fix=replace(f.fix, advice=f"{f.fix.advice} Note: {note}."),
                 )
@@ -208,7 +253,6 @@ class DynamicsProbe(Probe):
         if missed < settings.lr_worse_gap or not worse:
             return []
         evidence.update(compared_at_steps=steps, share_of_fall_missed=missed)
-        config, note = fix_config(ctx.setup, LR, best.lr)
         what = "held-out" if user.heldout_initial is not None else "training"
         numbers = (
             f"after {steps} steps its {what} loss is {mine:.4g} against {theirs:.4g} at lr {best.lr:.3g} "
@@ -222,10 +266,11 @@ class DynamicsProbe(Probe):
                     f"lr {user.lr:.3g} is too high: {numbers}",
                     Where(),
                     evidence,
-                    Fix(config, f"Lower the learning rate to {best.lr:.3g}: {why}.{note}"),
+                    rate_fix(ctx, user, best, steps, f"Lower the learning rate to {best.lr:.3g}: {why}."),
                 )
             ]
-        if user.drop >= settings.learns_drop:  # it trains, only slower in a short run: that favours high rates
+        # it trains, only slower in a short run: that favours high rates
+        if user.drop >= settings.learns_drop or user.moved(settings):
             return []
         return [
             Finding(
@@ -234,7 +279,7 @@ class DynamicsProbe(Probe):
                 f"lr {user.lr:.3g} is too low: {numbers}",
                 Where(),
                 evidence,
-                Fix(config, f"Raise the learning rate to {best.lr:.3g}: {why}.{note}"),
+                rate_fix(ctx, user, best, steps, f"Raise the learning rate to {best.lr:.3g}: {why}."),
             )
         ]
 
@@ -252,7 +297,6 @@ class DynamicsProbe(Probe):
         else:
             how, severity = f"is unstable (loss spikes; max grad norm {user.max_grad_norm:.3g})", Severity.WARNING
         if best is not None and best.lr < user.lr:
-            config, note = fix_config(ctx.setup, LR, best.lr)
             title = (
                 f"training at lr {user.lr:.3g} {how}; {best.lr:.3g} trains "
                 f"(held-out loss {best.start_score:.4g} -> {best.score:.4g})"
@@ -263,7 +307,7 @@ class DynamicsProbe(Probe):
                 title,
                 Where(),
                 evidence,
-                Fix(config, f"Lower the learning rate to {best.lr:.3g}: {why}.{note}"),
+                rate_fix(ctx, user, best, best.reached, f"Lower the learning rate to {best.lr:.3g}: {why}."),
             )
         lowest = sweep.runs[0].lr
         tried = ", ".join(f"{r.lr:.3g} {r.verdict}" for r in sweep.runs)

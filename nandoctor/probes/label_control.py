@@ -23,6 +23,12 @@ SETTINGS = (
         0.02,
         "loss_plateau: real targets beat targets permuted across samples by less than this share of the start",
     ),
+    Setting(
+        "plateau_clear_gap",
+        0.25,
+        "... a real run that did not lower the held-out loss (it overfits) still shows signal when the "
+        "permuted run ends this share of the start above it",
+    ),
 )
 
 
@@ -45,13 +51,19 @@ def runs_away(run: TrainRun, settings: Any) -> bool:
 
 
 def label_control(
-    ctx: RunContext, sweep: Sweep, best: TrainRun | None, stream: BatchStream, needed: bool = True
+    ctx: RunContext,
+    sweep: Sweep,
+    best: TrainRun | None,
+    stream: BatchStream,
+    needed: bool = True,
+    stuck: bool = False,
 ) -> tuple[list[Finding], dict[str, Any]]:
     """Train the best rate again on targets permuted across samples; no better with real ones: no signal.
 
     The control run is skipped when its answer could change nothing: no plateau is possible (the
     held-out loss fell, or no rate fitted even its training batches) and no warning hangs on it
-    (``needed``)."""
+    (``needed``). ``stuck`` (no rate lowered the held-out loss): it always runs, and decides whether
+    the targets are the cause."""
     import torch
 
     stable = [r for r in sweep.runs if r.verdict not in BAD]
@@ -72,7 +84,7 @@ def label_control(
         ),
         default=0.0,
     )
-    if not needed and (reference.drop >= ctx.settings.learns_drop or fits < ctx.settings.learns_drop):
+    if not needed and not stuck and (reference.drop >= ctx.settings.learns_drop or fits < ctx.settings.learns_drop):
         return [], {
             "lr": reference.lr,
             "heldout_drop": reference.drop,
@@ -116,8 +128,17 @@ def label_control(
         # the shuffled tensors change nothing (not what the loss compares against), or the loss
         # has no floor: the control cannot tell
         return [], dict(raw, inconclusive=True)
+    start = reference.start_score
+    # held-out data speaks for the real targets where they lowered it, or where the shuffled run ends
+    # far above them (a real run that overfits its few batches): one that rose a little less than the
+    # shuffled one did is noise, not signal
+    clear = ctx.settings.plateau_clear_gap * abs(start or 1.0)
     signal = any(
-        real[k] is not None and permuted[k] is not None and permuted[k] - real[k] > margin for k in ("heldout", "train")
+        real[k] is not None
+        and permuted[k] is not None
+        and permuted[k] - real[k] > margin
+        and (k == "train" or start is None or real[k] < start - margin or permuted[k] - real[k] > clear)
+        for k in ("heldout", "train")
     )
     raw.update(signal=signal, heldout_drop=reference.drop, train_fall=fits)
     # the signature of targets disconnected from their inputs: the training batches can be fitted,
@@ -126,7 +147,7 @@ def label_control(
         signal
         or control.nonfinite_step is not None
         or reference.drop >= ctx.settings.learns_drop
-        or fits < ctx.settings.learns_drop
+        or (fits < ctx.settings.learns_drop and not stuck)
     ):
         return [], raw
     detail = (
@@ -135,6 +156,8 @@ def label_control(
         f"{', '.join(sorted(paths))} shuffled across samples end at {_g(permuted['heldout'])} "
         f"(training {_g(permuted['train'])})"
     )
+    if stuck:
+        raw["no_rate_moved"] = True
     return [
         Finding(
             "loss_plateau",
@@ -149,6 +172,39 @@ def label_control(
             ),
         )
     ], raw
+
+
+def no_learning(sweep: Sweep, table: dict[str, Any], settings: Any) -> Finding:
+    """No rate lowered the held-out loss beyond its noise, and no measurement named a cause: critical,
+    never healthy. Causes measured elsewhere (inputs, targets, the gradient path) fold this under them."""
+    tried = ", ".join(f"{r.lr:.3g} {r.verdict}" for r in sweep.runs)
+    start = next((r.start_score for r in sweep.runs if r.start_score is not None), None)
+    best = min(
+        (r for r in sweep.runs if r.score is not None and math.isfinite(r.score)), key=lambda r: r.score, default=None
+    )
+    closest = (
+        f"; the best, lr {best.lr:.3g}, ends at {best.score:.4g} from {_g(start)} ({best.drop:+.1%})" if best else ""
+    )
+    return Finding(
+        "loss_plateau",
+        Severity.CRITICAL,
+        f"no learning rate from {sweep.runs[0].lr:.3g} to {sweep.runs[-1].lr:.3g} lowered the held-out loss "
+        f"beyond its noise in {sweep.checkpoints[-1]} steps{closest}",
+        Where(),
+        {
+            "no_rate_moved": True,
+            "heldout_initial": start,
+            "rates": tried,
+            "grid_extended": sweep.extended,
+            "sweep": table,
+        },
+        Fix(
+            advice="Nothing measured names the cause (the findings ranked above, if any, are the first "
+            "suspects). Check, in order: that the loss reads the model's output (no detach, no_grad or "
+            ".item() on the way), that targets are in the range and shape the loss expects, that labels "
+            "stay aligned with their inputs, and the rate: the sweep tried every rate listed."
+        ),
+    )
 
 
 def _g(value: float | None) -> str:

@@ -3,9 +3,12 @@
 Every rate starts from the same weights and seed and trains on the same batch sequence. It runs
 in two rungs (successive halving): every rate trains a quarter of the steps; a rate that
 diverges is cut at once; the better half (and the user's own rate) is then trained to the
-end. While the best rate sits on an edge of the grid, the grid grows that way (half a decade
-at a time, up to ``sweep_max_decades`` from the user's rate); when nothing trains, it grows
-downwards. Rates are judged against each other by their held-out loss (see :func:`recommend`).
+end; a rate is cut at the first rung only when it went non-finite or ran far above its start (a
+rate that spikes early is judged where it ends). While the best rate sits on an edge of the grid,
+the grid grows that way (half a decade at a time, up to ``sweep_max_decades`` from the user's
+rate); when every rate diverges, it grows downwards; when no rate lowers the held-out loss and the
+highest still trains stably, upwards. Rates are judged against each other by their held-out loss
+(see :func:`recommend`).
 A survivor is replayed from the snapshot rather than kept in memory: one copy of the weights.
 """
 
@@ -22,7 +25,7 @@ from nandoctor.step import StepRaised
 from nandoctor.sweep.plan import Plan, first_rung
 from nandoctor.sweep.stacked import RateRunner
 from nandoctor.sweep.stream import BatchStream
-from nandoctor.sweep.training import BAD, LEARNS, TrainRun, evaluate
+from nandoctor.sweep.training import BAD, LEARNS, TrainRun, evaluate, heldout_parts
 
 
 def snap(rate: float) -> float:
@@ -143,6 +146,7 @@ def run_sweep(
         try:
             torch.manual_seed(settings.seed)
             start = dict(zip(("loss", "spread"), evaluate(ctx, stream.heldout)))
+            start["parts"] = heldout_parts(ctx, stream.heldout)
             runner.expect(nearest_first(rates, center), checkpoints[:1])
             for rate in nearest_first(rates, center):
                 if rate != center and not affordable(checkpoints[0]):
@@ -160,7 +164,7 @@ def run_sweep(
                         continue
                     runs[rate] = run(rate, checkpoints)
                 for rate, r in runs.items():
-                    if r.cut is None and r.reached < checkpoints[-1] and r.verdict not in BAD:
+                    if r.cut is None and r.reached < checkpoints[-1] and not r.cut_short:
                         r.cut = f"worse half after {checkpoints[0]} steps"
         finally:
             snapshot.restore()
@@ -180,7 +184,8 @@ def _extend(
     run_rate: Callable[[float], TrainRun],
     affordable: Callable[[int], bool],
 ) -> None:
-    """Grow the grid half a decade at a time while the best rate is on an edge, or nothing trains."""
+    """Grow the grid half a decade at a time while the best rate is on an edge, nothing trains stably
+    (down), or nothing lowers the held-out loss while the highest rate is stable (up)."""
     top, bottom = center * 10**settings.sweep_max_decades, center / 10**settings.sweep_max_decades
     steps = result.checkpoints[0]
     while True:
@@ -188,6 +193,8 @@ def _extend(
         usable = [r for r in ordered if runs[r].verdict not in BAD]
         if not usable:
             step, reason = snap(ordered[0] / 10**0.5), "no rate trained stably"
+        elif ordered[-1] in usable and not any(runs[r].moved(settings) for r in usable):
+            step, reason = snap(ordered[-1] * 10**0.5), "no rate lowered the held-out loss"
         else:
             best = min(usable, key=lambda r: runs[r].score_at(steps))
             if best == ordered[-1] and _clearly_best(runs, ordered, -1, steps, settings):
@@ -226,12 +233,18 @@ def _clearly_best(runs: dict[float, TrainRun], ordered: list[float], edge: int, 
 
 
 def _better_half(runs: dict[float, TrainRun], center: float, steps: int, most: int | None = None) -> list[float]:
-    """The rates continued past the first rung: the better half of the stable ones (at most
-    ``most``), and the user's."""
-    usable = sorted((r for r in runs.values() if r.verdict not in BAD), key=lambda r: r.score_at(steps))
+    """The rates continued past the first rung: the better half of those not cut (at most ``most``),
+    and the user's. Only a run that went non-finite or ran far above its start is cut: one that
+    spiked or rose early is ranked by its score like the others, and the user's is judged at the end."""
+
+    def key(run: TrainRun) -> float:
+        score = run.score_at(steps)
+        return math.inf if score is None else score
+
+    usable = sorted((r for r in runs.values() if not r.cut_short and key(r) < math.inf), key=key)
     half = max(1, math.ceil(len(usable) / 2))
     keep = {r.lr for r in usable[: half if most is None else min(half, most)]}
-    if center in runs and runs[center].verdict not in BAD:
+    if center in runs and not runs[center].cut_short:
         keep.add(center)
     return nearest_first(sorted(keep), center)
 
@@ -278,7 +291,8 @@ def recommend(sweep: Sweep, settings: Any) -> tuple[TrainRun | None, str]:
             if r.train_tail is None
             or r.train_tail <= low + max(tie_margin(low, r.initial_loss, settings), 2 * _tail_noise(r, lowest))
         ]
-    chosen = max(tied, key=lambda r: r.lr)
+    # a tie whose fall is not beyond the held-out noise loses to one whose is
+    chosen = max([r for r in tied if r.verdict == LEARNS] or tied, key=lambda r: r.lr)
     if chosen.verdict != LEARNS:
         return None, (
             f"no rate brought the held-out loss down by {settings.learns_drop:.0%} "

@@ -44,6 +44,19 @@ SETTINGS = (
         minimum=0,
     ),
     Setting("learns_drop", 0.05, "a run learns when its held-out loss falls by at least this share of the start"),
+    Setting(
+        "learns_confidence",
+        2.0,
+        "... and that fall, averaged over slices of the held-out batches, is this many standard errors "
+        "(a paired comparison with the start: noise on one batch is not learning)",
+    ),
+    Setting(
+        "moves_drop",
+        0.01,
+        "a run moves the loss (no plateau, no rate too low) when its held-out loss falls by this share, "
+        "with the confidence above",
+    ),
+    Setting("heldout_slices", 8, "... the held-out batches are cut into this many slices each", minimum=2),
     Setting("diverged_rise", 0.5, "a run diverged when its loss ends this share above its start"),
     Setting("spike_rise", 2.0, "a run is unstable when a step's loss rises this many times the start's scale above it"),
     Setting("grad_growth", 100.0, "... or its gradient norm grows this many times over the first step's"),

@@ -17,6 +17,7 @@ the sequential runs, and the reason is kept for the raw report.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -287,6 +288,7 @@ def train_stacked(
     runs = [TrainRun(lr=rate, clip=clip, steps=steps) for rate in rates]
     for run in runs:
         run.heldout_initial, run.spread_initial = start["loss"], start["spread"]
+        run.parts_initial = start.get("parts")
         run.heldout_batches = len(stream.heldout)
     alive = list(range(len(rates)))  # the run of each slice
     every = read_interval(setup.device, settings.sweep_read_every)
@@ -312,6 +314,9 @@ def train_stacked(
             if step + 1 in checkpoints and stream.heldout:
                 for slot, (loss, spread) in zip(alive, model.score(stream.heldout)):
                     runs[slot].heldout[step + 1], runs[slot].spread[step + 1] = loss, spread
+                if start.get("parts"):  # the slices the sequential run scores (training.heldout_parts)
+                    for slot, parts in zip(alive, stacked_parts(model, stream.heldout, settings.heldout_slices)):
+                        runs[slot].parts[step + 1] = parts
     for run in runs:
         run.unseen_steps = min(stream.distinct, len(run.losses))
         classify(run, settings)
@@ -323,3 +328,43 @@ def stack_note(summary: dict[str, Any]) -> str:
     if summary["passes"]:
         return f"{sum(len(p['rates']) for p in summary['passes'])} runs in {len(summary['passes'])} stacked passes"
     return f"one rate at a time: {summary['sequential_because'] or 'one rate a rung'}"
+
+
+def stacked_parts(model: Any, batches: list[Any], slices: int) -> list[list[float] | None]:
+    """Each copy's :func:`nandoctor.sweep.training.heldout_parts`: the loss on each slice of every
+    held-out batch, None for a copy whose slices are not finite or do not average to its batch loss."""
+    from nandoctor.batches import map_tensors
+    from nandoctor.sweep.training import batch_size
+
+    copies = len(model.params[0])
+    parts: list[list[float] | None] = [[] for _ in range(copies)]
+    for batch in batches:
+        size = batch_size(batch)
+        if size is None or size < slices:
+            return [None] * copies
+        bounds = [round(i * size / slices) for i in range(slices + 1)]
+        pieces = [
+            map_tensors(batch, lambda t, lo=low, hi=high: t[lo:hi] if t.dim() >= 1 and t.shape[0] == size else t)
+            for low, high in zip(bounds, bounds[1:])
+        ]
+        try:
+            per_piece = [model.score([piece]) for piece in pieces]
+        except Exception:  # a loss that needs the whole batch: as the sequential run, no slices
+            return [None] * copies
+        whole = model.score([batch])
+        for copy in range(copies):
+            losses = [scores[copy][0] for scores in per_piece]
+            kept = parts[copy]
+            if kept is None:
+                continue
+            mean, total = sum(losses) / slices if None not in losses else None, whole[copy][0]
+            if (
+                mean is None
+                or total is None
+                or not all(math.isfinite(v) for v in losses)
+                or abs(mean - total) > 0.05 * max(abs(total), 1e-8)
+            ):
+                parts[copy] = None
+            else:
+                kept.extend(losses)
+    return [p or None for p in parts]

@@ -3,7 +3,10 @@
 A run takes one step per batch of a :class:`~nandoctor.sweep.stream.BatchStream` (the same
 sequence for every rate) and records, per step, the loss and the gradient norm before clipping;
 at each checkpoint it scores the weights on the held-out batches (loss, and how much
-the outputs still differ across samples: a collapsed model predicts the same for every input).
+the outputs still differ across samples: a collapsed model predicts the same for every input),
+and on slices of them: a fall counts as learning only when it holds across the slices (a paired
+comparison with the start), so a few percent of noise on one held-out batch is not "learning".
+A loss that spikes in the first steps and then ends below its start is judged at the end.
 Each run starts from the same weights and seed; the caller's snapshot restores them. A run
 stops at once when it diverges.
 """
@@ -11,9 +14,11 @@ stops at once when it diverges.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from nandoctor.batches import iter_tensors, map_tensors
 from nandoctor.step import StepLog, TrainingStep, fp16_scaler, fresh_optimizer, read_interval, run_steps, score
 
 DIVERGED, UNSTABLE, COLLAPSED, LEARNS, FLAT = "diverged", "unstable", "collapsed", "learns", "flat"
@@ -34,6 +39,9 @@ class TrainRun(StepLog):
     spread_initial: float | None = None  # output spread across held-out samples, before any step
     heldout: dict[int, float] = field(default_factory=dict)  # held-out loss after N steps
     spread: dict[int, float] = field(default_factory=dict)
+    parts_initial: list[float] | None = None  # held-out loss on each slice of the held-out batches, before any step
+    parts: dict[int, list[float] | None] = field(default_factory=dict)  # ... after N steps
+    fall_t: float | None = None  # the held-out fall over its standard error across slices (None: not measured)
     unseen_steps: int = 0  # steps before this one trained on a batch the run had not trained on before
     heldout_batches: int = 0
     verdict: str = FLAT
@@ -44,6 +52,19 @@ class TrainRun(StepLog):
     def max_grad_norm(self) -> float | None:
         finite = [g for g in self.grad_norms if math.isfinite(g)]
         return max(finite) if finite else None
+
+    @property
+    def cut_short(self) -> bool:
+        """Cut for good: non-finite, or the loss ran far above its start (the only reasons to cut at once)."""
+        return self.nonfinite_step is not None or self.blowup_step is not None
+
+    def moved(self, limits: Any) -> bool:
+        """The held-out loss fell by more than its noise across slices (or, unmeasured, by ``learns_drop``)."""
+        return self.verdict == LEARNS or (
+            self.verdict not in BAD
+            and self.drop >= limits.moves_drop
+            and (self.fall_t is None or self.fall_t >= limits.learns_confidence)
+        )
 
     @property
     def start_score(self) -> float | None:
@@ -91,6 +112,7 @@ class TrainRun(StepLog):
             "steps_run": len(self.losses),
             "verdict": self.verdict,
             "drop": self.drop,
+            "fall_t": self.fall_t,
             "initial_loss": self.initial_loss,
             "final_loss": self.train_tail,
             "heldout_initial": self.heldout_initial,
@@ -117,6 +139,52 @@ def evaluate(ctx: Any, batches: list[Any]) -> tuple[float | None, float | None]:
     return score(ctx.setup, batches)
 
 
+def batch_size(batch: Any) -> int | None:
+    """Samples in a batch: dimension 0 of its first tensor."""
+    return next((t.shape[0] for _, t in iter_tensors(batch) if t.dim() >= 1), None)
+
+
+def heldout_parts(ctx: Any, batches: list[Any]) -> list[float] | None:
+    """The loss on each of ``heldout_slices`` slices (along dimension 0) of every held-out batch:
+    the samples a paired comparison needs. None when a batch cannot be sliced (too few samples, or
+    the loss does not take a slice), a slice's loss is not finite, or the slices do not average to
+    the batch's loss (not a mean over samples)."""
+    parts: list[float] = []
+    slices = ctx.settings.heldout_slices
+    for batch in batches:
+        size = batch_size(batch)
+        if size is None or size < slices:
+            return None
+        bounds = [round(i * size / slices) for i in range(slices + 1)]
+        for low, high in zip(bounds, bounds[1:]):
+            piece = map_tensors(batch, lambda t: t[low:high] if t.dim() >= 1 and t.shape[0] == size else t)
+            try:
+                loss, _ = score(ctx.setup, [piece])
+            except Exception:  # a loss that needs the whole batch (a flattened target, a fixed batch size)
+                return None
+            if loss is None or not math.isfinite(loss):
+                return None
+            parts.append(loss)
+        # only a loss that is a mean over samples splits into slices that average to it (a contrastive
+        # loss over the batch does not): otherwise the slices say nothing about this batch's noise
+        whole, _ = score(ctx.setup, [batch])
+        mean = sum(parts[-slices:]) / slices
+        if whole is None or not math.isfinite(whole) or abs(mean - whole) > 0.05 * max(abs(whole), 1e-8):
+            return None
+    return parts or None
+
+
+def fall_t(before: list[float] | None, after: list[float] | None) -> float | None:
+    """Mean fall of the held-out loss across slices over its standard error (paired: same samples)."""
+    if not before or not after or len(before) != len(after) or len(before) < 4:
+        return None
+    falls = [b - a for b, a in zip(before, after)]
+    mean, error = statistics.fmean(falls), statistics.stdev(falls) / math.sqrt(len(falls))
+    if error == 0:
+        return math.copysign(math.inf, mean) if mean else 0.0
+    return mean / error
+
+
 def train(
     ctx: Any, stream: Any, lr: float, checkpoints: list[int], clip: float | None, start: dict[str, Any] | None = None
 ) -> TrainRun:
@@ -131,6 +199,9 @@ def train(
     if start is None:
         start = dict(zip(("loss", "spread"), evaluate(ctx, stream.heldout)))
     run.heldout_initial, run.spread_initial = start["loss"], start["spread"]
+    if "parts" not in start:  # the caller's dict keeps them for the next run from the same start
+        start["parts"] = heldout_parts(ctx, stream.heldout)
+    run.parts_initial = start["parts"]
     run.heldout_batches = len(stream.heldout)
     with fresh_optimizer(ctx.setup, lr) as optimizer:
         trainer = TrainingStep(
@@ -144,6 +215,7 @@ def train(
         def at_checkpoint(done: int) -> None:
             if stream.heldout:
                 run.heldout[done], run.spread[done] = evaluate(ctx, stream.heldout)
+                run.parts[done] = heldout_parts(ctx, stream.heldout) if run.parts_initial else None
 
         run_steps(
             trainer,
@@ -214,10 +286,16 @@ def classify(run: TrainRun, limits: Any) -> str:
         return run.verdict
     scale = max(abs(start), 1e-8)
     run.drop = (start - end) / scale
+    run.fall_t = fall_t(run.parts_initial, run.parts.get(run.reached))
+    real = run.fall_t is None or run.fall_t >= limits.learns_confidence  # not noise of one held-out batch
     first = starting_level(run) if starting_level(run) is not None else start
-    spiked = any(loss > first + limits.spike_rise * max(abs(first), 1e-8) for loss in run.losses)
+    # a spike (or a jump of the gradient norm) in the first half that the run recovers from, ending
+    # clearly below its start, is early oscillation: judged by where the run ends, not cut
+    recovered = run.drop >= limits.learns_drop and real
+    late = len(run.losses) // 2 if recovered else 0
+    spiked = any(loss > first + limits.spike_rise * max(abs(first), 1e-8) for loss in run.losses[late:])
     norms = [g for g in run.grad_norms if math.isfinite(g)]
-    grew = len(norms) > 2 and norms[0] > 0 and max(norms[2:]) > limits.grad_growth * norms[0]
+    grew = len(norms) > 2 and norms[0] > 0 and max(norms[max(2, late) :], default=0) > limits.grad_growth * norms[0]
     spread = run.spread.get(run.reached)
     collapsed = (
         spread is not None
@@ -230,7 +308,7 @@ def classify(run: TrainRun, limits: Any) -> str:
         run.verdict = UNSTABLE
     elif collapsed:
         run.verdict = COLLAPSED
-    elif run.drop >= limits.learns_drop:
+    elif run.drop >= limits.learns_drop and real:
         run.verdict = LEARNS
     else:
         run.verdict = FLAT
