@@ -23,16 +23,17 @@ def tiny_bert(vocab=100):
     return transformers.BertForSequenceClassification(config)
 
 
-def token_batches(vocab, high, count=4):
+def token_batches(vocab, high, count=4, size=16):
+    """The label is which third of the ids below ``high`` a sentence's tokens mostly come from."""
     g = torch.Generator().manual_seed(1)
-    return [
-        {
-            "input_ids": torch.randint(0, high, (8, 12), generator=g),
-            "attention_mask": torch.ones(8, 12, dtype=torch.long),
-            "labels": torch.randint(0, 3, (8,), generator=g),
-        }
-        for _ in range(count)
-    ]
+    batches = []
+    for _ in range(count):
+        labels = torch.randint(0, 3, (size,), generator=g)
+        ids = labels[:, None] * (high // 3) + torch.randint(0, high // 3, (size, 12), generator=g)
+        noise = torch.rand(size, 12, generator=g) < 0.2
+        ids = torch.where(noise, torch.randint(0, high, (size, 12), generator=g), ids)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones(size, 12, dtype=torch.long), "labels": labels})
+    return batches
 
 
 def test_a_bert_classifier_needs_no_glue_and_ids_past_its_vocabulary_are_named():

@@ -270,7 +270,7 @@ class DynamicsProbe(Probe):
                 )
             ]
         # it trains, only slower in a short run: that favours high rates
-        if user.drop >= settings.learns_drop or user.moved(settings):
+        if user.drop >= settings.learns_drop:
             return []
         return [
             Finding(

@@ -277,6 +277,8 @@ def recommend(sweep: Sweep, settings: Any) -> tuple[TrainRun | None, str]:
     pool = finished or [r for r in sweep.runs if r.verdict not in BAD]
     if not pool:
         return None, "every rate tried diverged, was unstable or collapsed"
+    # a fall beyond the held-out noise outranks a deeper one that is not: never recommend a coin toss
+    pool = [r for r in pool if r.verdict == LEARNS] or pool
     steps = min(r.reached for r in pool)
     best = min(pool, key=lambda r: r.score_at(steps))
     margin = tie_margin(best.score_at(steps), best.start_score, settings)
