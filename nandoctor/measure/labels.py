@@ -18,7 +18,7 @@ from functools import cache
 from typing import Any
 
 from nandoctor.measure.hooks import UserFacing, ours
-from nandoctor.measure.targets import check_loss_call
+from nandoctor.measure.targets import check_loss_call, watch_loss_sign
 
 
 class LabelRangeError(UserFacing):
@@ -92,12 +92,17 @@ def loss_targets(func: Any, args: tuple, kwargs: dict) -> LossTargets | None:
     return LossTargets(func.__name__, target, classes, call.arguments.get("ignore_index", -100), call)
 
 
-def label_range_mode(batch_tensors: dict[int, tuple[str, Any]], records: list | None = None):
+def label_range_mode(
+    batch_tensors: dict[int, tuple[str, Any]], records: list | None = None, watched: list | None = None
+):
     """The mode that checks class targets; ``batch_tensors``: id -> (path, tensor) of the batch.
 
     With ``records``, every loss call's targets are also judged against the loss's domain and
     shape (measure/targets.py) and what is wrong is appended there; nothing is raised for it.
+    Each loss call's output is then hooked into ``watched`` for the sign it enters the total with
+    (``settle_loss_signs`` after the backward removes the hooks).
     """
+    watched = [] if watched is None else watched
     from torch.overrides import TorchFunctionMode
 
     class CheckClassTargets(TorchFunctionMode):
@@ -108,7 +113,10 @@ def label_range_mode(batch_tensors: dict[int, tuple[str, Any]], records: list | 
             targets = loss_targets(func, args, kwargs)
             if targets is not None:
                 _raise_if_outside(targets, batch_tensors)
-            return func(*args, **kwargs)
+            output = func(*args, **kwargs)
+            if records is not None:
+                ours(watch_loss_sign)(func, output, watched)
+            return output
 
     return CheckClassTargets()
 

@@ -9,7 +9,15 @@ loss runs. What is recorded (plain data, never raised: these losses run, and tra
 - ``loss_shape_mismatch``: an elementwise loss whose input and target shapes differ and
   broadcast ((B,) against (B, 1) gives (B, B));
 - loss-specific degenerate targets: CTC targets longer than their inputs (an Inf loss) and a
-  batch whose every class target is the ignore index (a mean of 0/0 = NaN).
+  batch whose every class target is the ignore index (a mean of 0/0 = NaN);
+- ``target_out_of_range`` for a regression loss whose prediction comes straight out of a bounded
+  activation (sigmoid, tanh, softmax; read from the prediction's autograd node, through reshapes)
+  while targets lie outside what it can reach: targets of 10..90 against a sigmoid.
+
+- ``loss_maximized``: every loss call that reaches the total does so with a negative sign
+  (``-F.cross_entropy(...)``): the optimizer climbs the loss, and the total falls without bound.
+  A tensor hook on each call's output records d total / d output during the backward; one term
+  subtracted beside a term that is minimized (an entropy bonus) is not this.
 
 Each record costs one small read-back per loss call.
 """
@@ -34,6 +42,31 @@ ELEMENTWISE = (
     "kl_div",
     "gaussian_nll_loss",
     "multilabel_soft_margin_loss",
+)
+REGRESSION = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
+# the autograd node of a bounded activation's output -> (name, lowest, highest) it can reach
+BOUNDED = {
+    "SigmoidBackward0": ("sigmoid", 0.0, 1.0),
+    "TanhBackward0": ("tanh", -1.0, 1.0),
+    "SoftmaxBackward0": ("softmax", 0.0, 1.0),
+}
+# nodes that only move or reshape values: the range of what feeds them is the range of their output
+RESHAPES = (
+    "ViewBackward0",
+    "SqueezeBackward0",
+    "SqueezeBackward1",
+    "SqueezeBackward2",
+    "UnsqueezeBackward0",
+    "ReshapeAliasBackward0",
+    "UnsafeViewBackward0",
+    "TBackward0",
+    "TransposeBackward0",
+    "PermuteBackward0",
+    "CloneBackward0",
+    "ExpandBackward0",
+    "SelectBackward0",
+    "SliceBackward0",
+    "ToCopyBackward0",
 )
 UNIT_INTERVAL = ("binary_cross_entropy", "binary_cross_entropy_with_logits", "multilabel_soft_margin_loss")
 NON_NEGATIVE = ("poisson_nll_loss", "kl_div")
@@ -70,6 +103,7 @@ def check_loss_call(func: Any, args: tuple, kwargs: dict, batch_tensors: dict, r
     if name in ELEMENTWISE:
         found += _shapes(name, prediction, target)
         found += _domain(name, call, target, torch)
+        found += _reachable(name, prediction, target, torch)
     else:
         found += _class_targets(name, call, prediction, target, torch)
     for record in found:
@@ -148,6 +182,47 @@ def _domain(name: str, call: dict, target: Any, torch: Any) -> list[dict[str, An
     ]
 
 
+def bounded_activation(prediction: Any) -> tuple[str, float, float] | None:
+    """(activation, low, high) when the prediction is a bounded activation's output, up to reshapes."""
+    node = getattr(prediction, "grad_fn", None)
+    for _ in range(8):
+        if node is None:
+            return None
+        kind = type(node).__name__
+        if kind in BOUNDED:
+            return BOUNDED[kind]
+        if kind not in RESHAPES:
+            return None
+        node = next((n for n, _ in node.next_functions if n is not None), None)
+    return None
+
+
+def _reachable(name: str, prediction: Any, target: Any, torch: Any) -> list[dict[str, Any]]:
+    if name not in REGRESSION or not target.is_floating_point():
+        return []
+    bounded = bounded_activation(prediction)
+    if bounded is None:
+        return []
+    activation, low, high = bounded
+    count, first, smallest, largest = _range(target, low, high, torch)
+    if not count:
+        return []
+    return [
+        {
+            "kind": "target_out_of_range",
+            "loss": name,
+            "problem": "unreachable",
+            "activation": activation,
+            "domain": [low, high],
+            "min_target": smallest,
+            "max_target": largest,
+            "out_of_range": count,
+            "total": int(target.numel()),
+            "sample": _per_sample(target, first),
+        }
+    ]
+
+
 def _class_targets(name: str, call: dict, logits: Any, target: Any, torch: Any) -> list[dict[str, Any]]:
     base = {"kind": "target_out_of_range", "loss": name, "total": int(target.numel())}
     same_shape = target.shape == logits.shape and logits.dim() > 1
@@ -207,3 +282,44 @@ def _ctc(call: dict, records: list, torch: Any) -> None:
                 "tensor": None,
             }
         )
+
+
+def watch_loss_sign(func: Any, output: Any, watched: list) -> None:
+    """Hook a loss call's output so the backward records the sign it enters the total with."""
+    import torch
+
+    if func not in _signatures() or not isinstance(output, torch.Tensor) or not output.requires_grad:
+        return
+    entry: dict[str, Any] = {"loss": func.__name__, "source": user_source(), "grad": None}
+
+    def record(grad: Any) -> None:
+        entry["grad"] = grad.detach().float().sum()
+
+    entry["handle"] = output.register_hook(record)
+    watched.append(entry)
+
+
+def settle_loss_signs(watched: list, records: list) -> None:
+    """Remove the hooks; one ``loss_maximized`` record when every loss reached the total negated."""
+    import torch
+
+    for entry in watched:
+        entry.pop("handle").remove()
+    reached = [entry for entry in watched if entry["grad"] is not None]
+    if not reached:
+        return
+    signs = torch.stack([entry["grad"].to(reached[0]["grad"].device) for entry in reached]).tolist()
+    if all(sign < 0 for sign in signs):
+        first = reached[0]
+        records.append(
+            {
+                "kind": "loss_maximized",
+                "loss": first["loss"],
+                "losses": sorted({entry["loss"] for entry in reached}),
+                "d_total_d_loss": signs[0],
+                "source": first["source"],
+                "tensor": None,
+                "sample": None,
+            }
+        )
+    watched.clear()

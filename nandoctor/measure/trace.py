@@ -23,6 +23,7 @@ from nandoctor.measure.hooks import UserFacing, module_names, ours
 from nandoctor.measure.labels import LabelRangeError, label_range_mode
 from nandoctor.measure.ops import installed_package_of, user_source_of
 from nandoctor.measure.stats import count_nonfinite, float_tensors, range_stats, rng_state
+from nandoctor.measure.targets import settle_loss_signs
 
 SETTINGS = (  # read by the probes that judge this pass's recordings
     Setting(
@@ -296,7 +297,9 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
     with recorder.handles:
         recorder.install(model)
         # class targets are range-checked, every loss's targets recorded (result.loss_checks)
-        recorder.handles.enter_context(label_range_mode(recorder.batch_paths, result.loss_checks))
+        watched: list = []  # loss outputs hooked for their sign; settled when the pass ends
+        recorder.handles.callback(ours(settle_loss_signs), watched, result.loss_checks)
+        recorder.handles.enter_context(label_range_mode(recorder.batch_paths, result.loss_checks, watched))
         try:
             loss = ctx.loss(batch)
         except (UsageError, InternalError):

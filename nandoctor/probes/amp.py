@@ -15,7 +15,7 @@ from nandoctor.context import RunContext
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where, is_finite
 from nandoctor.measure.forward_pass import ForwardPass, forward_pass
 from nandoctor.measure.ops import OpPass, locate_nonfinite_op
-from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
+from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting, no_rate_trained
 
 LIMITS = {"fp16": 65504.0, "bf16": 3.3895e38}
 _NO_HALF_KERNEL = ("not implemented for 'Half'", "not implemented for 'BFloat16'", "Low precision dtypes not supported")
@@ -56,6 +56,8 @@ class AmpProbe(Probe):
     folds = (
         Fold("amp_overflow", "forward_nonfinite"),
         Fold("amp_overflow", "exploding_gradients", not_what_if),  # both come from the same large values
+        # every rate overflows under the same autocast: no rate trains, and the rate is not why
+        Fold("amp_overflow", "lr_too_high", lambda c, s: not_what_if(c, s) and no_rate_trained(s)),
     )
 
     settings = (

@@ -39,6 +39,11 @@ def loss_side(cause: Finding, symptom: Finding) -> bool:
     return symptom.where.module in (None, "")
 
 
+def no_rate_trained(symptom: Finding) -> bool:
+    """A rate finding from a sweep where no rate trained (nothing recommended)."""
+    return "recommended_lr" in symptom.evidence and symptom.evidence["recommended_lr"] is None
+
+
 def inside_module(cause: Finding, symptom: Finding) -> bool:
     """The cause sits in a module (not the loss function)."""
     return cause.where.module not in (None, "")

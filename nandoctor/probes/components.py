@@ -19,7 +19,8 @@ from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
 
 
 def component_gradients(ctx: RunContext, batch: Any) -> dict[str, dict[str, float]]:
-    """``{component: {"value", "weight", "grad_norm"}}`` with weighted gradient norms, one sync."""
+    """``{component: {"value", "weight", "grad_norm"}}`` with weighted gradient norms, one sync
+    (a component weighted 0: its gradient at weight 1, which the run never gets)."""
     import torch
 
     params = [p for p in ctx.model.parameters() if p.requires_grad]
@@ -29,10 +30,11 @@ def component_gradients(ctx: RunContext, batch: Any) -> dict[str, dict[str, floa
     for index, name in enumerate(names):
         weight = ctx.setup.loss_weights.get(name, 1.0)
         component = result.components[name]
-        if not component.requires_grad or weight == 0:
+        if not component.requires_grad:
             queued.append(torch.zeros((), device=component.device))
             continue
-        grads = torch.autograd.grad(weight * component, params, retain_graph=index < len(names) - 1, allow_unused=True)
+        scale = weight if weight != 0 else 1.0  # a term weighted 0: what it would give at weight 1
+        grads = torch.autograd.grad(scale * component, params, retain_graph=index < len(names) - 1, allow_unused=True)
         present = [g for g in grads if g is not None]
         norms = torch._foreach_norm(present) if present else []
         queued.append(
@@ -63,6 +65,15 @@ class ComponentsProbe(Probe):
             "Add eps to the named component's divisions/norms (F.normalize(x, eps=1e-6)).",
         ),
         CodeDoc(
+            "loss_component_unweighted",
+            Stage.LOSS_BALANCE,
+            "a named loss component is weighted 0: it is computed, and trains nothing",
+            "A term switched off by its weight gives no gradient; when it is the term that carries the task "
+            "(the largest gradient at weight 1), nothing else moves the loss.",
+            "loss_weights {'reconstruction': 0, 'kl': 1} left over from an ablation.",
+            "Give the component its weight back (the fix names it), or drop it from the loss if it is a metric.",
+        ),
+        CodeDoc(
             "loss_component_explosion",
             Stage.LOSS_BALANCE,
             "one named loss component's gradient dwarfs the rest",
@@ -75,6 +86,11 @@ class ComponentsProbe(Probe):
         Fold("loss_component_nonfinite", "forward_nonfinite", loss_side),
         Fold("loss_component_nonfinite", "backward_nonfinite"),
         Fold("loss_component_explosion", "exploding_gradients"),
+        # the task's own term switched off: the plateau and the rate verdicts follow from it
+        *(
+            Fold("loss_component_unweighted", symptom, lambda c, s: c.evidence.get("carries_the_task", False))
+            for symptom in ("loss_plateau", "lr_too_low", "vanishing_gradients")
+        ),
     )
 
     settings = (
@@ -110,7 +126,7 @@ class ComponentsProbe(Probe):
             if any(not (is_finite(r["value"]) and is_finite(r["grad_norm"])) for r in rows.values()):
                 bad_batch = index
                 break
-        total = sum(r["grad_norm"] for r in table.values() if is_finite(r["grad_norm"])) or 1.0
+        total = sum(r["grad_norm"] for r in table.values() if is_finite(r["grad_norm"]) and r["weight"] != 0) or 1.0
         for row in table.values():
             row["share"] = row["grad_norm"] / total if is_finite(row["grad_norm"]) else None
         raw = {"components": table}
@@ -120,7 +136,50 @@ class ComponentsProbe(Probe):
             raw["op_pass"] = ops.to_raw() if ops is not None else "not run: the value is finite, its gradient is not"
             return ProbeResult([finding], raw)
         raw["op_pass"] = "not run: every component is finite"
-        return ProbeResult(self._explosion(ctx, table), raw)
+        weighted = {n: r for n, r in table.items() if r["weight"] != 0}
+        return ProbeResult(self._explosion(ctx, weighted) + self._unweighted(ctx, table), raw)
+
+    @staticmethod
+    def _unweighted(ctx: RunContext, table: dict) -> list[Finding]:
+        """Each component weighted 0 that would give a gradient: a note; a warning when the terms still
+        trained give ``component_dominance`` times less gradient (a warm-up's KL at 0 stays a note)."""
+        findings = []
+        trained = [r["grad_norm"] for r in table.values() if r["weight"] != 0 and is_finite(r["grad_norm"])]
+        strongest = max(trained, default=0.0)
+        for name, row in table.items():
+            if row["weight"] != 0 or not row["grad_norm"] > 0:
+                continue
+            # what the run trains on is a small fraction of the signal switched off: it carried the task
+            main = row["grad_norm"] >= ctx.settings.component_dominance * strongest
+            config, note = fix_config(ctx.setup, loss_weight(name), 1.0)
+            others = {n: r["grad_norm"] for n, r in table.items() if n != name}
+            findings.append(
+                Finding(
+                    "loss_component_unweighted",
+                    Severity.WARNING if main else Severity.INFO,
+                    f"loss component {name!r} is weighted 0: it trains nothing"
+                    + (
+                        f", and at weight 1 its gradient is {row['grad_norm'] / max(strongest, 1e-30):,.3g}x "
+                        "that of every term the run trains on"
+                        if main
+                        else ""
+                    ),
+                    Where(component=name),
+                    {
+                        "component": name,
+                        "weight": 0.0,
+                        "grad_norm_at_weight_1": row["grad_norm"],
+                        "other_grad_norms": others,
+                        "carries_the_task": main,
+                    },
+                    Fix(
+                        config,
+                        f"Give {name!r} a non-zero weight (1 here){note}; if it is only a metric, compute it "
+                        "under torch.no_grad() outside the loss.",
+                    ),
+                )
+            )
+        return findings
 
     @staticmethod
     def _nonfinite(ctx: RunContext, table: dict, name: str, batch_index: int) -> tuple[Finding, Any]:

@@ -12,7 +12,7 @@ from nandoctor.context import RunContext
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.activity import RELU_FAMILY
 from nandoctor.measure.trace import traced
-from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting
+from nandoctor.probes.base import Fact, Fold, Phase, Probe, ProbeResult, Setting, no_rate_trained
 
 __all__ = ["DeadUnitsProbe", "RELU_FAMILY"]
 
@@ -35,6 +35,8 @@ class DeadUnitsProbe(Probe):
     folds = (
         # a layer fed only by dead ReLUs outputs its bias, a constant that looks pinned
         Fold("dead_units", "saturation", lambda c, s: s.evidence.get("output_min") == s.evidence.get("output_max")),
+        # a network dead from the start gives one output at every rate: no rate trains, and the rate is not why
+        Fold("dead_units", "lr_too_high", lambda c, s: c.severity == Severity.CRITICAL and no_rate_trained(s)),
     )
 
     settings = (

@@ -192,11 +192,13 @@ class DynamicsProbe(Probe):
         # which rate "wins" on noise says nothing: a control that finds no signal drops the warnings
         droppable = [f for f in lr_findings if "compared_at_steps" in f.evidence]  # judged against another rate
         stuck = best is None and not any(r.moved(settings) for r in sweep.runs)  # nothing lowered the held-out loss
-        plateau, raw["control"] = label_control(ctx, sweep, best, stream, needed=bool(droppable), stuck=stuck)
+        # no rate trains to the end and the user's does not move: silence would say "healthy"
+        unanswered = best is None and not sweep.user.moved(settings)
+        plateau, raw["control"] = label_control(ctx, sweep, best, stream, needed=bool(droppable), stuck=unanswered)
         no_signal = raw["control"].get("signal") is False
         findings = [f for f in lr_findings if not (no_signal and any(f is d for d in droppable))]
-        if stuck and not plateau and not any(f.code == "lr_too_high" for f in findings):
-            plateau = [no_learning(sweep, _table(sweep), settings)]
+        if unanswered and not plateau and not any(f.code == "lr_too_high" for f in findings):
+            plateau = [no_learning(sweep, _table(sweep), settings, nothing_moved=stuck)]
         raw["no_rate_moved"] = stuck
         clip_findings, raw["clip"] = self._clip(ctx, sweep, stream)
         findings += clip_findings + plateau
@@ -270,7 +272,7 @@ class DynamicsProbe(Probe):
                 )
             ]
         # it trains, only slower in a short run: that favours high rates
-        if user.drop >= settings.learns_drop:
+        if user.drop >= settings.learns_drop or user.moved(settings):
             return []
         return [
             Finding(

@@ -10,7 +10,7 @@ reached an embedding in the traced pass (its pre-hook stops the forward before a
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from nandoctor.batches import dense, iter_tensors
@@ -18,11 +18,41 @@ from nandoctor.context import RunContext
 from nandoctor.featurestats.columns import ColumnSummary, FlagLimits, StreamingColumn
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.consumers import Consumer, first_consumers
+from nandoctor.measure.target_scale import standardized_target_control
 from nandoctor.measure.trace import traced
 from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult, Setting
 
 MAX_ROWS = 200_000
 NORMALIZATION_LAYERS = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "LocalResponseNorm")
+
+
+def _with_control(finding: Finding, control: dict | None) -> Finding:
+    finding.evidence["standardized_control"] = control
+    if not target_drives_gradient(finding):
+        return finding
+    said = (
+        f" Control: with this target standardized the first step's gradient norm is {control['ratio']:.3g}x "
+        f"smaller ({control['grad_norm']:.4g} -> {control['grad_norm_standardized']:.4g}): the target's scale, "
+        "not the rate or the clip, sets the size of every step."
+    )
+    return replace(finding, fix=replace(finding.fix, advice=finding.fix.advice + said))
+
+
+# standardizing the target cuts the first step's gradient by this factor or more: its scale drives training
+TARGET_DRIVES_GRADIENT = 10.0
+
+
+def target_drives_gradient(cause: Finding) -> bool:
+    control = cause.evidence.get("standardized_control") or {}
+    return cause.evidence.get("role") == "target" and control.get("ratio", 0.0) >= TARGET_DRIVES_GRADIENT
+
+
+def clip_follows_target(cause: Finding, clip: Finding) -> bool:
+    """The clip bites hard only because of the target's scale: standardized, it would not (factor < 10)."""
+    if not target_drives_gradient(cause):
+        return False
+    ratio = cause.evidence["standardized_control"]["ratio"]
+    return clip.evidence.get("median_clip_factor", float("inf")) / ratio < TARGET_DRIVES_GRADIENT
 
 
 def feature_names_for(path: str, width: int, feature_names: Any) -> list[str] | None:
@@ -166,8 +196,21 @@ class InputsProbe(Probe):
         ),
     )
 
-    # raw inputs make the huge first-step gradients; a target's scale (info) explains nothing here
-    folds = (Fold("unnormalized_input", "exploding_gradients", lambda cause, symptom: cause.severity != Severity.INFO),)
+    # raw inputs make the huge first-step gradients; a target's scale explains them, and the rate,
+    # clip and plateau verdicts they produce, only when its control says so (measure/target_scale.py)
+    folds = (
+        Fold("unnormalized_input", "exploding_gradients", lambda cause, symptom: cause.severity != Severity.INFO),
+        *(
+            Fold("unnormalized_input", symptom, lambda cause, _: target_drives_gradient(cause))
+            for symptom in (
+                "exploding_gradients",
+                "lr_too_low",
+                "lr_too_high",
+                "loss_plateau",
+            )
+        ),
+        Fold("unnormalized_input", "grad_clip_too_aggressive", lambda cause, clip: clip_follows_target(cause, clip)),
+    )
     settings = tuple(
         Setting(f"input_{f.name}", f.default, f"input/column flags: {meaning}")
         for f, meaning in zip(fields(FlagLimits), FLAG_MEANINGS)
@@ -200,7 +243,10 @@ class InputsProbe(Probe):
             findings.append(self._nonfinite(nonfinite))
         for path in dict.fromkeys(p for p, _, _ in unnormalized):
             group = [(role, s) for p, role, s in unnormalized if p == path]
-            findings.append(self._unnormalized(path, group, consumers.get(path) if consumers else None))
+            finding = self._unnormalized(path, group, consumers.get(path) if consumers else None)
+            if finding.evidence["role"] == "target":
+                finding = _with_control(finding, standardized_target_control(ctx, path))
+            findings.append(finding)
         return ProbeResult(findings, raw)
 
     @staticmethod

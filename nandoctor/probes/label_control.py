@@ -174,9 +174,11 @@ def label_control(
     ], raw
 
 
-def no_learning(sweep: Sweep, table: dict[str, Any], settings: Any) -> Finding:
+def no_learning(sweep: Sweep, table: dict[str, Any], settings: Any, nothing_moved: bool = True) -> Finding:
     """No rate lowered the held-out loss beyond its noise, and no measurement named a cause: critical,
-    never healthy. Causes measured elsewhere (inputs, targets, the gradient path) fold this under them."""
+    never healthy. Causes measured elsewhere (inputs, targets, the gradient path) fold this under them.
+    ``nothing_moved`` False: some rate moved it for a while, none trained to the end and the user's
+    did not move: a warning with the same table."""
     tried = ", ".join(f"{r.lr:.3g} {r.verdict}" for r in sweep.runs)
     start = next((r.start_score for r in sweep.runs if r.start_score is not None), None)
     best = min(
@@ -185,14 +187,26 @@ def no_learning(sweep: Sweep, table: dict[str, Any], settings: Any) -> Finding:
     closest = (
         f"; the best, lr {best.lr:.3g}, ends at {best.score:.4g} from {_g(start)} ({best.drop:+.1%})" if best else ""
     )
+    if nothing_moved:
+        title = (
+            f"no learning rate from {sweep.runs[0].lr:.3g} to {sweep.runs[-1].lr:.3g} lowered the held-out loss "
+            f"beyond its noise in {sweep.checkpoints[-1]} steps{closest}"
+        )
+    else:
+        moved = ", ".join(f"{r.lr:.3g} ({r.drop:+.1%} by step {r.reached})" for r in sweep.runs if r.moved(settings))
+        title = (
+            f"lr {sweep.user.lr:.3g} does not lower the held-out loss beyond its noise, and no rate from "
+            f"{sweep.runs[0].lr:.3g} to {sweep.runs[-1].lr:.3g} trains to the end of {sweep.checkpoints[-1]} steps "
+            f"(moved for a while: {moved})"
+        )
     return Finding(
         "loss_plateau",
-        Severity.CRITICAL,
-        f"no learning rate from {sweep.runs[0].lr:.3g} to {sweep.runs[-1].lr:.3g} lowered the held-out loss "
-        f"beyond its noise in {sweep.checkpoints[-1]} steps{closest}",
+        Severity.CRITICAL if nothing_moved else Severity.WARNING,
+        title,
         Where(),
         {
-            "no_rate_moved": True,
+            "no_rate_moved": nothing_moved,
+            "no_rate_trained": True,
             "heldout_initial": start,
             "rates": tried,
             "grid_extended": sweep.extended,

@@ -30,7 +30,7 @@ class TargetsProbe(Probe):
             Stage.DATA,
             "targets outside the domain of the loss that reads them (binary cross-entropy targets outside "
             "[0, 1], negative targets where the loss needs them >= 0, one-hot floats where class ids are "
-            "expected)",
+            "expected, regression targets a sigmoid or tanh output cannot reach)",
             "The loss is unbounded below or meaningless outside its domain: it falls while the model "
             "learns nothing, or it raises.",
             "Segmentation masks saved as 0/255 fed to BCEWithLogitsLoss; standardized counts to PoissonNLLLoss.",
@@ -46,8 +46,30 @@ class TargetsProbe(Probe):
             "F.mse_loss(model(x).squeeze(-1), y) with y of shape (B, 1).",
             "Make both shapes equal (squeeze or unsqueeze one of them) before the loss.",
         ),
+        CodeDoc(
+            "loss_maximized",
+            Stage.DATA,
+            "every loss function the total is built from enters it with a negative sign: training climbs the loss",
+            "A cross-entropy (or any loss bounded below) with a minus sign falls without bound as the model gets "
+            "worse; the sweep sees a loss that keeps falling and asks for a higher rate.",
+            "loss = -F.cross_entropy(logits, labels), a sign flipped when porting a log-likelihood objective.",
+            "Minimize the loss itself: drop the minus sign (a log-likelihood is maximized by minimizing its "
+            "negative, which cross_entropy already is).",
+        ),
     )
     folds = (
+        *(
+            Fold("loss_maximized", symptom)  # what climbing the loss looks like, read as a rate problem
+            for symptom in (
+                "lr_too_low",
+                "lr_too_high",
+                "loss_plateau",
+                "exploding_gradients",
+                "activation_explosion",
+                "forward_nonfinite",
+                "grad_clip_too_aggressive",
+            )
+        ),
         Fold("target_out_of_range", "forward_error"),
         Fold("loss_shape_mismatch", "forward_error"),
         # an Inf CTC loss, a NaN mean over no target: the loss's value follows from its targets
@@ -56,6 +78,12 @@ class TargetsProbe(Probe):
         Fold("target_out_of_range", "loss_plateau"),
         Fold("loss_shape_mismatch", "loss_plateau"),
         Fold("target_out_of_range", "grad_clip_too_aggressive"),
+        Fold("target_out_of_range", "lr_too_low"),
+        # a bounded output chasing targets it cannot reach sits in its flat tails
+        *(
+            Fold("target_out_of_range", symptom, lambda c, s: c.evidence.get("problem") == "unreachable")
+            for symptom in ("saturation", "vanishing_gradients")
+        ),
         # the target's scale is the out-of-range target itself
         Fold("target_out_of_range", "unnormalized_input", lambda c, s: _same_tensor(c, s)),
     )
@@ -82,6 +110,8 @@ def _same_tensor(cause: Finding, symptom: Finding) -> bool:
 def _finding(batch: int, record: dict[str, Any]) -> Finding:
     if record["kind"] == "loss_shape_mismatch":
         return _shape_finding(batch, record)
+    if record["kind"] == "loss_maximized":
+        return _maximized_finding(batch, record)
     loss, problem, source = record["loss"], record["problem"], record.get("source")
     at = f" at {source}" if source else ""
     severity = Severity.CRITICAL
@@ -104,6 +134,21 @@ def _finding(batch: int, record: dict[str, Any]) -> Finding:
                 f"{loss} needs non-negative targets{at} (counts, probabilities); these look standardized or "
                 f"shifted: pass the raw values, or use a loss for real-valued targets (mse_loss)."
             )
+    elif problem == "unreachable":
+        low, high = record["domain"]
+        activation = record["activation"]
+        span = f"{_fmt(record['min_target'])}..{_fmt(record['max_target'])}"
+        title = (
+            f"{loss} targets span {span} but the prediction is a {activation} output, which only reaches "
+            f"[{_fmt(low)}, {_fmt(high)}]: {record['out_of_range']} of {record['total']} targets are out of reach"
+        )
+        advice = (
+            f"The model cannot predict these targets{at}: scale the targets into [{_fmt(low)}, {_fmt(high)}] "
+            f"(and back at inference), or drop the final {activation} and predict the targets directly "
+            f"(standardized)."
+        )
+        if record["out_of_range"] * 2 < record["total"]:
+            severity = Severity.WARNING  # most targets reachable: it learns, but never fits the rest
     elif problem == "one_hot_ids":
         shape = tuple(record["target_shape"])
         title = f"{loss} gets one-hot integer targets of shape {shape} where class ids are expected"
@@ -173,4 +218,22 @@ def _shape_finding(batch: int, record: dict[str, Any]) -> Finding:
         Where(feature=record.get("tensor"), source=source, batch=batch),
         {k: v for k, v in record.items() if k != "kind"} | {"batch": batch},
         Fix(advice=advice),
+    )
+
+
+def _maximized_finding(batch: int, record: dict[str, Any]) -> Finding:
+    loss, source = record["loss"], record.get("source")
+    at = f" at {source}" if source else ""
+    losses = ", ".join(record["losses"])
+    return Finding(
+        "loss_maximized",
+        Severity.CRITICAL,
+        f"the total loss falls as {losses} rises: it enters with d total / d {loss} = "
+        f"{record['d_total_d_loss']:.3g}, so training climbs the loss instead of descending it",
+        Where(source=source, batch=batch),
+        {k: v for k, v in record.items() if k != "kind"} | {"batch": batch},
+        Fix(
+            advice=f"Remove the minus sign in front of {loss}{at}: {loss} is already the negative log-likelihood "
+            f"(or a distance) to minimize; negated, its minimum is -inf and the model is pushed to be wrong."
+        ),
     )

@@ -60,11 +60,13 @@ class TrainRun(StepLog):
 
     def moved(self, limits: Any) -> bool:
         """The held-out loss fell by more than its noise across slices (or, unmeasured, by ``learns_drop``)."""
-        return self.verdict == LEARNS or (
-            self.verdict not in BAD
-            and self.drop >= limits.moves_drop
-            and (self.fall_t is None or self.fall_t >= limits.learns_confidence)
-        )
+        if self.verdict == LEARNS:
+            return True
+        if self.verdict in BAD:
+            return False
+        if self.fall_t is None:  # no slices to judge the noise by: only a fall that counts as learning
+            return self.drop >= limits.learns_drop
+        return self.drop >= limits.moves_drop and self.fall_t >= limits.learns_confidence
 
     @property
     def start_score(self) -> float | None:
