@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Iterator
 
 from nandoctor.batches import check_feature_names, read_batches, to_device
@@ -205,6 +206,8 @@ def run_probes(
                 not_run[probe.name] = f"did not finish: {result.incomplete}"
             else:
                 ran.append(probe.name)
+        if "dynamics" in ran:  # training is allowed in this run: loss-weight fixes are re-run
+            findings = _verify_weight_fixes(ctx, findings, progress)
         checked = len(ctx.batches)
     coverage = {
         "batches_checked": checked,
@@ -214,6 +217,26 @@ def run_probes(
         "ranks": 1,
     }
     return {"findings": rank(findings), "probes": raw, "coverage": coverage}
+
+
+def _verify_weight_fixes(ctx: RunContext, findings: list, progress: Callable[[str], None]) -> list:
+    """Each finding whose fix is a loss weight (``evidence.weights_fix``) gets ``fix.verified``."""
+    from nandoctor.sweep.verify import verify_weights
+
+    kept = []
+    for finding in findings:
+        change = finding.evidence.get("weights_fix")
+        if not change or finding.fix.verified is not None:
+            kept.append(finding)
+            continue
+        progress(f"nandoctor: re-running {ctx.settings.sweep_steps} steps with loss weights {change}")
+        with preserved_torch_globals(), preserved_rng():
+            verified = verify_weights(ctx, change)
+        if verified is None:
+            kept.append(finding)
+            continue
+        kept.append(replace(finding, fix=replace(finding.fix, verified=verified)))
+    return kept
 
 
 def build_report(spec: str, parts: dict[str, Any], **sections: Any) -> Report:

@@ -27,11 +27,14 @@ def test_raw_inputs_rank_above_the_nan_they_cause(diagnose):
     assert codes[0] == "unnormalized_input" and len(codes) >= 2
 
 
-def test_regression_target_is_named_as_target_at_info(diagnose):
+def test_regression_target_is_named_as_target_and_owns_the_gradients_it_drives(diagnose):
     report = diagnose(CASES["target_scale"].build())
     finding = next(f for f in report["findings"] if f["code"] == "unnormalized_input")
     assert finding["evidence"]["role"] == "target" and finding["title"].startswith("target")
-    assert finding["severity"] == "info"
+    # its control: standardized, the first step's gradient is far smaller, so it explains them
+    assert finding["evidence"]["standardized_control"]["ratio"] >= 10
+    assert "exploding_gradients" in {e["code"] for e in finding["evidence"]["explains"]}
+    assert finding["severity"] != "info"
 
 
 def test_embedding_checked_before_forward_names_tensor_and_module(diagnose):

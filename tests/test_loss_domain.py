@@ -95,3 +95,13 @@ def test_a_metric_weighted_zero_without_a_gradient_is_not_a_component_to_restore
         }
     )
     assert not [f for f in report["findings"] if f["code"] == "loss_component_unweighted"], report["findings"]
+
+
+def test_a_loss_weight_fix_is_re_run_and_says_whether_it_helped(diagnose):
+    from tests.fixtures.loss_domain import autoencoder_reconstruction_weighted_zero
+
+    report = diagnose(autoencoder_reconstruction_weighted_zero())
+    top = report["findings"][0]
+    verified = top["fix"]["verified"]
+    assert top["fix"]["config"] == {"loss_weights.reconstruction": 1.0}
+    assert verified["ok"] and verified["after"] < verified["before"] and verified["steps"] > 0

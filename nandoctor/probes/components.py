@@ -171,6 +171,7 @@ class ComponentsProbe(Probe):
                         "grad_norm_at_weight_1": row["grad_norm"],
                         "other_grad_norms": others,
                         "carries_the_task": main,
+                        "weights_fix": {name: 1.0},
                     },
                     Fix(
                         config,
@@ -263,6 +264,7 @@ class ComponentsProbe(Probe):
                     "next_grad_norm": second["grad_norm"],
                     "weighted_below_another": meant_secondary,
                     "share": top["share"],
+                    "weights_fix": {name: suggested},
                     "table": {
                         n: {
                             "value": r["value"],

@@ -58,11 +58,13 @@ def not_a_note(cause: Finding, symptom: Finding) -> bool:
     return cause.severity != Severity.INFO
 
 
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
 def verified_rate(user: TrainRun, best: TrainRun, steps: int) -> dict[str, Any]:
     """``fix.verified`` from the sweep's own runs: the user's rate and the recommended one, same steps."""
-    before, after = user.score_at(steps), best.score_at(steps)
-    before = before if before is not None and math.isfinite(before) else None
-    after = after if after is not None and math.isfinite(after) else None
+    before, after = finite_or_none(user.score_at(steps)), finite_or_none(best.score_at(steps))
     ok = best.verdict == LEARNS and after is not None and (before is None or after < before)
     return {"steps": steps, "before": before, "after": after, "ok": ok}
 
@@ -192,8 +194,10 @@ class DynamicsProbe(Probe):
         # which rate "wins" on noise says nothing: a control that finds no signal drops the warnings
         droppable = [f for f in lr_findings if "compared_at_steps" in f.evidence]  # judged against another rate
         stuck = best is None and not any(r.moved(settings) for r in sweep.runs)  # nothing lowered the held-out loss
-        # no rate trains to the end and the user's does not move: silence would say "healthy"
-        unanswered = best is None and not sweep.user.moved(settings)
+        # no rate trains to the end and the user's does not move (a large fall that is only noisy is no
+        # answer either way): silence would say "healthy"
+        user = sweep.user
+        unanswered = best is None and not user.moved(settings) and user.drop < settings.learns_drop
         plateau, raw["control"] = label_control(ctx, sweep, best, stream, needed=bool(droppable), stuck=unanswered)
         no_signal = raw["control"].get("signal") is False
         findings = [f for f in lr_findings if not (no_signal and any(f is d for d in droppable))]
@@ -346,6 +350,15 @@ class DynamicsProbe(Probe):
         raw["candidates"] = checked
         config, note = fix_config(ctx.setup, GRAD_CLIP, suggestion)
         verified = next((c for c in checked if c["max_norm"] == suggestion and c["verdict"] == LEARNS), None)
+        tried = next((c for c in checked if c["max_norm"] == suggestion), None)
+        rerun = None
+        if tried is not None:
+            rerun = {
+                "steps": tried["steps"],
+                "before": finite_or_none(user.score_at(tried["steps"])),
+                "after": tried["heldout"],
+                "ok": verified is not None,
+            }
         advice = (
             f"Raise max_norm to {suggestion:g}, near the median gradient norm {raw['median_grad_norm']:.3g}"
             + (
@@ -363,7 +376,7 @@ class DynamicsProbe(Probe):
                 f"clipping at max_norm={clip:g} scales {share:.0%} of steps down, by a median factor of {factor:,.3g}",
                 Where(),
                 dict(raw, user_drop=user.drop),
-                Fix(config, advice),
+                Fix(config, advice, rerun),
             )
         ], raw
 
@@ -383,7 +396,15 @@ class DynamicsProbe(Probe):
                 torch.manual_seed(ctx.settings.seed)
                 run = train(ctx, stream, user.lr, sweep.checkpoints, candidate)
                 snapshot.restore()
-                checked.append({"max_norm": candidate, "verdict": run.verdict, "drop": run.drop})
+                checked.append(
+                    {
+                        "max_norm": candidate,
+                        "verdict": run.verdict,
+                        "drop": run.drop,
+                        "heldout": finite_or_none(run.score_at(run.reached)),
+                        "steps": run.reached,
+                    }
+                )
                 if run.verdict == LEARNS and run.drop > user.drop + 0.02:
                     return candidate, checked
         finally:
