@@ -131,6 +131,21 @@ def plain_module(model: Any) -> tuple[Any, list[str]]:
             return model, wrappers
 
 
+def ddp_find_unused(model: Any) -> bool | None:
+    """DDP's ``find_unused_parameters`` for a model wrapped in DistributedDataParallel (under any
+    other wrapper), None for one that is not: without it, DDP raises on parameters no loss reaches."""
+    while True:
+        kind = type(model).__name__
+        if kind == "DistributedDataParallel":
+            return bool(getattr(model, "find_unused_parameters", False))
+        if kind == "DataParallel" and hasattr(model, "module"):
+            model = model.module
+        elif kind == "OptimizedModule" and hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return None
+
+
 def sharded(model: Any) -> bool:
     """Whether the model's parameters are sharded DTensors (FSDP2 ``fully_shard``)."""
     return any(type(p).__name__ == "DTensor" for p in model.parameters())

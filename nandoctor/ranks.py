@@ -44,6 +44,21 @@ def _key(finding: Finding) -> tuple:
     return (finding.code, astuple(replace(finding.where, rank=None)))
 
 
+RATE_CODES = ("lr_too_high", "lr_too_low")
+
+
+def _for_the_effective_batch(finding: Finding, ranks: int) -> Finding:
+    """A rate judged on one rank's batch, said beside the batch DDP trains on (``ranks`` of them)."""
+    note = (
+        f" These rates were judged on one rank's batch; DDP averages the gradients of {ranks} such batches "
+        f"(an effective batch {ranks}x larger, with less gradient noise), so the rate that trains there can be "
+        f"somewhat higher (up to {ranks}x by the linear scaling rule, with a warm-up): confirm with "
+        f"`nandoctor lr-sweep` on a batch {ranks}x the per-rank one."
+    )
+    evidence = {**finding.evidence, "effective_batch_ranks": ranks}
+    return replace(finding, evidence=evidence, fix=replace(finding.fix, advice=finding.fix.advice + note))
+
+
 def merge_findings(per_rank: list[list[Finding]]) -> list[Finding]:
     """Every rank's findings once: a finding of every rank as it is, one of some ranks with its rank."""
     seen: dict[tuple, list[tuple[int, Finding]]] = {}
@@ -57,6 +72,8 @@ def merge_findings(per_rank: list[list[Finding]]) -> list[Finding]:
         if len(ranks) < len(per_rank):
             where = replace(finding.where, rank=finding.where.rank if finding.where.rank is not None else number)
             finding = replace(finding, where=where, evidence={**finding.evidence, "ranks": ranks})
+        if finding.code in RATE_CODES and len(per_rank) > 1:
+            finding = _for_the_effective_batch(finding, len(per_rank))
         merged.append(finding)
     return rank(merged)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from nandoctor.distributed import plain_module, sharded
+from nandoctor.distributed import ddp_find_unused, plain_module, sharded
 from nandoctor.errors import UsageError, describe
 from nandoctor.overrides import Overrides, parse_overrides, parse_value  # noqa: F401 (re-exported)
 from nandoctor.user_code import _is_file_target, _user_frame, call_build, resolve_function, split_spec  # noqa: F401
@@ -58,6 +58,7 @@ class Setup:
     config_keys: dict[str, str] = field(default_factory=dict)
     device: Any = None
     wrappers: tuple[str, ...] = ()  # taken off the model: DDP, torch.compile (nandoctor probes the module inside)
+    ddp_find_unused: bool | None = None  # DDP's find_unused_parameters; None when the model is not in DDP
 
 
 def _as_mapping(result: Any, spec: str) -> dict[str, Any]:
@@ -210,6 +211,7 @@ def validate(result: Any, spec: str) -> Setup:
     model = mapping["model"]
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{spec}: 'model' must be a torch.nn.Module, got {type(model).__name__}")
+    find_unused = ddp_find_unused(model)
     model, wrappers = plain_module(model)
     if sharded(model):
         raise UsageError(
@@ -249,6 +251,7 @@ def validate(result: Any, spec: str) -> Setup:
         config_keys=dict(mapping.get("config_keys") or {}),
         device=_resolve_device(mapping.get("device"), model, spec),
         wrappers=tuple(wrappers),
+        ddp_find_unused=find_unused,
     )
 
 

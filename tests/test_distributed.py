@@ -131,3 +131,34 @@ def test_scan_splits_the_batches_across_ranks_and_lists_them_all_once():
     assert result["ranks"] == 2 and result["batches_scanned"] == 6 and result["samples_scanned"] == 6 * 48
     (finding,) = result["findings"]
     assert finding["code"] == "nonfinite_input" and (finding["where"]["batch"], finding["where"]["sample"]) == (3, 5)
+
+
+def test_parameters_ddp_would_wait_for_are_named_under_ddp_and_a_note_alone(diagnose):
+    from tests.specs import ranks
+
+    alone = diagnose(ranks.ddp_unused_head())  # one process, no DDP: a note
+    note = next(f for f in alone["findings"] if f["code"] == "no_gradient_path")
+    assert note["severity"] == "info" and note["where"]["module"] == "aux_head"
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:ddp_unused_head", "--format", "json")
+    report = report_of(stdout)
+    assert code == 0, stderr[-3000:]  # a warning: the default --fail-on critical passes
+    top = report["findings"][0]
+    assert top["code"] == "no_gradient_path" and top["severity"] == "warning", report["findings"]
+    assert top["where"]["module"] == "aux_head" and top["evidence"]["ddp_find_unused"] is False
+    assert "find_unused_parameters=True" in top["fix"]["advice"]
+    code, stdout, _ = torchrun("diagnose", f"{SPECS}:ddp_unused_head", "--set", "find_unused=true", "--format", "json")
+    allowed = report_of(stdout)
+    assert all(f["severity"] == "info" for f in allowed["findings"] if f["code"] == "no_gradient_path")
+
+
+def test_merged_rate_findings_say_the_rates_are_for_one_ranks_batch():
+    from nandoctor.findings import Finding, Fix, Severity, Where
+    from nandoctor.ranks import merge_findings
+
+    rate = Finding("lr_too_low", Severity.WARNING, "lr 1e-05 is too low", Where(), {}, Fix(advice="Raise it."))
+    dead = Finding("dead_units", Severity.WARNING, "dead", Where(module="body.1"), {}, Fix(advice="LeakyReLU."))
+    merged = {f.code: f for f in merge_findings([[rate, dead], [rate, dead]])}
+    assert merged["lr_too_low"].evidence["effective_batch_ranks"] == 2
+    assert "DDP averages the gradients of 2" in merged["lr_too_low"].fix.advice
+    assert merged["dead_units"] == dead  # only rate findings depend on the batch
+    assert merge_findings([[rate]]) == [rate]  # one process: as it was

@@ -91,8 +91,8 @@ class GradientPathProbe(Probe):
         findings = [self._cut(paths, cut) for cut in paths.cuts]
         if paths.stuck:
             findings.append(self._stuck(paths))
-        if paths.unused and not findings:
-            findings.append(self._unused(paths))
+        if paths.unused and (not findings or ctx.setup.ddp_find_unused is False):
+            findings.append(self._unused(paths, ctx.setup.ddp_find_unused))
         return ProbeResult(findings, raw)
 
     @staticmethod
@@ -190,14 +190,30 @@ class GradientPathProbe(Probe):
         )
 
     @staticmethod
-    def _unused(paths: GradientPaths) -> Finding:
+    def _unused(paths: GradientPaths, ddp_find_unused: bool | None) -> Finding:
         names = paths.unused
         module = _common_module(names)
+        evidence = {"parameters": names[:20], "count": len(names), "cut": "unused", "ddp_find_unused": ddp_find_unused}
+        if ddp_find_unused is False:  # DDP waits for their gradients and raises at the next step
+            return Finding(
+                "no_gradient_path",
+                Severity.WARNING,
+                f"{len(names)} trainable parameter(s) are never used by the forward, and the model is in "
+                f"DistributedDataParallel with find_unused_parameters=False: {_listed(names)}",
+                Where(module=module, parameter=names[0]),
+                evidence,
+                Fix(
+                    advice="DDP expects a gradient for every parameter and raises at the next step ('Expected to "
+                    "have finished reduction in the prior iteration'). Remove the unused module, freeze it "
+                    "(requires_grad_(False)) before wrapping, or wrap with find_unused_parameters=True (an extra "
+                    "graph traversal per step)."
+                ),
+            )
         return Finding(
             "no_gradient_path",
             Severity.INFO,
             f"{len(names)} trainable parameter(s) are never used by the forward: {_listed(names)}",
             Where(module=module, parameter=names[0]),
-            {"parameters": names[:20], "count": len(names), "cut": "unused"},
+            evidence,
             Fix(advice="No op reads them; freeze them (requires_grad_(False)) or remove the module if it is unused."),
         )

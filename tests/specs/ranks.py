@@ -96,3 +96,24 @@ def whole_dataset():
     x[5, 1] = float("nan")
     data[3] = (x, y)
     return {"model": mlp(), "data": data, "loss": ce}
+
+
+class WithAuxHead(nn.Module):
+    """A classifier with an auxiliary head left over from another task: no loss reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = mlp()
+        self.aux_head = nn.Linear(32, 2)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def ddp_unused_head(find_unused: bool = False):
+    """The aux head's parameters get no gradient; DDP without find_unused_parameters raises on them."""
+    torch.manual_seed(0)
+    model = WithAuxHead()
+    if dist.is_initialized():
+        model = DistributedDataParallel(model, find_unused_parameters=find_unused)
+    return {"model": model, "data": blobs(seed=1 + _rank()), "loss": ce, "lr": 1e-2}
