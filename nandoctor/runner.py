@@ -206,8 +206,8 @@ def run_probes(
                 not_run[probe.name] = f"did not finish: {result.incomplete}"
             else:
                 ran.append(probe.name)
-        if "dynamics" in ran:  # training is allowed in this run: loss-weight fixes are re-run
-            findings = _verify_weight_fixes(ctx, findings, progress)
+        if "dynamics" in ran:  # training is allowed in this run: config fixes are re-run
+            findings = _verify_fixes(ctx, findings, progress)
         checked = len(ctx.batches)
     coverage = {
         "batches_checked": checked,
@@ -219,19 +219,20 @@ def run_probes(
     return {"findings": rank(findings), "probes": raw, "coverage": coverage}
 
 
-def _verify_weight_fixes(ctx: RunContext, findings: list, progress: Callable[[str], None]) -> list:
-    """Each finding whose fix is a loss weight (``evidence.weights_fix``) gets ``fix.verified``."""
-    from nandoctor.sweep.verify import verify_weights
+def _verify_fixes(ctx: RunContext, findings: list, progress: Callable[[str], None]) -> list:
+    """Each finding whose fix is a config change it can re-run (``evidence.rerun_fix``: loss weights, the
+    precision) gets ``fix.verified``."""
+    from nandoctor.sweep.verify import verify_fix
 
     kept = []
     for finding in findings:
-        change = finding.evidence.get("weights_fix")
+        change = finding.evidence.get("rerun_fix")
         if not change or finding.fix.verified is not None:
             kept.append(finding)
             continue
-        progress(f"nandoctor: re-running {ctx.settings.sweep_steps} steps with loss weights {change}")
+        progress(f"nandoctor: re-running {ctx.settings.sweep_steps} steps with the fix {change}")
         with preserved_torch_globals(), preserved_rng():
-            verified = verify_weights(ctx, change)
+            verified = verify_fix(ctx, change)
         if verified is None:
             kept.append(finding)
             continue

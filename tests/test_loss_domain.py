@@ -105,3 +105,12 @@ def test_a_loss_weight_fix_is_re_run_and_says_whether_it_helped(diagnose):
     verified = top["fix"]["verified"]
     assert top["fix"]["config"] == {"loss_weights.reconstruction": 1.0}
     assert verified["ok"] and verified["after"] < verified["before"] and verified["steps"] > 0
+
+
+def test_a_precision_fix_is_re_run_in_bf16(diagnose):
+    from tests.fixtures.losses import logits_fp16
+
+    top = diagnose(logits_fp16())["findings"][0]
+    verified = top["fix"]["verified"]
+    assert top["code"] == "amp_overflow" and top["evidence"]["rerun_fix"] == {"amp": "bf16"}
+    assert verified["before"] is None and verified["after"] is not None and verified["ok"]  # fp16 overflows

@@ -227,6 +227,8 @@ class AmpProbe(Probe):
             "source": site.source if site else None,
             "op_dtype": site.dtype if site else None,
         }
+        if precision == "fp16" and ctx.setup.amp == "fp16":  # the user trains so: bf16 is re-run as the fix
+            evidence["rerun_fix"] = {"amp": "bf16"}
         at = (f"{site.op}" + (f" at {site.source}" if site.source else "")) if site is not None else None
         if culprit is not None:
             module = culprit.name

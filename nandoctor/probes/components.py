@@ -171,7 +171,7 @@ class ComponentsProbe(Probe):
                         "grad_norm_at_weight_1": row["grad_norm"],
                         "other_grad_norms": others,
                         "carries_the_task": main,
-                        "weights_fix": {name: 1.0},
+                        "rerun_fix": {"loss_weights": {name: 1.0}},
                     },
                     Fix(
                         config,
@@ -264,7 +264,7 @@ class ComponentsProbe(Probe):
                     "next_grad_norm": second["grad_norm"],
                     "weighted_below_another": meant_secondary,
                     "share": top["share"],
-                    "weights_fix": {name: suggested},
+                    "rerun_fix": {"loss_weights": {name: suggested}},
                     "table": {
                         n: {
                             "value": r["value"],
