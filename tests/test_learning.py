@@ -90,3 +90,10 @@ def test_a_paired_fall_across_slices_tells_noise_from_learning():
     assert fall_t(before, noisy) < Settings().learns_confidence
     assert fall_t(before, steady) > Settings().learns_confidence
     assert fall_t(before[:3], steady[:3]) is None  # too few slices to judge
+
+
+def test_a_rate_that_does_not_move_the_loss_at_all_is_critical(diagnose):
+    top = diagnose(fx.cnn_sgd())["findings"][0]  # SGD four decades low: the run never trains as configured
+    assert top["code"] == "lr_too_low" and top["severity"] == "critical", top["title"]
+    start, mine = top["evidence"]["heldout_initial"], top["evidence"]["user_heldout"]
+    assert abs(start - mine) < 0.01 * abs(start)

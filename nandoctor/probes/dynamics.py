@@ -281,7 +281,8 @@ class DynamicsProbe(Probe):
         return [
             Finding(
                 "lr_too_low",
-                Severity.WARNING,
+                # a run that does not move at all never trains as configured; one that moves a little is slow
+                Severity.CRITICAL if user.drop < settings.moves_drop else Severity.WARNING,
                 f"lr {user.lr:.3g} is too low: {numbers}",
                 Where(),
                 evidence,
