@@ -97,3 +97,17 @@ def test_a_rate_that_does_not_move_the_loss_at_all_is_critical(diagnose):
     assert top["code"] == "lr_too_low" and top["severity"] == "critical", top["title"]
     start, mine = top["evidence"]["heldout_initial"], top["evidence"]["user_heldout"]
     assert abs(start - mine) < 0.01 * abs(start)
+
+
+def test_one_output_for_every_input_while_the_held_out_loss_falls_is_a_phase_not_a_collapse():
+    from nandoctor.sweep.training import COLLAPSED, LEARNS, TrainRun, classify
+
+    def run_ending_at(heldout):
+        run = TrainRun(lr=1.0, clip=None, steps=8)
+        run.losses, run.grad_norms = [5.0, 4.6, 4.4, 4.3, 4.2, 4.1, 4.1, 4.0], [1.0] * 8
+        run.initial_loss, run.heldout_initial, run.spread_initial, run.heldout_batches = 5.0, 5.0, 1.0, 1
+        run.heldout[8], run.spread[8] = heldout, 0.01  # one output for every input, after 8 steps
+        return run
+
+    assert classify(run_ending_at(4.0), Settings()) == LEARNS  # token frequencies: the loss fell
+    assert classify(run_ending_at(5.0), Settings()) == COLLAPSED  # the same single output, no fall

@@ -308,7 +308,9 @@ def classify(run: TrainRun, limits: Any) -> str:
         run.verdict = DIVERGED
     elif spiked or grew:
         run.verdict = UNSTABLE
-    elif collapsed:
+    elif collapsed and not recovered:
+        # one output for every input while the held-out loss falls beyond its noise is the model learning
+        # the marginal first (a language model's token frequencies), a phase; without that fall, a collapse
         run.verdict = COLLAPSED
     elif run.drop >= limits.learns_drop and real:
         run.verdict = LEARNS
