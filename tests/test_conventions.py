@@ -68,7 +68,8 @@ def test_a_keyword_model_needs_no_loss_glue(diagnose):
     torch.manual_seed(0)
     features = [torch.randn(32, 4) for _ in range(3)]
     batches = [{"features": x, "labels": (x[:, 0] > 0).long()} for x in features]  # labels it can learn
-    report = diagnose({"model": Keywords(), "data": batches})
+    # a linear model under Adam: 1e-3 would be three decades below the rate that trains it (lr_too_low)
+    report = diagnose({"model": Keywords(), "data": batches, "lr": 0.05})
     assert report["verdict"] == "healthy", report["findings"]
 
 

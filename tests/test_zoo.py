@@ -17,11 +17,7 @@ from tests.zoo.run import judge, run_case
 pytestmark = pytest.mark.slow
 
 # Known misses, kept visible: strict, so a fix shows up as an unexpected pass.
-KNOWN_MISSES = {
-    "vit-lr_too_low": "SGD+momentum at 1e-4 still trains the ViT (held-out -8% in the sweep's 32 steps, "
-    "against -100% at 0.1); lr_too_low fires only for a rate that barely moves, because "
-    "calling slower-but-training rates too low flagged healthy AdamW-1e-3 twins",
-}
+KNOWN_MISSES: dict[str, str] = {}
 
 
 def _param(case):

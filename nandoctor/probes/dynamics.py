@@ -154,6 +154,11 @@ class DynamicsProbe(Probe):
             "lr_too_high/low: the user's rate misses this share of the best rate's fall in held-out loss ...",
         ),
         Setting("lr_worse_loss", 0.1, "... and ends this share above the best rate's held-out loss"),
+        Setting(
+            "lr_far_decades",
+            3.0,
+            "lr_too_low for a rate that moves the loss (slowly): the best rate lies this many decades above it",
+        ),
         Setting("clip_share", 0.9, "grad_clip_too_aggressive: share of steps whose gradient is clipped"),
         Setting("clip_factor", 10.0, "... by at least this median factor"),
     )
@@ -275,8 +280,10 @@ class DynamicsProbe(Probe):
                     rate_fix(ctx, user, best, steps, f"Lower the learning rate to {best.lr:.3g}: {why}."),
                 )
             ]
-        # it trains, only slower in a short run: that favours high rates
-        if user.drop >= settings.learns_drop or user.moved(settings):
+        # it trains, only slower in a short run, which favours high rates; unless the rate that trains is
+        # decades above it (SGD at 1e-5 where 0.1 trains: it moves, and would take thousands of times longer)
+        far = best.lr >= user.lr * 10**settings.lr_far_decades
+        if (user.drop >= settings.learns_drop or user.moved(settings)) and not far:
             return []
         return [
             Finding(
