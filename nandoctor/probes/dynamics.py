@@ -17,29 +17,20 @@ import statistics
 from dataclasses import replace
 from typing import Any
 
-from nandoctor.config import GRAD_CLIP, LR, fix_config
+from nandoctor.config import GRAD_CLIP, fix_config
 from nandoctor.context import RunContext
 from nandoctor.conventions import plays_a_game
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, Setting, nothing_to_train
 from nandoctor.probes.label_control import SETTINGS as LABEL_CONTROL_SETTINGS
 from nandoctor.probes.label_control import label_control, no_learning, runs_away
+from nandoctor.probes.rate_fixes import nice_below, rate_fix
 from nandoctor.state import run_snapshot
 from nandoctor.step import StepRaised
 from nandoctor.sweep.grid import Sweep, recommend, run_sweep, sweep_rates, sweep_summary
 from nandoctor.sweep.plan import plan_note, plan_sweep
 from nandoctor.sweep.stream import BatchStream
-from nandoctor.sweep.training import BAD, COLLAPSED, DIVERGED, LEARNS, TrainRun, train
-
-
-def nice_below(value: float) -> float:
-    """The largest of 1, 2, 5 x 10^k not above ``value``."""
-    exponent = math.floor(math.log10(value))
-    for mantissa in (5, 2, 1):
-        if mantissa * 10**exponent <= value:
-            return float(f"{mantissa * 10**exponent:.3g}")
-    return float(f"{10**exponent:.3g}")
-
+from nandoctor.sweep.training import BAD, COLLAPSED, DIVERGED, LEARNS, TrainRun, finite_or_none, train
 
 # measured causes that leave the loss flat: each explains a plateau when it is more than a note
 PLATEAU_CAUSES = (
@@ -56,26 +47,6 @@ PLATEAU_CAUSES = (
 
 def not_a_note(cause: Finding, symptom: Finding) -> bool:
     return cause.severity != Severity.INFO
-
-
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def verified_rate(user: TrainRun, best: TrainRun, steps: int) -> dict[str, Any]:
-    """``fix.verified`` from the sweep's own runs: the user's rate and the recommended one, same steps."""
-    before, after = finite_or_none(user.score_at(steps)), finite_or_none(best.score_at(steps))
-    ok = best.verdict == LEARNS and after is not None and (before is None or after < before)
-    return {"steps": steps, "before": before, "after": after, "ok": ok}
-
-
-def rate_fix(ctx: RunContext, user: TrainRun, best: TrainRun, steps: int, advice: str) -> Fix:
-    """The rate as a config change, with its verification; a rate whose run did not help is not offered."""
-    verified = verified_rate(user, best, steps)
-    if not verified["ok"]:
-        return Fix(advice=f"{advice} (Its {steps}-step run did not beat yours: not a verified fix.)", verified=verified)
-    config, note = fix_config(ctx.setup, LR, best.lr)
-    return Fix(config, f"{advice}{note}", verified)
 
 
 def _table(sweep: Sweep) -> dict[str, Any]:

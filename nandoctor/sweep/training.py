@@ -121,7 +121,7 @@ class TrainRun(StepLog):
             "heldout_final": self.heldout.get(self.reached),
             "heldout": {str(k): v for k, v in sorted(self.heldout.items())},
             "output_spread": {"initial": self.spread_initial, **{str(k): v for k, v in sorted(self.spread.items())}},
-            "score": _finite_or_none(self.score),
+            "score": finite_or_none(self.score),
             "min_loss": min((loss for loss in self.losses if math.isfinite(loss)), default=None),
             "max_grad_norm": self.max_grad_norm,
             "nonfinite_step": self.nonfinite_step,
@@ -132,7 +132,7 @@ class TrainRun(StepLog):
         }
 
 
-def _finite_or_none(value: float | None) -> float | None:
+def finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
