@@ -207,7 +207,7 @@ def run_probes(
             else:
                 ran.append(probe.name)
         if "dynamics" in ran:  # training is allowed in this run: config fixes are re-run
-            findings = _verify_fixes(ctx, findings, progress)
+            findings = _verify_fixes(ctx, findings, progress, debug)
         checked = len(ctx.batches)
     coverage = {
         "batches_checked": checked,
@@ -219,7 +219,7 @@ def run_probes(
     return {"findings": rank(findings), "probes": raw, "coverage": coverage}
 
 
-def _verify_fixes(ctx: RunContext, findings: list, progress: Callable[[str], None]) -> list:
+def _verify_fixes(ctx: RunContext, findings: list, progress: Callable[[str], None], debug: bool) -> list:
     """Each finding whose fix is a config change it can re-run (``evidence.rerun_fix``: loss weights, the
     precision) gets ``fix.verified``."""
     from nandoctor.sweep.verify import verify_fix
@@ -231,8 +231,16 @@ def _verify_fixes(ctx: RunContext, findings: list, progress: Callable[[str], Non
             kept.append(finding)
             continue
         progress(f"nandoctor: re-running {ctx.settings.sweep_steps} steps with the fix {change}")
-        with preserved_torch_globals(), preserved_rng():
-            verified = verify_fix(ctx, change)
+        try:
+            with preserved_torch_globals(), preserved_rng():
+                verified = verify_fix(ctx, change)
+        except (UsageError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # the user's step under the fix (a bf16 op it lacks), or ours: no claim
+            if debug:
+                raise
+            progress(f"nandoctor: the re-run with {change} stopped ({describe(exc)}): that fix stays unverified")
+            verified = None
         if verified is None:
             kept.append(finding)
             continue

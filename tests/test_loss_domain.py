@@ -114,3 +114,21 @@ def test_a_precision_fix_is_re_run_in_bf16(diagnose):
     verified = top["fix"]["verified"]
     assert top["code"] == "amp_overflow" and top["evidence"]["rerun_fix"] == {"amp": "bf16"}
     assert verified["before"] is None and verified["after"] is not None and verified["ok"]  # fp16 overflows
+
+
+def test_a_fix_whose_re_run_raises_in_the_users_code_stays_unverified_and_the_run_completes():
+    from tests.fixtures.losses import DualEncoder, logits_fp16
+    from tests.zoo.run import diagnose  # as the CLI runs: not in debug mode
+
+    class NoBf16(DualEncoder):  # a model with an op its author never ran in bf16
+        def forward(self, batch):
+            if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+                raise RuntimeError("no bf16 kernel for this op")
+            return super().forward(batch)
+
+    setup = logits_fp16()
+    setup["model"] = NoBf16(normalize=False)
+    report = diagnose(setup)
+    top = report["findings"][0]
+    assert top["code"] == "amp_overflow" and "verified" not in top["fix"], top["fix"]
+    assert not report["coverage"]["probes_not_run"]

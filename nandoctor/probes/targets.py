@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from nandoctor.context import RunContext
+from nandoctor.conventions import plays_a_game
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.measure.trace import traced
 from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult
@@ -93,6 +94,8 @@ class TargetsProbe(Probe):
         for trace in traced(ctx):
             for record in trace.loss_checks:
                 key = (record["kind"], record["loss"], record.get("problem"))
+                if record["kind"] == "loss_maximized" and plays_a_game(ctx.model):
+                    continue  # a player of a game maximizes the other's loss on purpose
                 if key not in seen:
                     seen[key] = _finding(trace.batch_index, record)
         findings = list(seen.values())
