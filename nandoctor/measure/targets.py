@@ -164,15 +164,21 @@ def _domain(name: str, call: dict, target: Any, torch: Any) -> list[dict[str, An
         bounds = (0.0, None)
     else:
         return []
-    count, first, smallest, largest = _range(target, bounds[0], bounds[1], torch)
+    return _outside(name, "range", target, bounds[0], bounds[1], torch)
+
+
+def _outside(name: str, problem: str, target: Any, low: float, high: float | None, torch: Any, **extra: Any) -> list:
+    """One ``target_out_of_range`` record when targets fall outside [low, high] (one read-back), else none."""
+    count, first, smallest, largest = _range(target, low, high, torch)
     if not count:
         return []
     return [
         {
             "kind": "target_out_of_range",
             "loss": name,
-            "problem": "range",
-            "domain": [bounds[0], bounds[1]],
+            "problem": problem,
+            **extra,
+            "domain": [low, high],
             "min_target": smallest,
             "max_target": largest,
             "out_of_range": count,
@@ -204,23 +210,7 @@ def _reachable(name: str, prediction: Any, target: Any, torch: Any) -> list[dict
     if bounded is None:
         return []
     activation, low, high = bounded
-    count, first, smallest, largest = _range(target, low, high, torch)
-    if not count:
-        return []
-    return [
-        {
-            "kind": "target_out_of_range",
-            "loss": name,
-            "problem": "unreachable",
-            "activation": activation,
-            "domain": [low, high],
-            "min_target": smallest,
-            "max_target": largest,
-            "out_of_range": count,
-            "total": int(target.numel()),
-            "sample": _per_sample(target, first),
-        }
-    ]
+    return _outside(name, "unreachable", target, low, high, torch, activation=activation)
 
 
 def _class_targets(name: str, call: dict, logits: Any, target: Any, torch: Any) -> list[dict[str, Any]]:
@@ -239,20 +229,7 @@ def _class_targets(name: str, call: dict, logits: Any, target: Any, torch: Any) 
         return [dict(base, problem="float_ids", target_shape=list(target.shape), sample=None)]
     if name == "nll_loss":
         return [dict(base, problem="one_hot_floats", target_shape=list(target.shape), sample=None)]
-    count, first, smallest, largest = _range(target, 0.0, 1.0, torch)
-    if not count:  # class probabilities, soft labels: fine
-        return []
-    return [
-        dict(
-            base,
-            problem="range",
-            domain=[0.0, 1.0],
-            min_target=smallest,
-            max_target=largest,
-            out_of_range=count,
-            sample=_per_sample(target, first),
-        )
-    ]
+    return _outside(name, "range", target, 0.0, 1.0, torch)  # class probabilities, soft labels: fine
 
 
 def _ctc(call: dict, records: list, torch: Any) -> None:
