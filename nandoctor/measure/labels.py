@@ -100,7 +100,7 @@ def label_range_mode(
     With ``records``, every loss call's targets are also judged against the loss's domain and
     shape (measure/targets.py) and what is wrong is appended there; nothing is raised for it.
     Each loss call's output is then hooked into ``watched`` for the sign it enters the total with
-    (``settle_loss_signs`` after the backward removes the hooks).
+    (``release_loss_hooks`` removes them when the pass ends).
     """
     watched = [] if watched is None else watched
     from torch.overrides import TorchFunctionMode

@@ -276,27 +276,28 @@ def watch_loss_sign(func: Any, output: Any, watched: list) -> None:
     watched.append(entry)
 
 
-def settle_loss_signs(watched: list, records: list) -> None:
-    """Remove the hooks; one ``loss_maximized`` record when every loss reached the total negated."""
-    import torch
-
+def release_loss_hooks(watched: list) -> None:
+    """Remove the hooks :func:`watch_loss_sign` put on the loss calls' outputs (their grads stay)."""
     for entry in watched:
         entry.pop("handle").remove()
-    reached = [entry for entry in watched if entry["grad"] is not None]
-    if not reached:
-        return
-    signs = torch.stack([entry["grad"].to(reached[0]["grad"].device) for entry in reached]).tolist()
-    if all(sign < 0 for sign in signs):
-        first = reached[0]
-        records.append(
-            {
-                "kind": "loss_maximized",
-                "loss": first["loss"],
-                "losses": sorted({entry["loss"] for entry in reached}),
-                "d_total_d_loss": signs[0],
-                "source": first["source"],
-                "tensor": None,
-                "sample": None,
-            }
-        )
-    watched.clear()
+
+
+def loss_sign_records(reached: list, signs: list[float]) -> list[dict[str, Any]]:
+    """One ``loss_maximized`` record when every loss call that reached the total did so negated.
+
+    ``reached``: the watched calls whose output got a gradient; ``signs``: those gradients, read back
+    with the traced pass's other statistics."""
+    if not reached or not all(sign < 0 for sign in signs):
+        return []
+    first = reached[0]
+    return [
+        {
+            "kind": "loss_maximized",
+            "loss": first["loss"],
+            "losses": sorted({entry["loss"] for entry in reached}),
+            "d_total_d_loss": signs[0],
+            "source": first["source"],
+            "tensor": None,
+            "sample": None,
+        }
+    ]

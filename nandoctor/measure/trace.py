@@ -23,7 +23,7 @@ from nandoctor.measure.hooks import UserFacing, module_names, ours
 from nandoctor.measure.labels import LabelRangeError, label_range_mode
 from nandoctor.measure.ops import installed_package_of, user_source_of
 from nandoctor.measure.stats import count_nonfinite, float_tensors, range_stats, rng_state
-from nandoctor.measure.targets import settle_loss_signs
+from nandoctor.measure.targets import loss_sign_records, release_loss_hooks
 
 SETTINGS = (  # read by the probes that judge this pass's recordings
     Setting(
@@ -297,8 +297,8 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
     with recorder.handles:
         recorder.install(model)
         # class targets are range-checked, every loss's targets recorded (result.loss_checks)
-        watched: list = []  # loss outputs hooked for their sign; settled when the pass ends
-        recorder.handles.callback(ours(settle_loss_signs), watched, result.loss_checks)
+        watched: list = []  # loss outputs hooked for their sign, read back with the other statistics
+        recorder.handles.callback(ours(release_loss_hooks), watched)
         recorder.handles.enter_context(label_range_mode(recorder.batch_paths, result.loss_checks, watched))
         try:
             loss = ctx.loss(batch)
@@ -319,7 +319,7 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
             raise
         except Exception as exc:
             result.backward_error = describe(exc)
-    _read_back(result, recorder, loss, model)
+    _read_back(result, recorder, loss, model, watched)
     culprit = next((i for i, c in enumerate(result.calls) if not c.output_finite), None)
     if culprit is not None:
         del loss, recorder  # free this pass's graph before the recount
@@ -327,7 +327,7 @@ def trace_batch(ctx: Any, batch_index: int) -> BatchTrace:
     return result
 
 
-def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -> None:
+def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any, watched: list) -> None:
     """The single synchronisation: every queued statistic comes back in one ``tolist()``."""
     import torch
 
@@ -339,6 +339,8 @@ def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -
     parts += [(s if s is not None else nan3).to(device) for s in recorder.out_stats]
     parts += [(s if s is not None else nan3).to(device) for s in recorder.in_stats]
     parts += [flag.float().reshape(1).to(device) for _, flag in recorder.grad_events]
+    reached = [entry for entry in watched if entry["grad"] is not None]  # loss calls the backward reached
+    parts += [entry["grad"].reshape(1).to(device) for entry in reached]
     parts += [row.to(device) for row in recorder.activity.queued]
     if grads:
         norms = torch._foreach_norm(grads) if hasattr(torch, "_foreach_norm") else [g.norm() for g in grads]
@@ -356,6 +358,7 @@ def _read_back(result: BatchTrace, recorder: _Recorder, loss: Any, model: Any) -
     for index, _ in recorder.grad_events:
         if values.pop(0) < 0.5 and result.first_nonfinite_grad_call is None:
             result.first_nonfinite_grad_call = index
+    result.loss_checks += loss_sign_records(reached, [values.pop(0) for _ in reached])
     result.activity = recorder.activity.fill(values)
     result.grad_norms = dict(zip(names, values))
     result.grad_numel = dict(zip(names, numel))
