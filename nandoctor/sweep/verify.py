@@ -10,8 +10,7 @@ user's own total cannot judge a weight fix: the fix changes what it sums.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from nandoctor.state import run_snapshot
@@ -20,19 +19,15 @@ from nandoctor.sweep.stream import BatchStream
 from nandoctor.sweep.training import BAD, train
 
 
-@contextmanager
-def applied(setup: Any, change: dict[str, Any]) -> Iterator[None]:
-    """``setup`` with ``change`` (loss weights merged in, the precision replaced) for the block."""
-    weights, amp = dict(setup.loss_weights), setup.amp
-    setup.loss_weights.update(change.get("loss_weights", {}))
-    if "amp" in change:
-        setup.amp = change["amp"]
-    try:
-        yield
-    finally:
-        setup.loss_weights.clear()
-        setup.loss_weights.update(weights)
-        setup.amp = amp
+def with_fix(ctx: Any, change: dict[str, Any]) -> Any:
+    """A run context whose setup has ``change`` (loss weights merged in, the precision replaced); the
+    model, batches and recordings are the same, the user's setup is left as it was."""
+    setup = replace(
+        ctx.setup,
+        loss_weights={**ctx.setup.loss_weights, **change.get("loss_weights", {})},
+        amp=change.get("amp", ctx.setup.amp),
+    )
+    return replace(ctx, setup=setup)
 
 
 def verify_fix(ctx: Any, change: dict[str, Any]) -> dict[str, Any] | None:
@@ -43,15 +38,14 @@ def verify_fix(ctx: Any, change: dict[str, Any]) -> dict[str, Any] | None:
     stream = BatchStream(ctx, 0)  # the cached batches only: nothing more is read from the data
     if not stream.heldout:
         return None
+    fixed = with_fix(ctx, change)
     scores: list[float | None] = []
     snapshot = run_snapshot(ctx)
     try:
-        for trained_with in ({}, change):
-            with applied(setup, trained_with):
-                torch.manual_seed(ctx.settings.seed)
-                run = train(ctx, stream, setup.lr, [steps], setup.grad_clip)
-            with applied(setup, change):
-                value = score(setup, stream.heldout)[0] if run.verdict not in BAD else None
+        for trained in (ctx, fixed):
+            torch.manual_seed(ctx.settings.seed)
+            run = train(trained, stream, setup.lr, [steps], setup.grad_clip)
+            value = score(fixed.setup, stream.heldout)[0] if run.verdict not in BAD else None
             scores.append(value if value is not None and math.isfinite(value) else None)
             snapshot.restore()
     finally:
