@@ -59,6 +59,7 @@ class Setup:
     device: Any = None
     wrappers: tuple[str, ...] = ()  # taken off the model: DDP, torch.compile (nandoctor probes the module inside)
     ddp_find_unused: bool | None = None  # DDP's find_unused_parameters; None when the model is not in DDP
+    ddp_model: Any = None  # the DistributedDataParallel wrapper itself: one step through it shows what it syncs
 
 
 def _as_mapping(result: Any, spec: str) -> dict[str, Any]:
@@ -212,6 +213,7 @@ def validate(result: Any, spec: str) -> Setup:
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{spec}: 'model' must be a torch.nn.Module, got {type(model).__name__}")
     find_unused = ddp_find_unused(model)
+    ddp_model = model if find_unused is not None else None
     model, wrappers = plain_module(model)
     if sharded(model):
         raise UsageError(
@@ -252,6 +254,7 @@ def validate(result: Any, spec: str) -> Setup:
         device=_resolve_device(mapping.get("device"), model, spec),
         wrappers=tuple(wrappers),
         ddp_find_unused=find_unused,
+        ddp_model=ddp_model,
     )
 
 

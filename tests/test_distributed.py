@@ -151,6 +151,29 @@ def test_parameters_ddp_would_wait_for_are_named_under_ddp_and_a_note_alone(diag
     assert all(f["severity"] == "info" for f in allowed["findings"] if f["code"] == "no_gradient_path")
 
 
+def test_the_sweep_under_ddp_trains_on_the_effective_batch_and_says_so():
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:ddp", "--set", "lr=1e-5", "--format", "json")
+    report = report_of(stdout)
+    assert code == 1, stderr[-3000:]
+    top = report["findings"][0]
+    assert top["code"] == "lr_too_low" and top["where"]["rank"] is None  # every rank's sweep agrees
+    assert top["evidence"]["sweep_batches_joined"] == 2 and top["evidence"]["effective_batch_ranks"] == 2
+    assert "2 of a rank's batches joined" in top["fix"]["advice"]
+    assert report["probes"]["dynamics"]["batches"]["joined_per_step"] == 2
+    assert "effective batch of DDP over 2 ranks" in report["probes"]["distributed"]["batch"]
+
+
+def test_batches_that_cannot_be_joined_keep_one_ranks_batch_and_say_why():
+    code, stdout, stderr = torchrun(
+        "diagnose", f"{SPECS}:lengths_per_batch", "--probe", "dynamics", "--format", "json"
+    )
+    report = report_of(stdout)
+    assert code == 0, stderr[-3000:]
+    batches = report["probes"]["dynamics"]["batches"]
+    assert batches["joined_per_step"] == 1 and "cannot be joined" in batches["ranks_note"]
+    assert "beyond dimension 0" in report["probes"]["distributed"]["batch"]
+
+
 def test_merged_rate_findings_say_the_rates_are_for_one_ranks_batch():
     from nandoctor.findings import Finding, Fix, Severity, Where
     from nandoctor.ranks import merge_findings

@@ -37,6 +37,12 @@ SETTINGS = (
         "... training batches read from data and cached (the same sequence for every rate), then repeated",
     ),
     Setting(
+        "sweep_rank_batches",
+        0,
+        "under torchrun, each sweep step trains on this many of the rank's own batches joined (0: the "
+        "world size, the batch DDP's averaged gradient is for; 1: one rank's batch)",
+    ),
+    Setting(
         "tie_tolerance",
         0.03,
         "recommendation: rates whose held-out loss is within this share of the best "

@@ -14,6 +14,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from nandoctor.sweep.stream import rank_group
+
 # (share of sweep_steps, rates continued past the first rung besides the user's (None: the better
 # half), starting rates kept nearest the user's (None: the whole grid)); the first that fits is taken
 SCHEDULES = (
@@ -141,6 +143,8 @@ def plan_sweep(ctx: Any, rates: int, steps: int | None = None) -> Plan:
     snapshot = run_snapshot(ctx)  # taken before the counted forward moves any buffer
     gflop = step_gflop(ctx)
     snapshot.restore()
+    if gflop is not None:  # under torchrun a step trains on a rank's batches joined: that many times the work
+        gflop *= rank_group(ctx)[0]
     speed = settings.sweep_gpu_gflops if ctx.setup.device.type == "cuda" else settings.sweep_cpu_gflops
     full = settings.sweep_steps
     plan = Plan(steps=full, continued=None, guard_steps=guard, step_gflop=gflop, assumed_gflops=speed, full_steps=full)

@@ -98,6 +98,95 @@ def whole_dataset():
     return {"model": mlp(), "data": data, "loss": ce}
 
 
+class RunningStandardize(nn.Module):
+    """Standardizes its input with running statistics of the batches it saw (updated in the forward)."""
+
+    def __init__(self, width: int, as_buffer: bool):
+        super().__init__()
+        if as_buffer:  # DDP broadcasts buffers from rank 0 at every forward
+            self.register_buffer("mean", torch.zeros(width))
+        else:  # a parameter nothing all-reduces: it drifts with each rank's own batches
+            self.mean = nn.Parameter(torch.zeros(width), requires_grad=False)
+
+    def forward(self, x):
+        if self.training:
+            with torch.no_grad():
+                self.mean.mul_(0.9).add_(0.1 * x.mean(0))
+        return x - self.mean
+
+
+def ddp_stats_as_parameter():
+    """An MLP whose input centring keeps its running mean in a requires_grad=False parameter, under DDP."""
+    torch.manual_seed(0)
+    model = nn.Sequential(RunningStandardize(16, as_buffer=False), mlp())
+    if dist.is_initialized():
+        model = DistributedDataParallel(model)
+    return {"model": model, "data": blobs(seed=1 + _rank()), "loss": ce}
+
+
+class ConvScorer(nn.Module):
+    """A Conv1d classifier over 16 positions with running-mean centring kept in a buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = RunningStandardize(16, as_buffer=True)
+        self.conv = nn.Conv1d(1, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 16, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(self.norm(x)[:, None])).flatten(1))
+
+
+def ddp_stats_as_buffer():
+    torch.manual_seed(0)
+    model = ConvScorer()
+    if dist.is_initialized():
+        model = DistributedDataParallel(model)
+    return {"model": model, "data": blobs(seed=1 + _rank()), "loss": ce}
+
+
+def ddp_head_after_wrapping():
+    """A classifier whose head is replaced after DDP wrapped it (a fine-tuning script's order): DDP never
+    all-reduces the new head's gradient."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10))
+    if dist.is_initialized():
+        model = DistributedDataParallel(model)
+        model.module[2] = nn.Linear(32, 4)
+    else:
+        model[2] = nn.Linear(32, 4)
+    return {"model": model, "data": blobs(seed=1 + _rank()), "loss": ce}
+
+
+def tokens_head_before_wrapping():
+    """The token model with its head replaced before DDP wraps it."""
+    torch.manual_seed(0)
+    model = Tokens()
+    model.head = nn.Linear(16, 4)
+    if dist.is_initialized():
+        model = DistributedDataParallel(model)
+    g = torch.Generator().manual_seed(_rank())
+    data = []
+    for _ in range(5):  # the class is the quarter of the vocabulary the tokens come from
+        labels = torch.randint(0, 4, (32,), generator=g)
+        data.append((torch.randint(0, 25, (32, 8), generator=g) + 25 * labels[:, None], labels))
+    return {"model": model, "data": data, "loss": ce}
+
+
+def lengths_per_batch():
+    """Token batches padded to their own length (6, 7, 8, ... ids): a rank's batches cannot be joined."""
+    torch.manual_seed(0)
+    model = Tokens()
+    if dist.is_initialized():
+        model = DistributedDataParallel(model)
+    g = torch.Generator().manual_seed(_rank())
+    data = []
+    for length in range(6, 11):
+        labels = torch.randint(0, 4, (32,), generator=g)
+        data.append((torch.randint(0, 25, (32, length), generator=g) + 25 * labels[:, None], labels))
+    return {"model": model, "data": data, "loss": ce}
+
+
 class WithAuxHead(nn.Module):
     """A classifier with an auxiliary head left over from another task: no loss reads it."""
 
