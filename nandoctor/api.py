@@ -277,14 +277,31 @@ def lr_sweep(
 
     for label, count, least in (("steps", steps, 2), ("batches", batches, 1), ("seed", seed, 0)):
         _count(label, count, least)
+    from nandoctor.distributed import process_group
+    from nandoctor.ranks import on_every_rank
+
     say = progress_printer(progress)
-    with caller_state_kept(spec):
+    # under torchrun: each rank sweeps its own batches (joined to the effective batch); rank 0 prints
+    with process_group(), caller_state_kept(spec):
         rates = _rates(lrs)
         chosen = _settings(settings, {"batches": batches, "seed": seed})
-        setup = load(spec, overrides, chosen.seed, say, name)
+        setup = on_every_rank(lambda: load(spec, overrides, chosen.seed, say, name), local=True)
         # the sweep prints its progress on stderr: it goes where ``progress`` says
         with nullcontext() if progress and not callable(progress) else redirect_stderr(_Lines(say)):  # type: ignore[arg-type]
-            return SweepReport.from_dict(sweep_report(name or spec_label(spec), setup, chosen, rates, steps))
+            per_rank = on_every_rank(lambda: sweep_report(name or spec_label(spec), setup, chosen, rates, steps))
+        return SweepReport.from_dict(_rank_sweeps(per_rank) if isinstance(per_rank, list) else per_rank)
+
+
+def _rank_sweeps(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """Under torchrun: rank 0's sweep, each rank's pick beside it, and the user's rate diverging when it
+    does on any rank (every rank then exits with the same code)."""
+    merged = dict(per_rank[0])
+    merged["ranks"] = [
+        {"rank": number, "recommended_lr": sweep.get("recommended_lr"), "user_diverged": sweep.get("user_diverged")}
+        for number, sweep in enumerate(per_rank)
+    ]
+    merged["user_diverged"] = any(bool(sweep.get("user_diverged")) for sweep in per_rank)
+    return merged
 
 
 def feature_stats(

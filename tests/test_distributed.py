@@ -164,14 +164,23 @@ def test_the_sweep_under_ddp_trains_on_the_effective_batch_and_says_so():
 
 
 def test_batches_that_cannot_be_joined_keep_one_ranks_batch_and_say_why():
-    code, stdout, stderr = torchrun(
-        "diagnose", f"{SPECS}:lengths_per_batch", "--probe", "dynamics", "--format", "json"
-    )
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:lengths_per_batch", "--probe", "dynamics", "--format", "json")
     report = report_of(stdout)
     assert code == 0, stderr[-3000:]
     batches = report["probes"]["dynamics"]["batches"]
     assert batches["joined_per_step"] == 1 and "cannot be joined" in batches["ranks_note"]
     assert "beyond dimension 0" in report["probes"]["distributed"]["batch"]
+
+
+def test_lr_sweep_under_torchrun_joins_the_batches_prints_once_and_agrees_on_the_exit():
+    code, stdout, stderr = torchrun("lr-sweep", f"{SPECS}:ddp", "--set", "lr=3e-3", "--format", "json")
+    sweep = report_of(stdout)
+    assert code == 0, stderr[-3000:]
+    assert sweep["batches"]["joined_per_step"] == 2 and [r["rank"] for r in sweep["ranks"]] == [0, 1]
+    assert sweep["user_diverged"] is False and sweep["recommended_lr"] is not None
+    code, stdout, stderr = torchrun("lr-sweep", f"{SPECS}:raises_on_rank_1", "--format", "json")
+    error = report_of(stdout)
+    assert "exitcode  : 2" in stderr and error["error"]["message"].startswith("rank 1: ")
 
 
 def test_merged_rate_findings_say_the_rates_are_for_one_ranks_batch():
