@@ -281,7 +281,7 @@ def lr_sweep(
     from nandoctor.ranks import on_every_rank
 
     say = progress_printer(progress)
-    # under torchrun: each rank sweeps its own batches (joined to the effective batch); rank 0 prints
+    # under torchrun: each rank sweeps its own batches (accumulated to the effective batch); rank 0 prints
     with process_group(), caller_state_kept(spec):
         rates = _rates(lrs)
         chosen = _settings(settings, {"batches": batches, "seed": seed})

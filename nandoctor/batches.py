@@ -73,58 +73,6 @@ def to_device(batch: Any, device: Any) -> Any:
     return map_tensors(batch, lambda t: t.to(device))
 
 
-def join_batches(batches: list[Any]) -> Any:
-    """One batch of ``batches`` joined along dimension 0 (the batch DDP's averaged gradient is for when
-    each is one rank's). Raises ValueError when they do not join: different structures, tensors whose
-    other dimensions differ (sequences padded per batch), or other values that differ."""
-    import torch
-
-    first = batches[0]
-    if isinstance(first, torch.Tensor):
-        if any(not isinstance(b, torch.Tensor) for b in batches):
-            raise ValueError("a tensor in one batch is not a tensor in another")
-        if first.dim() == 0:
-            if any(not torch.equal(b, first) for b in batches):
-                raise ValueError("a number (0-d tensor) differs between batches")
-            return first
-        shapes = {tuple(b.shape[1:]) for b in batches}
-        if len(shapes) > 1:
-            raise ValueError(f"tensors of shapes {sorted(shapes)[:3]} beyond dimension 0")
-        return torch.cat(batches)
-    kind = type(first)
-    if any(type(b) is not kind for b in batches):
-        raise ValueError(f"batches of different kinds ({kind.__name__}, ...)")
-    if isinstance(first, Mapping):
-        if any(list(b.keys()) != list(first.keys()) for b in batches):
-            raise ValueError("batches with different keys")
-        joined = {key: join_batches([b[key] for b in batches]) for key in first}
-        try:
-            return kind(joined)
-        except TypeError:
-            return joined
-    if isinstance(first, (list, tuple)) or _is_dataclass_instance(first):
-        if _is_dataclass_instance(first):
-            parts = [[value for _, value in _fields(b)] for b in batches]
-        else:
-            parts = [list(b) for b in batches]
-        if any(len(p) != len(parts[0]) for p in parts):
-            raise ValueError("batches of different lengths")
-        values = [join_batches([p[i] for p in parts]) for i in range(len(parts[0]))]
-        if _is_dataclass_instance(first):
-            joined = copy.copy(first)
-            for (name, _), value in zip(_fields(first), values):
-                object.__setattr__(joined, name, value)
-            return joined
-        return kind(*values) if hasattr(first, "_fields") else kind(values)
-    try:
-        differs = any(bool(b != first) for b in batches)
-    except Exception:  # a value that does not compare (an array): it cannot be shown to be the same
-        differs = True
-    if differs:
-        raise ValueError(f"a value that is not a tensor differs between batches ({first!r}, ...)")
-    return first
-
-
 def dense(tensor: Any) -> Any:
     """A sparse tensor as a dense one (statistics per feature count the zeros); others unchanged."""
     import torch

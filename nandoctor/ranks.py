@@ -47,13 +47,13 @@ def _key(finding: Finding) -> tuple:
 RATE_CODES = ("lr_too_high", "lr_too_low")
 
 
-def _for_the_effective_batch(finding: Finding, ranks: int, joined: int = 1) -> Finding:
+def _for_the_effective_batch(finding: Finding, ranks: int, per_step: int = 1) -> Finding:
     """A rate judged under torchrun, said beside the batch DDP trains on (``ranks`` ranks' batches):
-    the sweep's own when it joined that many of a rank's batches per step (``joined``)."""
-    if joined > 1:
+    the sweep's own when each of its steps accumulated that many of a rank's batches (``per_step``)."""
+    if per_step > 1:
         note = (
-            f" These rates were judged on batches of {joined} of a rank's batches joined, the batch DDP's "
-            f"averaged gradient over {ranks} ranks is for (the effective batch)."
+            f" These rates were judged with {per_step} of a rank's batches accumulated per step: the gradient "
+            f"DDP averages over {ranks} ranks (the effective batch)."
         )
     else:
         note = (
@@ -62,13 +62,13 @@ def _for_the_effective_batch(finding: Finding, ranks: int, joined: int = 1) -> F
             f"somewhat higher (up to {ranks}x by the linear scaling rule, with a warm-up): confirm with "
             f"`nandoctor lr-sweep` on a batch {ranks}x the per-rank one."
         )
-    evidence = {**finding.evidence, "effective_batch_ranks": ranks, "sweep_batches_joined": joined}
+    evidence = {**finding.evidence, "effective_batch_ranks": ranks, "sweep_batches_per_step": per_step}
     return replace(finding, evidence=evidence, fix=replace(finding.fix, advice=finding.fix.advice + note))
 
 
-def merge_findings(per_rank: list[list[Finding]], joined: int = 1) -> list[Finding]:
+def merge_findings(per_rank: list[list[Finding]], per_step: int = 1) -> list[Finding]:
     """Every rank's findings once: a finding of every rank as it is, one of some ranks with its rank;
-    ``joined``: how many of a rank's batches the sweep joined per step."""
+    ``per_step``: how many of a rank's batches each sweep step accumulated."""
     seen: dict[tuple, list[tuple[int, Finding]]] = {}
     for number, findings in enumerate(per_rank):
         for finding in findings:
@@ -81,7 +81,7 @@ def merge_findings(per_rank: list[list[Finding]], joined: int = 1) -> list[Findi
             where = replace(finding.where, rank=finding.where.rank if finding.where.rank is not None else number)
             finding = replace(finding, where=where, evidence={**finding.evidence, "ranks": ranks})
         if finding.code in RATE_CODES and len(per_rank) > 1:
-            finding = _for_the_effective_batch(finding, len(per_rank), joined)
+            finding = _for_the_effective_batch(finding, len(per_rank), per_step)
         merged.append(finding)
     return rank(merged)
 
@@ -103,7 +103,7 @@ def merge_parts(per_rank: list[dict[str, Any]], wrappers: tuple[str, ...] = ()) 
     }
     probes = dict(per_rank[0]["probes"])
     sweep_batches = (probes.get("dynamics") or {}).get("batches") or {}
-    joined = sweep_batches.get("joined_per_step", 1)
+    per_step = sweep_batches.get("per_step", 1)
     probes["distributed"] = {
         "ranks": len(per_rank),
         "wrappers": list(wrappers),
@@ -114,15 +114,16 @@ def merge_parts(per_rank: list[dict[str, Any]], wrappers: tuple[str, ...] = ()) 
         "batch": (
             "each rank was diagnosed on its own batches; the sweep's rates were judged on "
             + (
-                f"{joined} of a rank's batches joined per step, the effective batch of DDP over {len(per_rank)} ranks"
-                if joined > 1
+                f"{per_step} of a rank's batches accumulated per step, the effective batch of DDP over "
+                f"{len(per_rank)} ranks"
+                if per_step > 1
                 else f"one rank's batch ({sweep_batches.get('ranks_note') or 'no sweep ran'}), while training under "
                 f"DDP averages the gradients of {len(per_rank)} of them"
             )
         ),
     }
     return {
-        "findings": merge_findings([parts["findings"] for parts in per_rank], joined),
+        "findings": merge_findings([parts["findings"] for parts in per_rank], per_step),
         "probes": probes,
         "coverage": coverage,
     }

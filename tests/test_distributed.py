@@ -157,26 +157,25 @@ def test_the_sweep_under_ddp_trains_on_the_effective_batch_and_says_so():
     assert code == 1, stderr[-3000:]
     top = report["findings"][0]
     assert top["code"] == "lr_too_low" and top["where"]["rank"] is None  # every rank's sweep agrees
-    assert top["evidence"]["sweep_batches_joined"] == 2 and top["evidence"]["effective_batch_ranks"] == 2
-    assert "2 of a rank's batches joined" in top["fix"]["advice"]
-    assert report["probes"]["dynamics"]["batches"]["joined_per_step"] == 2
+    assert top["evidence"]["sweep_batches_per_step"] == 2 and top["evidence"]["effective_batch_ranks"] == 2
+    assert "2 of a rank's batches accumulated per step" in top["fix"]["advice"]
+    assert report["probes"]["dynamics"]["batches"]["per_step"] == 2
     assert "effective batch of DDP over 2 ranks" in report["probes"]["distributed"]["batch"]
 
 
-def test_batches_that_cannot_be_joined_keep_one_ranks_batch_and_say_why():
+def test_batches_padded_to_their_own_length_accumulate_as_well():
     code, stdout, stderr = torchrun("diagnose", f"{SPECS}:lengths_per_batch", "--probe", "dynamics", "--format", "json")
     report = report_of(stdout)
     assert code == 0, stderr[-3000:]
     batches = report["probes"]["dynamics"]["batches"]
-    assert batches["joined_per_step"] == 1 and "cannot be joined" in batches["ranks_note"]
-    assert "beyond dimension 0" in report["probes"]["distributed"]["batch"]
+    assert batches["per_step"] == 2 and batches["heldout"] == 2 and "accumulates 2" in batches["ranks_note"]
 
 
-def test_lr_sweep_under_torchrun_joins_the_batches_prints_once_and_agrees_on_the_exit():
+def test_lr_sweep_under_torchrun_accumulates_the_batches_prints_once_and_agrees_on_the_exit():
     code, stdout, stderr = torchrun("lr-sweep", f"{SPECS}:ddp", "--set", "lr=3e-3", "--format", "json")
     sweep = report_of(stdout)
     assert code == 0, stderr[-3000:]
-    assert sweep["batches"]["joined_per_step"] == 2 and [r["rank"] for r in sweep["ranks"]] == [0, 1]
+    assert sweep["batches"]["per_step"] == 2 and [r["rank"] for r in sweep["ranks"]] == [0, 1]
     assert sweep["user_diverged"] is False and sweep["recommended_lr"] is not None
     code, stdout, stderr = torchrun("lr-sweep", f"{SPECS}:raises_on_rank_1", "--format", "json")
     error = report_of(stdout)

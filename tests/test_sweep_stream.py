@@ -2,7 +2,6 @@
 again in the fresh batches the sweep reads, and those rows are dropped there (a loader that repeats
 one batch, which has nothing to hold out, is read as before)."""
 
-import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -99,35 +98,6 @@ def test_noisy_tails_that_differ_within_their_noise_tie_and_the_larger_rate_wins
 
 def test_quiet_tails_that_differ_beyond_their_noise_still_decide():
     assert _pick([_run(1.0, 2.017, 0.002, 2.004), _run(3.0, 2.046, 0.002, 2.010)]) == 1.0
-
-
-def test_batches_join_along_the_samples_through_any_nesting():
-    from dataclasses import dataclass
-
-    from nandoctor.batches import join_batches
-
-    @dataclass
-    class Pair:
-        x: torch.Tensor
-        tag: str
-
-    first = {"x": torch.zeros(2, 3), "pair": Pair(torch.ones(2), "a"), "scale": torch.tensor(2.0)}
-    second = {"x": torch.ones(3, 3), "pair": Pair(torch.zeros(3), "a"), "scale": torch.tensor(2.0)}
-    joined = join_batches([first, second])
-    assert joined["x"].shape == (5, 3) and joined["pair"].x.tolist() == [1, 1, 0, 0, 0]
-    assert joined["pair"].tag == "a" and joined["scale"].item() == 2.0
-    assert join_batches([(torch.zeros(1), 3), (torch.ones(2), 3)])[0].shape == (3,)
-
-
-def test_batches_that_cannot_be_joined_say_why():
-    from nandoctor.batches import join_batches
-
-    with pytest.raises(ValueError, match="beyond dimension 0"):  # sequences padded per batch
-        join_batches([torch.zeros(2, 7), torch.zeros(2, 9)])
-    with pytest.raises(ValueError, match="differs"):
-        join_batches([(torch.zeros(2), "a"), (torch.zeros(2), "b")])
-    with pytest.raises(ValueError, match="different keys"):
-        join_batches([{"x": torch.zeros(1)}, {"y": torch.zeros(1)}])
 
 
 def test_in_one_process_a_step_trains_on_one_batch():

@@ -224,7 +224,8 @@ class StepsProbe(Probe):
         if step > 0:  # the same steps again, the held-out scoring included: the weights just before step k
             train(ctx, stream, user.lr, [c for c in checkpoints if c < step] + [step], user.clip, start)
         run = {"losses": user.losses, "grad_norms": user.grad_norms}
-        finding, raw["trace"] = self._trace(ctx, step, run, stream.train(step), stream.data_index(step))
+        micro = step * stream.group  # under torchrun a step accumulates several batches: its first is traced
+        finding, raw["trace"] = self._trace(ctx, step, run, stream.train(micro), stream.data_index(micro))
         steps = max(wanted, len(user.losses), step + 1)
 
         def rerun(lr: float) -> dict[str, Any]:

@@ -74,7 +74,7 @@ class Sweep:
     fresh_batches: int = 0
     distinct_batches: int = 0
     heldout_batches: int = 0
-    joined_per_step: int = 1  # under torchrun: a rank's batches joined into one step's (the effective batch)
+    batches_per_step: int = 1  # under torchrun: a rank's batches each step accumulates (the effective batch)
     batch_note: str | None = None  # which batch the rates are for, under torchrun
     plan: dict[str, Any] = field(default_factory=dict)
 
@@ -175,7 +175,7 @@ def run_sweep(
         ctx.shared["sweep_user"] = UserRun(runs[center], stream, checkpoints)
     result.runs = sorted(runs.values(), key=lambda r: r.lr)
     result.fresh_batches, result.distinct_batches = stream.fresh_read, stream.distinct
-    result.joined_per_step, result.batch_note = stream.group, stream.group_note
+    result.batches_per_step, result.batch_note = stream.group, stream.group_note
     return result
 
 
@@ -328,7 +328,7 @@ def sweep_summary(sweep: Any, best: Any, why: str) -> dict[str, Any]:
             "distinct_training": sweep.distinct_batches,
             "fresh_read": sweep.fresh_batches,
             "heldout": sweep.heldout_batches,
-            "joined_per_step": sweep.joined_per_step,
+            "per_step": sweep.batches_per_step,
             **({"ranks_note": sweep.batch_note} if sweep.batch_note else {}),
         },
         "grid_extended": sweep.extended,

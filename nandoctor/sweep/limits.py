@@ -39,7 +39,7 @@ SETTINGS = (
     Setting(
         "sweep_rank_batches",
         0,
-        "under torchrun, each sweep step trains on this many of the rank's own batches joined (0: the "
+        "under torchrun, each sweep step accumulates this many of the rank's own batches (0: the "
         "world size, the batch DDP's averaged gradient is for; 1: one rank's batch)",
     ),
     Setting(

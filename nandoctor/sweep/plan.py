@@ -143,7 +143,7 @@ def plan_sweep(ctx: Any, rates: int, steps: int | None = None) -> Plan:
     snapshot = run_snapshot(ctx)  # taken before the counted forward moves any buffer
     gflop = step_gflop(ctx)
     snapshot.restore()
-    if gflop is not None:  # under torchrun a step trains on a rank's batches joined: that many times the work
+    if gflop is not None:  # under torchrun a step accumulates several of a rank's batches: that many times the work
         gflop *= rank_group(ctx)[0]
     speed = settings.sweep_gpu_gflops if ctx.setup.device.type == "cuda" else settings.sweep_cpu_gflops
     full = settings.sweep_steps

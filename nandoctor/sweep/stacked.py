@@ -217,6 +217,9 @@ class RateRunner:
         if not on:
             self.reason = why
             return
+        if stream.group > 1:  # a stacked pass takes one batch a step
+            self.reason = f"each step accumulates {stream.group} batches (torchrun's effective batch)"
+            return
         self.reason = refusal(ctx)
 
     def expect(self, rates: list[float], checkpoints: list[int]) -> None:

@@ -7,8 +7,8 @@ iterated again: a one-pass generator is never read past the cached batches), so 
 sees the same sequence; past the end, the sequence repeats. A fresh batch from a loader that
 reshuffles a small set holds samples of the held-out batch again: those rows are dropped from it
 (matched by value), or the held-out loss would reward the rates that memorise fastest.
-Under ``torchrun`` each step's batch is several of the rank's own batches joined: the batch
-DDP's averaged gradient is for, so the rates judged are the rates for that run.
+Under ``torchrun`` each step accumulates several of the rank's own batches: the gradient DDP's
+averaged all-reduce gives, so the rates judged are the rates for that run.
 """
 
 from __future__ import annotations
@@ -17,92 +17,74 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from nandoctor.batches import iter_tensors, join_batches, map_tensors, to_device
+from nandoctor.batches import iter_tensors, map_tensors, to_device
 from nandoctor.distributed import world_size
-from nandoctor.errors import describe
 
 
 class BatchStream:
-    """``train(step)`` is the batch of that step, the same for every rate; ``heldout`` is never trained on.
+    """``train(i)`` is the batch of step ``i`` (of micro-batch ``i``: each step trains on ``group`` of them),
+    the same for every rate; ``heldout`` is never trained on.
 
-    Under ``torchrun`` a step's batch is ``group`` of the rank's own batches joined (see
-    :func:`rank_group`): the batch the rates are for when DDP averages every rank's gradient.
+    Under ``torchrun`` a step accumulates ``group`` of the rank's own batches (see :func:`rank_group`):
+    the gradient DDP's all-reduce averages, with one rank's batch in memory at a time.
     """
 
     def __init__(self, ctx: Any, limit: int):
         self.group, self.group_note = rank_group(ctx)
         self._device = ctx.setup.device
-        self._fresh = None if len(ctx.batches) < ctx.settings.batches else ctx.setup.data
         self._skip = len(ctx.batches)
+        self._fresh = None if len(ctx.batches) < ctx.settings.batches else ctx.setup.data
         self.fresh_read = 0
-        self._pending: list[tuple[int, Any]] = []  # batches read but not yet joined into a step's batch
         cached = list(ctx.batches)
-        if self.group > 1:
-            cached = self._joined_cache(ctx, cached)
-        self.heldout = cached[-1:] if len(cached) > 1 else []
-        self._train = cached[:-1] if len(cached) > 1 else cached
-        self._indices = [i * self.group for i in range(len(self._train))]  # each batch's (first) index in ``data``
-        self._limit = max(limit, len(self._train))
-        self._held_keys = set(sample_keys(self.heldout[0]) or []) if self.heldout else set()
+        if self.group > 1 and len(cached) < 2 * self.group:  # one step's batches to train on, one to hold out
+            self._read_more_into(cached, 2 * self.group - len(cached))
+            self._skip = len(cached)
+            if len(cached) < 2 * self.group:
+                self.group, self.group_note = 1, f"one rank's batch: the data holds only {len(cached)} batch(es)"
+        held = self.group if len(cached) > self.group else 0
+        self.heldout = cached[-held:] if held else []
+        self._train = cached[:-held] if held else cached
+        self._indices = list(range(len(self._train)))  # each training batch's index in ``data``
+        self._limit = max(limit * self.group, len(self._train))
+        self._held_keys = {k for b in self.heldout for k in (sample_keys(b) or [])}
         self.heldout_rows_dropped = 0  # rows of fresh batches that were samples of the held-out batch
 
-    def _joined_cache(self, ctx: Any, cached: list[Any]) -> list[Any]:
-        """The cached batches joined ``group`` at a time (read more from ``data`` for one to train on and
-        one to hold out); as they are, with ``group`` 1 and the reason, when they cannot be joined."""
-        group = self.group
-        if len(cached) < 2 * group:
-            cached += [to_device(b, self._device) for _, b in self._fresh_batches(2 * group - len(cached))]
-        whole = len(cached) // group * group
+    def _read_more_into(self, cached: list[Any], count: int) -> None:
+        """Batches past the cached ones, read before any step (fewer when ``data`` ends or is one-pass)."""
+        if self._fresh is None:
+            return
         try:
-            if whole < 2 * group:
-                raise ValueError(f"the data holds only {len(cached)} batch(es) for this rank")
-            joined = [join_batches(cached[i : i + group]) for i in range(0, whole, group)]
-            from nandoctor.step import score
+            iterator = iter(self._fresh)
+            if iterator is self._fresh:  # a one-pass iterator: reading on would consume the user's data
+                self._fresh = None
+                return
+            extra = list(itertools.islice(itertools.islice(iterator, self._skip, None), count))
+        except (Exception, SystemExit):
+            extra = []
+        cached += [to_device(b, self._device) for b in extra]
+        if len(extra) < count:
+            self._fresh = None
 
-            score(ctx.setup, joined[-1:])  # a loss that needs the per-rank batch size raises here
-        except Exception as exc:  # the rates stay judged on one rank's batch, and the report says why
-            self.group, self.group_note = 1, f"one rank's batch: its batches cannot be joined ({describe(exc)})"
-            self._pending = []
-            return list(ctx.batches)
-        self._pending = [(index, cached[index]) for index in range(whole, len(cached))]
-        return joined
-
-    def _fresh_batches(self, count: int) -> list[tuple[int, Any]]:
-        """Up to ``count`` more (index in ``data``, batch) from a fresh iterator over ``data``; fewer
-        (none) when it ends."""
-        if self._fresh is None or count <= 0:
-            return []
+    def _read_more(self, count: int) -> None:
+        """Read ``count`` more batches from a fresh iterator over ``data``; stop quietly when it ends."""
+        if self._fresh is None:
+            return
         try:
             if not hasattr(self, "_iterator"):
                 iterator = iter(self._fresh)
                 if iterator is self._fresh:  # a one-pass iterator: reading on would consume the user's data
                     self._fresh = None
-                    return []
+                    return
                 # a re-iterable (list, DataLoader) starts again from the top: skip what is cached already
                 self._iterator = itertools.islice(iterator, self._skip, None)
             batches = list(itertools.islice(self._iterator, count))
         except (Exception, SystemExit):  # a loader that cannot be read again: train on the cached batches
             batches = []
-        first = self._skip + self.fresh_read
+        self._indices += range(self._skip + self.fresh_read, self._skip + self.fresh_read + len(batches))
+        self._train += [to_device(self._without_heldout(b), self._device) for b in batches]
         self.fresh_read += len(batches)
         if len(batches) < count:
             self._fresh = None
-        return list(zip(range(first, first + len(batches)), batches))
-
-    def _read_more(self, count: int) -> None:
-        """Read ``count`` more steps' batches from ``data``; stop quietly when it ends."""
-        pending = self._pending + self._fresh_batches(count * self.group - len(self._pending))
-        whole = len(pending) // self.group * self.group
-        self._pending = pending[whole:]
-        for start in range(0, whole, self.group):
-            pieces = [self._without_heldout(b) for _, b in pending[start : start + self.group]]
-            try:
-                batch = join_batches(pieces) if self.group > 1 else pieces[0]
-            except ValueError:  # a fresh batch that does not join (a last, shorter one): the stream ends here
-                self._fresh, self._pending = None, []
-                return
-            self._indices.append(pending[start][0])
-            self._train.append(to_device(batch, self._device))
 
     def _without_heldout(self, batch: Any) -> Any:
         """``batch`` less its rows that are held-out samples; as it is when none are, or all (a loader
@@ -120,12 +102,13 @@ class BatchStream:
         return map_tensors(batch, lambda t: t.index_select(0, index.to(t.device)) if t.dim() >= 1 else t)
 
     def train(self, step: int) -> Any:
+        """The batch of micro-batch ``step`` (the step's own when ``group`` is 1)."""
         if step >= len(self._train) and len(self._train) < self._limit:
             self._read_more(min(max(step + 1 - len(self._train), 8), self._limit - len(self._train)))
         return self._train[step % len(self._train)]
 
     def data_index(self, step: int) -> int:
-        """The index in ``data`` of the batch step ``step`` trains on (call after ``train(step)``)."""
+        """The index in ``data`` of micro-batch ``step`` (call after ``train(step)``)."""
         return self._indices[step % len(self._train)]
 
     @property
@@ -134,20 +117,19 @@ class BatchStream:
 
 
 def rank_group(ctx: Any) -> tuple[int, str | None]:
-    """How many of this rank's batches one sweep step joins, and the note that says so: under
+    """How many of this rank's batches one sweep step accumulates, and the note that says so: under
     ``torchrun``, DDP averages the gradients of every rank's batch, so the rates a sweep judges are
-    for a batch the world size times one rank's (``sweep_rank_batches`` sets another); joining the
-    rank's own batches makes that batch with no collective inside the sweep (every rank's sweep
-    runs alone, see :mod:`nandoctor.distributed`). 1, with no note, in one process."""
+    for a batch the world size times one rank's (``sweep_rank_batches`` sets another count).
+    Accumulating the rank's own batches gives that gradient with one rank's batch in memory and no
+    collective inside the sweep (every rank's sweep runs alone, see :mod:`nandoctor.distributed`);
+    BatchNorm sees one rank's batch at a time, as under DDP. 1, with no note, in one process."""
     ranks = world_size()
     if ranks == 1:
         return 1, None
     group = ctx.settings.sweep_rank_batches or ranks
     if group == 1:
         return 1, "one rank's batch (sweep_rank_batches: 1)"
-    return group, (
-        f"{group} of a rank's batches joined per step, the batch DDP's averaged gradient over {ranks} ranks is for"
-    )
+    return group, f"each step accumulates {group} of a rank's batches: the gradient DDP averages over {ranks} ranks"
 
 
 def sample_keys(batch: Any) -> list[float] | None:
@@ -226,3 +208,7 @@ class PermutedStream:
     @property
     def distinct(self) -> int:
         return self.stream.distinct
+
+    @property
+    def group(self) -> int:
+        return self.stream.group

@@ -225,12 +225,13 @@ def train(
             steps,
             stream.train,
             lambda values: _stopped(run, values, trainer.scaled, ctx.settings),
+            accumulate=stream.group,
             checkpoints=checkpoints,
             at_checkpoint=at_checkpoint,
         )
     if run.failure is not None:
         run.cut = run.failure.text
-    run.unseen_steps = min(stream.distinct, len(run.losses))
+    run.unseen_steps = min(stream.distinct // stream.group, len(run.losses))
     classify(run, ctx.settings)
     return run
 
