@@ -272,8 +272,9 @@ def run_steps(
 def score(setup: Any, batches: list[Any]) -> tuple[float | None, float | None]:
     """Mean loss on ``batches`` (buffers restored), and the spread of the outputs across samples.
 
-    Not under ``torch.no_grad``: a loss that takes gradients itself (a WGAN-GP penalty calls
-    ``torch.autograd.grad``) must run as in training; each loss is detached and its graph dropped.
+    Under ``torch.no_grad`` (no activation kept for a backward), unless the loss raises there: one
+    that takes gradients itself (a WGAN-GP penalty calls ``torch.autograd.grad``) runs as in
+    training, each loss detached and its graph dropped.
     The spread is the mean over output features of their standard deviation across the batch,
     over the outputs' RMS: ~0 when the model predicts the same thing for every input.
     """
@@ -304,9 +305,19 @@ def score(setup: Any, batches: list[Any]) -> tuple[float | None, float | None]:
     try:
         for module in dropouts:
             module.training = False
-        with torch.enable_grad(), autocast(setup), model.register_forward_hook(record):
-            for batch in batches:
-                losses.append(compute_loss(setup, model, batch).total.detach().float().reshape(()))
+        try:  # without a graph: no activation is kept for a backward that never comes
+            with torch.no_grad(), autocast(setup), model.register_forward_hook(record):
+                for batch in batches:
+                    losses.append(compute_loss(setup, model, batch).total.detach().float().reshape(()))
+        except Exception:  # a loss that takes gradients itself (a gradient penalty): scored as it trains
+            losses.clear()
+            spreads.clear()
+            with torch.no_grad():
+                for buffer, value in zip(buffers, saved):
+                    buffer.copy_(value)
+            with torch.enable_grad(), autocast(setup), model.register_forward_hook(record):
+                for batch in batches:
+                    losses.append(compute_loss(setup, model, batch).total.detach().float().reshape(()))
     finally:
         for module in dropouts:
             module.training = True

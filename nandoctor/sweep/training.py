@@ -216,6 +216,7 @@ def train(
 
         def at_checkpoint(done: int) -> None:
             if stream.heldout:
+                optimizer.zero_grad(set_to_none=True)  # the next step starts without them: no copy kept while scoring
                 run.heldout[done], run.spread[done] = evaluate(ctx, stream.heldout)
                 run.parts[done] = heldout_parts(ctx, stream.heldout) if run.parts_initial else None
 
