@@ -251,14 +251,18 @@ def plain_replica(model: Any) -> Any:
             break
     # as ``ranks.on_every_rank`` gathers a rank's outcome: a rank that failed alone before this point is named
     outcomes = gather(("usage", problem) if problem else ("ok", None))
-    for number, (kind, found) in enumerate(outcomes):
-        if kind != "ok":
-            full.clear()
-            where = f"rank {number}: " if len(outcomes) > 1 else ""
-            raise UsageError(f"FSDP2 model: {where}{found}")
-    with torch.no_grad():
-        for key, target in full.items():
-            target.copy_(tensors[key].full_tensor())
+    failed = [(number, found) for number, (kind, found) in enumerate(outcomes) if kind != "ok"]
+    if failed:
+        full.clear()
+        number, found = failed[0]
+        where = f" (on rank {number})" if len(failed) < len(outcomes) else ""  # on every rank: said once
+        raise UsageError(f"FSDP2 model: {found}{where}")
+    try:
+        with torch.no_grad():
+            for key, target in full.items():
+                target.copy_(tensors[key].full_tensor())
+    except Exception as exc:  # every rank gathers the same parameters: they fail alike (or time out)
+        raise UsageError(f"FSDP2 model: gathering a parameter whole (full_tensor) failed: {first_line(exc)}") from exc
     return _replicate(model, full, {})
 
 

@@ -342,3 +342,13 @@ def test_replay_joins_the_ranks_shards_and_refuses_what_it_cannot_join(tmp_path)
     (tmp_path / "capture.rank0.pt").unlink()
     with pytest.raises(UsageError, match="capture.rank0.pt is not beside it"):
         unsharded(path, load_capture(path))
+
+
+def test_an_fsdp2_model_with_no_whole_on_every_rank_is_one_usage_error_on_every_rank():
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:fsdp2_on_a_sub_mesh", "--format", "json", timeout=120)
+    error = report_of(stdout)
+    assert code != 0 and "exitcode  : 2" in stderr, stderr[-3000:]  # torchrun exits 1 when a rank fails
+    assert error["verdict"] == "error" and error["error"]["kind"] == "usage"
+    assert "sharded over 1 of the 2 ranks" in error["error"]["message"]
+    said = [line.split("error: ", 1)[1] for line in stderr.splitlines() if "] nandoctor: error: " in line]
+    assert len(said) == 2 and said[0] == said[1], stderr[-3000:]  # both ranks stop, with the same one line

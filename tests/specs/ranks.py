@@ -177,3 +177,17 @@ def fsdp2_ids_beyond_vocab(vocab_ids: int = 120):
         (torch.randint(0, vocab_ids, (16, 8), generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(3)
     ]
     return {"model": model, "data": data, "loss": ce}
+
+
+def fsdp2_on_a_sub_mesh():
+    """Sharded over a mesh of one rank each (as a pipeline stage's or a tensor-parallel group's would be):
+    no rank holds what the others hold, so there is no whole model to diagnose on every rank."""
+    torch.manual_seed(0)
+    model = mlp()
+    if dist.is_initialized():
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (dist.get_world_size(), 1), mesh_dim_names=("stage", "shard"))
+        fully_shard(model, mesh=mesh["shard"])
+    return {"model": model, "data": blobs(seed=1 + _rank()), "loss": ce}
