@@ -5,7 +5,9 @@ forwards or steps issues a wrapper's collective (DDP's gradient all-reduce or bu
 no rank can wait for one the others never issue. The only collectives are nandoctor's own, at
 fixed points every rank reaches in the same order: the parameter fingerprint before any probe
 and the gather of every rank's results at the end. Each rank then merges the same gathered
-results, so every rank holds the same report and exits with the same code.
+results, so every rank holds the same report and exits with the same code. An FSDP2
+(``fully_shard``) model is probed as its unsharded replica (:func:`plain_replica`), gathered once
+at load time, when every rank gathers the same parameters in the same order.
 
 In one process (no group initialised, no ``torchrun`` environment) every helper here is a no-op
 that does not import ``torch.distributed``.
@@ -164,7 +166,8 @@ def local_part(tensor: Any) -> Any:
 
 #: how ``Setup.wrappers`` and the report name FSDP2: the model was diagnosed as its unsharded replica
 FSDP2 = "FSDP2 fully_shard"
-#: what ``fully_shard`` adds to a module's ``__dict__`` (its state, its flags); a replica drops them
+#: what ``fully_shard`` adds to a module's ``__dict__`` (its state, its flags), and ``module.compile()``'s
+#: compiled call (bound to the sharded module): a replica drops them
 FSDP_KEYS = ("__composable_api_state_key_", "_is_fsdp_managed_module", "_fsdp_use_orig_params", "_compiled_call_impl")
 #: the module's hook tables; FSDP's own hooks (its pre/post forward, its state-dict hooks) are dropped
 HOOK_TABLES = (
