@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import astuple, replace
 from typing import Any
 
-from nandoctor.distributed import gather, world_size
+from nandoctor.distributed import FSDP2, gather, world_size
 from nandoctor.errors import InternalError, UsageError, describe
 from nandoctor.findings import Finding
 from nandoctor.ranking import rank
@@ -122,6 +122,11 @@ def merge_parts(per_rank: list[dict[str, Any]], wrappers: tuple[str, ...] = ()) 
             )
         ),
     }
+    if FSDP2 in wrappers:
+        probes["distributed"]["fsdp2"] = (
+            "the FSDP2 (fully_shard) model was diagnosed as its unsharded replica, built from full_tensor() of "
+            "every parameter: one full copy of the weights on every rank; the sharded model was not touched"
+        )
     return {
         "findings": merge_findings([parts["findings"] for parts in per_rank], per_step),
         "probes": probes,

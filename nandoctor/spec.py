@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from nandoctor.distributed import ddp_find_unused, plain_module, sharded
+from nandoctor.distributed import FSDP2, ddp_find_unused, plain_module, plain_replica, sharded
 from nandoctor.errors import UsageError, describe
 from nandoctor.overrides import Overrides, parse_overrides, parse_value  # noqa: F401 (re-exported)
 from nandoctor.user_code import _is_file_target, _user_frame, call_build, resolve_function, split_spec  # noqa: F401
@@ -57,7 +57,7 @@ class Setup:
     config: dict | None = None
     config_keys: dict[str, str] = field(default_factory=dict)
     device: Any = None
-    wrappers: tuple[str, ...] = ()  # taken off the model: DDP, torch.compile (nandoctor probes the module inside)
+    wrappers: tuple[str, ...] = ()  # taken off: DDP, torch.compile, FSDP2 (nandoctor probes the module inside)
     ddp_find_unused: bool | None = None  # DDP's find_unused_parameters; None when the model is not in DDP
     ddp_model: Any = None  # the DistributedDataParallel wrapper itself: one step through it shows what it syncs
 
@@ -215,11 +215,6 @@ def validate(result: Any, spec: str) -> Setup:
     find_unused = ddp_find_unused(model)
     ddp_model = model if find_unused is not None else None
     model, wrappers = plain_module(model)
-    if sharded(model):
-        raise UsageError(
-            f"{spec}: the model's parameters are sharded (FSDP2 fully_shard): nandoctor probes the whole "
-            "model on every rank; return it before fully_shard (the same modules and weights) for the diagnosis"
-        )
     data = mapping["data"]
     if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
         raise UsageError(
@@ -239,7 +234,7 @@ def validate(result: Any, spec: str) -> Setup:
         if mapping.get(key) is not None and not isinstance(mapping[key], Mapping):
             raise UsageError(f"{spec}: '{key}' must be a mapping, got {type(mapping[key]).__name__}")
     lr = mapping.get("lr")
-    return Setup(
+    setup = Setup(
         model=model,
         data=data,
         loss=mapping.get("loss"),
@@ -256,6 +251,13 @@ def validate(result: Any, spec: str) -> Setup:
         ddp_find_unused=find_unused,
         ddp_model=ddp_model,
     )
+    if sharded(model):  # last, after every check a rank could fail alone: building it is collective
+        try:  # diagnosed as its unsharded replica; the user's sharded model is not touched
+            setup.model = plain_replica(model)
+        except UsageError as exc:
+            raise UsageError(f"{spec}: {exc}") from exc
+        setup.wrappers = (*setup.wrappers, FSDP2)
+    return setup
 
 
 def _resolve_device(requested: Any, model: Any, spec: str):

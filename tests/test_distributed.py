@@ -193,3 +193,193 @@ def test_merged_rate_findings_say_the_rates_are_for_one_ranks_batch():
     assert "DDP averages the gradients of 2" in merged["lr_too_low"].fix.advice
     assert merged["dead_units"] == dead  # only rate findings depend on the batch
     assert merge_findings([[rate]]) == [rate]  # one process: as it was
+
+
+# -- FSDP2 (fully_shard): diagnosed as its unsharded replica -------------------------------------------
+
+
+def torchrun_script(script, *args, timeout=180):
+    """``torchrun --nproc_per_node=2 SCRIPT ARGS`` (a training script): the finished process."""
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NANDOCTOR_RANK_TIMEOUT": "60", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script]
+    try:
+        return subprocess.run(
+            command + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as stuck:
+        pytest.fail(f"torchrun did not finish in {timeout}s (a rank waits on another): {stuck.stderr}")
+
+
+def test_a_healthy_fsdp2_model_is_one_healthy_report_that_names_the_replica():
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:fsdp2_conv", "--format", "json", timeout=120)
+    report = report_of(stdout)
+    assert code == 0, stderr[-3000:]
+    assert report["verdict"] == "healthy", [(f["code"], f["title"]) for f in report["findings"]]
+    assert report["coverage"]["ranks"] == 2 and not report["coverage"]["probes_not_run"]
+    assert report["probes"]["distributed"]["wrappers"] == ["FSDP2 fully_shard"]
+    assert "one full copy of the weights on every rank" in report["probes"]["distributed"]["fsdp2"]
+
+
+def test_a_bug_in_an_fsdp2_model_is_the_same_top_finding_as_in_one_process(diagnose):
+    from tests.specs import ranks
+
+    alone = diagnose(ranks.fsdp2_ids_beyond_vocab())  # no group: fully_shard is not applied
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:fsdp2_ids_beyond_vocab", "--format", "json", timeout=120)
+    together = report_of(stdout)
+    assert code == 1, stderr[-3000:]
+    top, first = together["findings"][0], alone["findings"][0]
+    assert (
+        (top["code"], top["where"]["module"])
+        == (first["code"], first["where"]["module"])
+        == ("index_out_of_range", "embed")
+    )
+    assert top["where"]["rank"] is None  # both ranks' ids go beyond the vocabulary
+
+
+def test_diagnose_from_python_leaves_the_users_fsdp2_model_sharded_and_training():
+    done = torchrun_script("tests/specs/ranks_fsdp2_api.py", timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = sorted(
+        (json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"]
+    )
+    assert [line["rank"] for line in lines] == [0, 1]
+    for line in lines:
+        assert line["replica_plain"], line  # plain classes and tensors, the user's hook kept, the same outputs
+        assert line["verdict"] == "healthy" and line["wrappers"] == ["FSDP2 fully_shard"], line
+        assert line["unchanged"] and line["trained"], line  # DTensors, local shards, classes and hooks as before
+
+
+def test_lr_sweep_and_scan_of_an_fsdp2_spec_end_with_one_exit_code_on_every_rank():
+    code, stdout, stderr = torchrun("lr-sweep", f"{SPECS}:fsdp2_conv", "--steps", "4", "--format", "json", timeout=120)
+    assert code == 0 and json.loads(stdout)["recommended_lr"] > 0, stderr[-3000:]
+    code, stdout, stderr = torchrun("scan", f"{SPECS}:fsdp2_ids_beyond_vocab", "--format", "json", timeout=120)
+    assert stderr.count("exitcode  : 1") == 2, stderr[-3000:]  # the bad ids were found: both ranks exit 1
+    assert json.loads(stdout)["findings"][0]["code"] == "index_out_of_range"
+
+
+def test_guard_on_fsdp2_writes_each_ranks_shards_and_replay_joins_them(tmp_path):
+    done = torchrun_script("tests/specs/ranks_fsdp2_train.py", tmp_path / "capture.pt")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 1 tripped {'reason': 'nonfinite_loss'" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["capture.rank0.pt", "capture.rank1.pt"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "nandoctor", "replay", str(tmp_path / "capture.rank1.pt"), "--trust-spec"]
+    replay = subprocess.run(
+        [*command, "--format", "json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert replay.returncode == 1, replay.stderr[-2000:]
+    report = json.loads(replay.stdout)
+    assert report["findings"][0]["code"] == "nonfinite_input" and report["replay"]["reproduced"]
+    # step 2 re-run from the joined shards gives the loss the run recorded: the whole weights are right
+    assert [s["step"] for s in report["replay"]["steps"]] == [2, 3] and report["replay"]["notes"] == []
+    (tmp_path / "capture.rank0.pt").unlink()
+    alone = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 2 and "capture.rank0.pt is not beside it" in alone.stderr, alone.stderr[-2000:]
+    assert "Traceback" not in alone.stderr
+
+
+def test_a_model_that_is_not_sharded_is_diagnosed_itself_not_a_replica():
+    import torch
+    from torch import nn
+
+    from nandoctor.distributed import sharded
+    from nandoctor.spec import validate
+    from tests.specs import ranks
+
+    model = ranks.mlp()
+    setup = validate({"model": model, "data": ranks.blobs(seed=1), "loss": ranks.ce}, "<test>")
+    assert not sharded(model) and setup.model is model and setup.wrappers == ()
+    compiled = validate({"model": torch.compile(model), "data": ranks.blobs(seed=1)}, "<test>")
+    assert compiled.model is model and "FSDP2 fully_shard" not in compiled.wrappers
+    assert isinstance(setup.model[0], nn.Linear)
+
+
+def test_the_replica_takes_off_fsdps_class_and_hooks_and_keeps_the_users():
+    from torch import nn
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp._fully_shard._fsdp_state import FSDPState
+
+    from nandoctor.distributed import _fsdp_owned, _unsharded_class
+
+    sharded_linear = type("FSDPLinear", (FSDPModule, nn.Linear), {})  # the class fully_shard makes
+    assert _unsharded_class(sharded_linear) is nn.Linear and _unsharded_class(nn.GRU) is nn.GRU
+    assert _fsdp_owned(FSDPState()._pre_forward)  # FSDP's forward hooks are bound methods of its state
+    assert not _fsdp_owned(lambda module, args: None) and not _fsdp_owned(print)
+
+
+def _shard_record(local, shape, index, dim=0, ranks=2, placements="(Shard(dim=0),)"):
+    from nandoctor.guard.capture import STRUCT
+
+    return {
+        STRUCT: "shard",
+        "local": local,
+        "shape": shape,
+        "dim": dim,
+        "replicated": False,
+        "ranks": ranks,
+        "index": index,
+        "placements": placements,
+    }
+
+
+def _write_rank_captures(folder, window_starts=(2, 2), dim=0):
+    """Two ranks' captures of an FSDP2 run as ``save_capture`` writes them: each holds its shards
+    (``dim=None``: a layout replay cannot join, such as HSDP's two-dimensional mesh)."""
+    import torch
+
+    from nandoctor.guard.capture import FORMAT, VERSION
+
+    weight = torch.arange(15.0).reshape(5, 3)  # 5 rows over 2 ranks: 3 and 2, as torch.chunk splits them
+    pieces = torch.chunk(weight, 2, dim=dim or 0)
+    for rank, (piece, start) in enumerate(zip(pieces, window_starts)):
+        model = {"weight": _shard_record(piece, [5, 3], rank, dim=dim), "steps": torch.tensor(3)}
+        optimizer = {"state": {0: {"exp_avg": _shard_record(piece * 0.1, [5, 3], rank, dim=dim)}}, "param_groups": []}
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "rank": rank,
+            "step": 3,
+            "window_start": start,
+            "model": model,
+            "optimizer": optimizer,
+            "batches": [torch.zeros(2)],
+            "sharded": {"ranks": 2},
+        }
+        torch.save(payload, folder / f"capture.rank{rank}.pt")
+    return weight
+
+
+def test_replay_joins_the_ranks_shards_and_refuses_what_it_cannot_join(tmp_path):
+    import torch
+
+    from nandoctor.errors import UsageError
+    from nandoctor.guard.capture import load_capture, unsharded
+
+    weight = _write_rank_captures(tmp_path)
+    path = tmp_path / "capture.rank1.pt"
+    joined = unsharded(path, load_capture(path))
+    assert torch.equal(joined["model"]["weight"], weight) and joined["model"]["steps"].item() == 3
+    assert torch.allclose(joined["optimizer"]["state"][0]["exp_avg"], weight * 0.1) and joined["sharded"] is None
+    plain = {"format": "nandoctor-capture", "model": {"w": torch.ones(1)}}
+    assert unsharded(path, plain) is plain  # a capture of an unsharded model is as it was
+    _write_rank_captures(tmp_path, window_starts=(2, 4))
+    with pytest.raises(UsageError, match="start at different steps"):
+        unsharded(path, load_capture(path))
+    _write_rank_captures(tmp_path, dim=None)
+    with pytest.raises(UsageError, match="one-dimensional FSDP2 shards only"):
+        unsharded(path, load_capture(path))
+    (tmp_path / "capture.rank0.pt").unlink()
+    with pytest.raises(UsageError, match="capture.rank0.pt is not beside it"):
+        unsharded(path, load_capture(path))
+
+
+def test_an_fsdp2_model_with_no_whole_on_every_rank_is_one_usage_error_on_every_rank():
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:fsdp2_on_a_sub_mesh", "--format", "json", timeout=120)
+    error = report_of(stdout)
+    assert code != 0 and "exitcode  : 2" in stderr, stderr[-3000:]  # torchrun exits 1 when a rank fails
+    assert error["verdict"] == "error" and error["error"]["kind"] == "usage"
+    assert "sharded over 1 of the 2 ranks" in error["error"]["message"]
+    said = [line.split("error: ", 1)[1] for line in stderr.splitlines() if "] nandoctor: error: " in line]
+    assert len(said) == 2 and said[0] == said[1], stderr[-3000:]  # both ranks stop, with the same one line

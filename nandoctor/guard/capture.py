@@ -13,11 +13,12 @@ import dataclasses
 import keyword
 import os
 import random
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nandoctor.distributed import active, per_rank_path, plain_state, rank
+from nandoctor.distributed import active, per_rank_path, plain_state, rank, world_size
 from nandoctor.errors import UsageError, first_line
 
 FORMAT = "nandoctor-capture"
@@ -37,6 +38,8 @@ def plain(obj: Any) -> Any:
 
     import torch
 
+    if type(obj).__name__ == "DTensor" and hasattr(obj, "to_local"):
+        return _shard(obj)
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu")
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -57,6 +60,35 @@ def plain(obj: Any) -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     return repr(obj)  # anything else would need code to load: keep only what it was
+
+
+def _shard(tensor: Any) -> dict[str, Any]:
+    """This rank's shard of a DTensor (FSDP2) with where it sits in the whole: no collective, since
+    a rank may write its capture when the others do not. Replay joins every rank's shards."""
+    mesh, placements = tensor.device_mesh, tuple(tensor.placements)
+    one_dim = mesh.ndim == 1 and len(placements) == 1
+    return {
+        STRUCT: "shard",
+        "local": tensor.to_local().detach().to("cpu"),
+        "shape": list(tensor.shape),
+        "dim": placements[0].dim if one_dim and placements[0].is_shard() else None,
+        "replicated": one_dim and placements[0].is_replicate(),
+        "ranks": mesh.size(),
+        "index": mesh.get_local_rank() if mesh.ndim == 1 else None,
+        "placements": str(placements),
+    }
+
+
+def _is_shard(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and obj.get(STRUCT) == "shard"
+
+
+def holds_shards(tree: Any) -> bool:
+    if _is_shard(tree):
+        return True
+    if isinstance(tree, Mapping):
+        return any(holds_shards(value) for value in tree.values())
+    return isinstance(tree, (list, tuple)) and any(holds_shards(value) for value in tree)
 
 
 class MicroBatches(list):
@@ -141,6 +173,7 @@ def save_capture(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 
     Under torchrun each rank writes its own file (``nan_capture.rank1.pt``) and records its rank;
     the weights are stored as the plain module names them (no ``module.``/``_orig_mod.`` prefix).
+    An FSDP2 model's file holds this rank's shards (see :func:`unsharded`).
     """
     import torch
 
@@ -152,6 +185,8 @@ def save_capture(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     payload = dict(payload, format=FORMAT, version=VERSION)
     if active():
         payload["rank"] = rank()
+    if holds_shards(payload.get("model")):  # FSDP2: each rank's file holds its shards; replay joins them
+        payload["sharded"] = {"ranks": world_size()}
     torch.save(payload, temporary)
     os.replace(temporary, target)
     load_capture(target)  # "capture written" only for a file that loads back
@@ -230,3 +265,64 @@ def _why(exc: BaseException) -> str:
         if "Unsupported global" in line or "unsupported" in line.lower():
             return line.strip().removeprefix("WeightsUnpickler error: ").split(" was not an allowed")[0][:200]
     return first_line(exc)[:200]
+
+
+RANK_SUFFIX = re.compile(r"\.rank\d+$")
+
+
+def unsharded(path: str | os.PathLike, payload: dict[str, Any]) -> dict[str, Any]:
+    """The capture with whole weights and optimizer state: an FSDP2 run's per-rank captures joined.
+
+    Each rank of an FSDP2 run stores only its own shards (gathering the whole at the failure would
+    be a collective the ranks that did not fail never join). Replay reads every rank's capture of
+    the same window (``nan_capture.rank0.pt`` ... beside the one named) and joins the shards; a
+    missing rank, captures of different windows or a layout other than one-dimensional sharding is
+    a one-line UsageError.
+    """
+    if not isinstance(payload.get("sharded"), Mapping):
+        return payload
+    ranks, file = int(payload["sharded"].get("ranks", 1)), Path(path)
+    base = RANK_SUFFIX.sub("", file.stem)
+    siblings = [file.with_name(f"{base}.rank{number}{file.suffix}") for number in range(ranks)]
+    missing = [sibling.name for sibling in siblings if not sibling.is_file()]
+    whose = f"rank {payload.get('rank')}'s FSDP2 shards of the weights"
+    if missing:
+        raise UsageError(
+            f"{path} holds {whose}; replay joins the captures of all {ranks} ranks, and "
+            f"{', '.join(missing)} is not beside it (each rank writes its own when its step fails)"
+        )
+    parts = [payload if sibling.resolve() == file.resolve() else load_capture(sibling) for sibling in siblings]
+    starts = sorted({str(part.get("window_start")) for part in parts})
+    if len(starts) > 1:
+        raise UsageError(
+            f"{path} holds {whose}, but the ranks' captures start at different steps ({', '.join(starts)}): "
+            "their shards are not one model's weights; replay needs every rank's capture of the same window"
+        )
+    joined = {key: _joined([part.get(key) for part in parts], f"{path}: {key}") for key in ("model", "optimizer")}
+    return {**payload, **joined, "sharded": None}
+
+
+def _joined(trees: list[Any], where: str) -> Any:
+    """One tree from the ranks' trees: every shard record the whole tensor, the rest rank 0's."""
+    import torch
+
+    first = trees[0]
+    if _is_shard(first):
+        if not all(_is_shard(tree) for tree in trees):
+            raise UsageError(f"{where}: the ranks' captures do not hold the same tensors")
+        if first.get("replicated"):
+            return first["local"]
+        if first.get("dim") is None or any(tree.get("index") is None for tree in trees):
+            raise UsageError(
+                f"{where} is sharded as {first.get('placements')}: replay joins one-dimensional FSDP2 shards only"
+            )
+        ordered = [tree["local"] for tree in sorted(trees, key=lambda tree: tree["index"])]
+        whole = torch.cat(ordered, dim=first["dim"])
+        if list(whole.shape) != list(first["shape"]):
+            raise UsageError(f"{where}: the ranks' shards join to {list(whole.shape)}, not {first['shape']}")
+        return whole
+    if isinstance(first, Mapping) and all(isinstance(tree, Mapping) for tree in trees):
+        return {key: _joined([tree.get(key) for tree in trees], f"{where}.{key}") for key in first}
+    if isinstance(first, (list, tuple)) and all(isinstance(tree, (list, tuple)) for tree in trees):
+        return type(first)(_joined(list(column), f"{where}[{i}]") for i, column in enumerate(zip(*trees)))
+    return first

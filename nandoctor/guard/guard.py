@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from nandoctor.distributed import plain_module
+from nandoctor.distributed import local_part, plain_module
 from nandoctor.guard.capture import plain, plain_step, rng_states, save_capture
 
 REASONS = {
@@ -142,7 +142,7 @@ class Guard:
             record.grad_norm = torch.as_tensor(grad_norm).detach().float()
         if sampled:
             with torch.no_grad():
-                self._before_update = [p.detach().clone() for p in self.params]
+                self._before_update = [local_part(p.detach()).clone() for p in self.params]
         if self._activation_max:
             names = list(self._activation_max)
             device = self._activation_max[names[0]].device
@@ -204,7 +204,7 @@ class Guard:
 
     def _grad_norms(self) -> Any:
         """Each parameter's gradient norm, on the device, as one vector (0 for no gradient)."""
-        grads = [p.grad for p in self.params]
+        grads = [None if p.grad is None else local_part(p.grad) for p in self.params]  # FSDP2: this rank's shard
         present = [g.coalesce().values() if g.is_sparse else g for g in grads if g is not None]
         if not present:
             return None
@@ -219,7 +219,9 @@ class Guard:
         if saved is None:
             return None
         with torch.no_grad():
-            deltas = [torch.linalg.vector_norm((p.detach() - s).float()) for p, s in zip(self.params, saved)]
+            deltas = [
+                torch.linalg.vector_norm((local_part(p.detach()) - s).float()) for p, s in zip(self.params, saved)
+            ]
             return torch.linalg.vector_norm(torch.stack([d.to(deltas[0].device) for d in deltas])) if deltas else None
 
     def _install_activation_hooks(self) -> None:

@@ -20,7 +20,7 @@ from nandoctor.config import LR, fix_config
 from nandoctor.distributed import plain_state
 from nandoctor.errors import UsageError, first_line
 from nandoctor.findings import Finding, Fix, Severity, Where
-from nandoctor.guard.capture import MicroBatches, check_capture, load_capture, set_rng_states
+from nandoctor.guard.capture import MicroBatches, check_capture, load_capture, set_rng_states, unsharded
 from nandoctor.guard.history import changes, lr_jump
 from nandoctor.spec import Setup, load, parse_overrides
 from nandoctor.state import preserved_rng
@@ -216,6 +216,7 @@ def replay(
     payload = load_capture(path)
     spec, kwargs = chosen_spec(payload, spec, overrides, trust_spec, progress)
     check_capture(path, payload)
+    payload = unsharded(path, payload)  # an FSDP2 run's per-rank shards, joined
     setup = load_replay_setup(payload, spec, kwargs, settings.seed)
     notes: list[str] = []
     progress(f"nandoctor: replaying steps {payload.get('window_start')}..{payload['step']} of {path}")

@@ -206,3 +206,77 @@ def ddp_unused_head(find_unused: bool = False):
     if dist.is_initialized():
         model = DistributedDataParallel(model, find_unused_parameters=find_unused)
     return {"model": model, "data": blobs(seed=1 + _rank()), "loss": ce, "lr": 1e-2}
+
+
+# -- FSDP2 (fully_shard): nandoctor diagnoses the unsharded replica ---------------------------------
+
+
+def _fully_shard(model: nn.Module, units: list) -> nn.Module:
+    """``fully_shard`` on each unit, then on the root, as FSDP2 training scripts do (needs a group)."""
+    if dist.is_initialized():
+        from torch.distributed.fsdp import fully_shard
+
+        for unit in units:
+            fully_shard(unit)
+        fully_shard(model)
+    return model
+
+
+class SmallConv(nn.Module):
+    """A small conv net over 1x8x8 images: two conv blocks and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(
+            nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.blocks(x).mean((2, 3)))
+
+
+def _images(seed: int, count: int = 4, size: int = 24):
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        labels = torch.randint(0, 3, (size,), generator=g)
+        images = torch.randn(size, 1, 8, 8, generator=g) * 0.5
+        images[:, :, : labels.max() + 2] += labels.view(-1, 1, 1, 1).float()  # the label shows in the image
+        batches.append((images, labels))
+    return batches
+
+
+def fsdp2_conv():
+    """A healthy conv net sharded with FSDP2 (each conv block and the head, then the root)."""
+    torch.manual_seed(0)
+    model = SmallConv()
+    model = _fully_shard(model, [*model.blocks, model.head])
+    return {"model": model, "data": _images(seed=1 + _rank()), "loss": ce, "lr": 1e-3}
+
+
+def fsdp2_ids_beyond_vocab(vocab_ids: int = 120):
+    """Token ids up to ``vocab_ids`` into a 100-row embedding, the model sharded with FSDP2."""
+    torch.manual_seed(0)
+    model = Tokens()
+    model = _fully_shard(model, [model.embed, model.head])
+    g = torch.Generator().manual_seed(_rank())
+    data = [
+        (torch.randint(0, vocab_ids, (16, 8), generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(3)
+    ]
+    return {"model": model, "data": data, "loss": ce}
+
+
+def fsdp2_on_a_sub_mesh():
+    """Sharded over a mesh of one rank each (as a pipeline stage's or a tensor-parallel group's would be):
+    no rank holds what the others hold, so there is no whole model to diagnose on every rank."""
+    torch.manual_seed(0)
+    model = mlp()
+    if dist.is_initialized():
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (dist.get_world_size(), 1), mesh_dim_names=("stage", "shard"))
+        fully_shard(model, mesh=mesh["shard"])
+    return {"model": model, "data": blobs(seed=1 + _rank()), "loss": ce}
