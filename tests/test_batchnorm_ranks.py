@@ -1,0 +1,80 @@
+"""The BatchNorm statistics measure in one process: each rank's records made from its own shard here,
+compared as the probe compares what every rank sends (the probe itself runs under torchrun only)."""
+
+import pytest
+import torch
+from torch import nn
+
+from nandoctor.context import RunContext
+from nandoctor.measure.batchnorm import batchnorm_calls, compare_ranks
+from nandoctor.settings import Settings
+from nandoctor.spec import validate
+from tests.specs import ranks
+
+
+def records_per_rank(build, world: int, monkeypatch, **kwargs):
+    """What each of ``world`` ranks would send: its build (its own shard) measured on its batches."""
+    sent = []
+    for number in range(world):
+        monkeypatch.setattr(ranks, "_rank", lambda number=number: number)
+        setup = validate(build(**kwargs), "test:build")
+        ctx = RunContext(setup=setup, batches=list(setup.data)[:4], settings=Settings())
+        records, completed = batchnorm_calls(ctx)
+        assert completed == 4
+        sent.append(records)
+    return sent
+
+
+def test_an_iid_batch_is_worth_its_count_and_pooling_ranks_multiplies_it():
+    """The control of the estimator: independent values are worth as many samples as there are."""
+    from nandoctor.measure.batchnorm import ModuleCalls
+
+    g = torch.Generator().manual_seed(0)
+    per_rank = []
+    for _ in range(4):
+        calls = []
+        for step in range(16):
+            x = torch.randn(16, 32, generator=g)
+            var, mean = torch.var_mean(x, dim=0, correction=0)
+            stats = {"mean": mean.tolist(), "var": var.tolist()}
+            calls.append({"step": step, "call": 0, "count": 16, "samples": 16, **stats})
+        per_rank.append({"bn": ModuleCalls(1e-5, calls)})
+    (row,) = compare_ranks(per_rank)
+    assert 12 < row.effective_per_rank < 21 and 45 < row.effective_sync < 85
+    assert row.count_per_rank == 16 and row.sync_count == 64 and row.world_size == 4
+
+
+def test_two_images_per_rank_are_worth_a_few_samples_and_64_rows_are_not(monkeypatch):
+    small, second = compare_ranks(records_per_rank(ranks.bn_two_images_per_rank, 2, monkeypatch))
+    assert (small.module, small.count_per_rank, small.samples_per_rank, small.sync_count) == ("body.1", 32, 2, 64)
+    assert small.effective_per_rank < 6 < small.effective_sync and second.effective_per_rank > 20
+    (large,) = compare_ranks(records_per_rank(ranks.bn_mlp_large_batch, 2, monkeypatch))
+    assert large.count_per_rank == 64 and large.effective_per_rank > 20
+
+
+def test_frozen_and_synced_batchnorms_are_not_recorded_and_hooks_go(monkeypatch):
+    setup = validate(ranks.bn_two_images_per_rank(), "test:build")
+    setup.model.body[1].eval()  # frozen: normalizes with its running statistics
+    setup.model.body[4] = nn.SyncBatchNorm(16)  # in one process it runs as a plain BatchNorm
+    ctx = RunContext(setup=setup, batches=list(setup.data)[:2], settings=Settings())
+    records, completed = batchnorm_calls(ctx)
+    assert records == {} and completed == 2
+    assert all(not m._forward_pre_hooks for m in setup.model.modules())
+
+
+def test_a_forward_that_raises_keeps_the_calls_made_before_it():
+    setup = validate(ranks.bn_two_images_per_rank(), "test:build")
+
+    def loss(model, batch):
+        model.body[:2](batch[0])
+        raise RuntimeError("the user's head is broken")
+
+    setup.loss = loss
+    ctx = RunContext(setup=setup, batches=list(setup.data)[:3], settings=Settings())
+    records, completed = batchnorm_calls(ctx)
+    assert completed == 0 and [c["step"] for c in records["body.1"].calls] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("world", [1])
+def test_one_rank_alone_is_no_comparison(world, monkeypatch):
+    assert compare_ranks(records_per_rank(ranks.bn_two_images_per_rank, world, monkeypatch)) == []
