@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from nandoctor.context import RunContext
-from nandoctor.measure.batchnorm import batchnorm_calls, compare_ranks
+from nandoctor.measure.batchnorm import batchnorm_calls, compare_ranks, single_values
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
 from tests.specs import ranks
 
 
-def records_per_rank(build, world: int, monkeypatch, **kwargs):
+def records_per_rank(build, world: int, monkeypatch, raises: bool = False, **kwargs):
     """What each of ``world`` ranks would send: its build (its own shard) measured on its batches."""
     sent = []
     for number in range(world):
@@ -20,7 +20,7 @@ def records_per_rank(build, world: int, monkeypatch, **kwargs):
         setup = validate(build(**kwargs), "test:build")
         ctx = RunContext(setup=setup, batches=list(setup.data)[:4], settings=Settings())
         records, completed = batchnorm_calls(ctx)
-        assert completed == 4
+        assert completed == (4 if not raises or number == 0 else 0)
         sent.append(records)
     return sent
 
@@ -52,14 +52,29 @@ def test_two_images_per_rank_are_worth_a_few_samples_and_64_rows_are_not(monkeyp
     assert large.count_per_rank == 64 and large.effective_per_rank > 20
 
 
-def test_frozen_and_synced_batchnorms_are_not_recorded_and_hooks_go(monkeypatch):
+def test_a_frozen_batchnorm_is_not_recorded_and_hooks_go():
     setup = validate(ranks.bn_two_images_per_rank(), "test:build")
     setup.model.body[1].eval()  # frozen: normalizes with its running statistics
-    setup.model.body[4] = nn.SyncBatchNorm(16)  # in one process it runs as a plain BatchNorm
     ctx = RunContext(setup=setup, batches=list(setup.data)[:2], settings=Settings())
     records, completed = batchnorm_calls(ctx)
-    assert records == {} and completed == 2
+    assert list(records) == ["body.4"] and completed == 2 and len(records["body.4"].calls) == 2
     assert all(not m._forward_pre_hooks for m in setup.model.modules())
+
+
+def test_a_model_with_syncbatchnorm_runs_no_forward_of_ours():
+    """Under torchrun a training SyncBatchNorm all-reduces in its forward: none is run alone on one rank."""
+    setup = validate(ranks.bn_two_images_per_rank(), "test:build")
+    setup.model.body[4] = nn.SyncBatchNorm(16)
+    calls = []
+    setup.model.body[1].register_forward_hook(lambda *args: calls.append(1))
+    ctx = RunContext(setup=setup, batches=list(setup.data)[:2], settings=Settings())
+    assert batchnorm_calls(ctx) == ({}, 0) and calls == []
+
+
+def test_one_value_per_channel_on_one_rank_is_named_with_what_pooling_would_give(monkeypatch):
+    sent = records_per_rank(ranks.bn_one_sample_on_rank_1, 2, monkeypatch, raises=True)
+    assert single_values(sent) == [("1", [1], 65)]
+    assert compare_ranks(sent) == []  # no call to compare: rank 1 has no statistics
 
 
 def test_a_forward_that_raises_keeps_the_calls_made_before_it():

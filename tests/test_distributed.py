@@ -197,3 +197,19 @@ def test_a_batchnorm_model_in_one_process_says_nothing_about_ranks(diagnose):
     report = diagnose(ranks.bn_two_images_per_rank())
     assert "batchnorm_ranks" not in report["coverage"]["probes_run"] and "batchnorm_ranks" not in report["probes"]
     assert not [f for f in report["findings"] if f["code"] == "batchnorm_small_batch"]
+
+
+def test_one_sample_per_rank_is_a_critical_batchnorm_finding_on_that_rank():
+    """Training-mode BatchNorm raises on one value per channel: the forward error it causes on rank 1 is explained."""
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:bn_one_sample_on_rank_1", "--format", "json", "--quick")
+    report = report_of(stdout)
+    assert code == 1, stderr[-3000:]
+    (top,) = report["findings"]  # rank 1's forward_error at the same module is folded under it
+    assert (top["code"], top["severity"], top["where"]["module"], top["where"]["rank"]) == (
+        "batchnorm_small_batch",
+        "critical",
+        "1",
+        1,
+    )
+    assert top["evidence"]["ranks_with_one_value"] == [1] and top["evidence"]["sync_count"] == 65
+    assert "drop_last=True" in top["fix"]["advice"]

@@ -55,12 +55,16 @@ def batchnorm_calls(ctx: Any) -> tuple[dict[str, ModuleCalls], int]:
     """Every training-mode BatchNorm call on the cached batches, and how many batches ran to the end.
 
     A BatchNorm in eval mode with running statistics (frozen) normalizes with those, not the
-    batch's, and is not recorded. A forward that raises keeps the calls made before it.
+    batch's, and is not recorded. A forward that raises keeps the calls made before it. A model
+    with a training-mode SyncBatchNorm is not run at all: under torchrun its forward issues a
+    collective, and a forward one rank runs alone would wait for the others.
     """
     import torch
+    from torch import nn
 
     found = batchnorms(ctx.model)
-    if not found:
+    synced = any(isinstance(m, nn.SyncBatchNorm) and m.training for m in ctx.model.modules())
+    if not found or synced:  # a training SyncBatchNorm all-reduces in every forward: no forward of ours here
         return {}, 0
     names = module_names(ctx.model)
     records = {name: ModuleCalls(float(module.eps)) for name, module in found}
@@ -79,6 +83,9 @@ def batchnorm_calls(ctx: Any) -> tuple[dict[str, ModuleCalls], int]:
         channels = x.shape[1]
         count = x.numel() // channels if channels else 0
         if count == 0:
+            return
+        if count == 1:  # training-mode BatchNorm raises on it; kept, so the rank that had it is known
+            pending.append((name, step, call, 1, int(x.shape[0]), x.new_zeros(2, 0)))
             return
         dims = [0, *range(2, x.dim())]
         var, mean = torch.var_mean(x.detach()[:, :MAX_CHANNELS].float(), dim=dims, correction=0)
@@ -135,6 +142,23 @@ def _pooled(parts: list[tuple[int, Any, Any]]) -> tuple[Any, Any, int]:
     mean = sum(n * m for n, m, _ in parts) / total
     var = sum(n * (v + (m - mean) ** 2) for n, m, v in parts) / total
     return mean, var, total
+
+
+def single_values(per_rank: list[dict[str, ModuleCalls]]) -> list[tuple[str, list[int], int]]:
+    """BatchNorms called with one value per channel on some rank (training-mode BatchNorm raises
+    ``Expected more than 1 value per channel``): (module, those ranks, the values every rank's
+    batches of that call hold together, what SyncBatchNorm would normalize over)."""
+    found = []
+    for name in dict.fromkeys(name for records in per_rank for name in records):
+        counts: dict[tuple[int, int], dict[int, int]] = {}
+        for rank, records in enumerate(per_rank):
+            for c in records[name].calls if name in records else ():
+                counts.setdefault((c["step"], c["call"]), {})[rank] = c["count"]
+        lone = sorted({r for by_rank in counts.values() for r, n in by_rank.items() if n == 1})
+        if lone:
+            pooled = min(sum(by_rank.values()) for by_rank in counts.values() if 1 in by_rank.values())
+            found.append((name, lone, pooled))
+    return found
 
 
 def compare_ranks(per_rank: list[dict[str, ModuleCalls]]) -> list[Comparison]:

@@ -27,8 +27,8 @@ from nandoctor.context import RunContext
 from nandoctor.distributed import active, gather, world_size
 from nandoctor.errors import InternalError, describe
 from nandoctor.findings import CodeDoc, Finding, Fix, Setting, Severity, Stage, Where
-from nandoctor.measure.batchnorm import Comparison, batchnorm_calls, compare_ranks
-from nandoctor.probes.base import Phase, Probe, ProbeResult
+from nandoctor.measure.batchnorm import Comparison, batchnorm_calls, compare_ranks, single_values
+from nandoctor.probes.base import Fold, Phase, Probe, ProbeResult
 
 SETTINGS = (
     Setting(
@@ -75,6 +75,11 @@ def too_noisy(c: Comparison, floor: float) -> bool:
     return c.effective_sync >= math.sqrt(c.world_size) * c.effective_per_rank
 
 
+def _same_module_when_lone(cause: Finding, symptom: Finding) -> bool:
+    """The BatchNorm that raised on one value per channel is the one this finding names."""
+    return cause.severity == Severity.CRITICAL and symptom.where.module == cause.where.module
+
+
 class BatchNormRanksProbe(Probe):
     name = "batchnorm_ranks"
     description = "under torchrun: BatchNorm statistics of one rank's batch measured against every rank's"
@@ -96,6 +101,8 @@ class BatchNormRanksProbe(Probe):
         ),
     )
 
+    folds = (Fold("batchnorm_small_batch", "forward_error", _same_module_when_lone),)
+
     def run(self, ctx: RunContext) -> ProbeResult:
         if not active():
             return ProbeResult([], {"skipped": "one process: no other rank to compare with"})
@@ -106,7 +113,8 @@ class BatchNormRanksProbe(Probe):
             mine = {"records": {}, "completed": 0, "error": describe(exc)}
         gathered = gather(mine)  # the one collective: every rank, every run
         failed = {number: part["error"] for number, part in enumerate(gathered) if "error" in part}
-        compared = compare_ranks([part["records"] for part in gathered])
+        per_rank = [part["records"] for part in gathered]
+        lone, compared = single_values(per_rank), compare_ranks(per_rank)
         raw: dict[str, Any] = {
             "ranks": len(gathered),
             "batches_completed": [part["completed"] for part in gathered],
@@ -117,6 +125,9 @@ class BatchNormRanksProbe(Probe):
             if "error" in mine:
                 raise InternalError(f"measuring the BatchNorm statistics: {mine['error']}")
             return ProbeResult([], raw)
+        if lone:
+            raw["one_value_per_channel"] = [{"module": m, "ranks": r, "sync_count": n} for m, r, n in lone]
+            return ProbeResult([self._one_value(lone)], raw)
         if not compared:
             raw["skipped"] = "no training-mode BatchNorm measured on two ranks"
             return ProbeResult([], raw)
@@ -124,6 +135,30 @@ class BatchNormRanksProbe(Probe):
         if not noisy:
             return ProbeResult([], raw)
         return ProbeResult([self._finding(ctx, noisy, len(compared))], raw)
+
+    def _one_value(self, lone: list[tuple[str, list[int], int]]) -> Finding:
+        """A rank whose batch gives a BatchNorm one value per channel: training-mode BatchNorm raises."""
+        module, ranks, pooled = lone[0]
+        title = (
+            f"BatchNorm {module!r} gets 1 value per channel on rank {ranks[0]}: in training mode BatchNorm cannot "
+            f'normalize one value and raises ("Expected more than 1 value per channel")'
+        )
+        advice = (
+            f"A per-rank batch of one sample (often the last, short batch of an epoch split over {world_size()} "
+            f"ranks) leaves BatchNorm one value per channel. Drop the short batch (DataLoader(..., drop_last=True), "
+            f"DistributedSampler(..., drop_last=True)) or use a larger per-rank batch; pooled over the ranks, as "
+            f"SyncBatchNorm does, the call has {pooled} values per channel. " + FIX
+        )
+        evidence = {
+            "module": module,
+            "count_per_rank": 1,
+            "ranks_with_one_value": ranks,
+            "world_size": world_size(),
+            "sync_count": pooled,
+            "modules": [m for m, _, _ in lone],
+        }
+        where = Where(module=module, rank=ranks[0])
+        return Finding("batchnorm_small_batch", Severity.CRITICAL, title, where, evidence, Fix(advice=advice))
 
     def _finding(self, ctx: RunContext, noisy: list[Comparison], measured: int) -> Finding:
         first = noisy[0]

@@ -179,3 +179,11 @@ def bn_mlp_large_batch(per_rank: int = 64):
     if dist.is_initialized():
         model = DistributedDataParallel(model)
     return {"model": model, "data": blobs(seed=1 + _rank(), count=4, size=per_rank), "loss": ce}
+
+
+def bn_one_sample_on_rank_1():
+    """The MLP with BatchNorm1d, whose rank 1 gets one sample per batch (the short last batch of an epoch)."""
+    setup = bn_mlp_large_batch()
+    if _rank() == 1:
+        setup["data"] = [(x[:1], y[:1]) for x, y in setup["data"]]
+    return setup
