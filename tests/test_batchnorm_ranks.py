@@ -7,6 +7,7 @@ from torch import nn
 
 from nandoctor.context import RunContext
 from nandoctor.measure.batchnorm import batchnorm_calls, compare_ranks, single_values
+from nandoctor.probes.batchnorm_ranks import shards_differ, too_noisy
 from nandoctor.settings import Settings
 from nandoctor.spec import validate
 from tests.specs import ranks
@@ -93,3 +94,14 @@ def test_a_forward_that_raises_keeps_the_calls_made_before_it():
 @pytest.mark.parametrize("world", [1])
 def test_one_rank_alone_is_no_comparison(world, monkeypatch):
     assert compare_ranks(records_per_rank(ranks.bn_two_images_per_rank, world, monkeypatch)) == []
+
+
+def test_ranks_whose_data_differ_are_told_from_a_small_batch(monkeypatch):
+    """The offsets of a small batch change sign from batch to batch; those of a rank with other classes stay."""
+    (apart,) = compare_ranks(records_per_rank(ranks.bn_mlp_shards_by_class, 2, monkeypatch))
+    assert apart.count_per_rank == 64 and apart.effective_per_rank < 8 and too_noisy(apart, 8.0)
+    assert apart.rank_offset_share > 0.9 and shards_differ(apart)
+    small = compare_ranks(records_per_rank(ranks.bn_two_images_per_rank, 2, monkeypatch))[0]
+    assert too_noisy(small, 8.0) and not shards_differ(small) and small.rank_offset_share < 0.5
+    (large,) = compare_ranks(records_per_rank(ranks.bn_mlp_large_batch, 2, monkeypatch))
+    assert not too_noisy(large, 8.0) and not shards_differ(large)

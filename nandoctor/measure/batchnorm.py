@@ -134,6 +134,8 @@ class Comparison:
     var_ratio_high: float
     effective_per_rank: float  # independent samples the per-rank statistics are worth
     effective_sync: float | None  # ... and the pooled ones (None from one call)
+    rank_offset_share: float | None  # share of the offsets a rank keeps across batches (None from one batch)
+    steps_per_rank: int  # batches each rank's offsets were measured on
 
 
 def _pooled(parts: list[tuple[int, Any, Any]]) -> tuple[Any, Any, int]:
@@ -198,7 +200,8 @@ def _compare_calls(name: str, eps: float, by_call: dict[int, list[dict[int, tupl
 
     rank_sq, sync_sq, offsets, ratios, shares, sync_shares = [], [], [], [], [], []
     counts, samples, sync_counts = [], [], []
-    for steps in by_call.values():
+    apart: dict[tuple[int, int], list[Any]] = {}  # (call, rank) -> each step's offset from the pooled mean
+    for index, steps in by_call.items():
         reference_mean, reference_var, total = _pooled([r[:3] for ranks in steps for r in ranks.values()])
         live = reference_var > max(eps, 1e-12)  # a constant channel: BatchNorm outputs its bias, no noise
         if not bool(live.any()):
@@ -210,7 +213,8 @@ def _compare_calls(name: str, eps: float, by_call: dict[int, list[dict[int, tupl
             sync_sq.append((((pooled_mean - reference_mean)[live] / scale) ** 2).mean())
             sync_shares.append(pooled_count / total)
             sync_counts.append(pooled_count)
-            for count, mean, var, batch in ranks.values():
+            for rank, (count, mean, var, batch) in ranks.items():
+                apart.setdefault((index, rank), []).append((mean - pooled_mean)[live] / pooled_std)
                 rank_sq.append((((mean - reference_mean)[live] / scale) ** 2).mean())
                 offsets.append(((mean - pooled_mean)[live].abs() / pooled_std).mean())
                 ratios.append(((var[live] + eps) / (pooled_var[live] + eps)).mean())
@@ -223,6 +227,15 @@ def _compare_calls(name: str, eps: float, by_call: dict[int, list[dict[int, tupl
     calls = len(sync_sq)
     several = calls > len(by_call)  # a reference of more than one call: the pooled statistics vary too
     sync_deviation = float(torch.stack(sync_sq).mean().sqrt()) if several else None
+
+    # the share of the offsets that stays with the rank from batch to batch: about 1/steps for noise,
+    # near 1 for shards that differ (a rank whose data is not like the others')
+    runs = [torch.stack(v) for v in apart.values() if len(v) > 1]
+    persistent = None
+    if runs:
+        total = torch.cat([r.reshape(-1) for r in runs]).square().mean()
+        kept = torch.cat([r.mean(0) for r in runs]).square().mean()
+        persistent = float(kept / total) if float(total) > 0 else 0.0
 
     def effective(share: float, dev: float | None) -> float | None:
         if dev is None:
@@ -243,4 +256,6 @@ def _compare_calls(name: str, eps: float, by_call: dict[int, list[dict[int, tupl
         var_ratio_high=float(torch.stack(ratios).max()),
         effective_per_rank=effective(sum(shares) / len(shares), deviation),
         effective_sync=effective(sum(sync_shares) / len(sync_shares), sync_deviation),
+        rank_offset_share=persistent,
+        steps_per_rank=min((len(v) for v in apart.values()), default=0),
     )

@@ -80,6 +80,15 @@ def _same_module_when_lone(cause: Finding, symptom: Finding) -> bool:
     return cause.severity == Severity.CRITICAL and symptom.where.module == cause.where.module
 
 
+def shards_differ(c: Comparison) -> bool:
+    """Each rank's offset from the pooled statistics stays with it from batch to batch (a share of the
+    offsets well above the 1/batches that noise keeps, nearer 1): the ranks' data differ, not only
+    their batches' noise."""
+    if c.rank_offset_share is None or c.steps_per_rank < 2:
+        return False
+    return c.rank_offset_share > (1.0 + 1.0 / c.steps_per_rank) / 2
+
+
 class BatchNormRanksProbe(Probe):
     name = "batchnorm_ranks"
     description = "under torchrun: BatchNorm statistics of one rank's batch measured against every rank's"
@@ -164,11 +173,14 @@ class BatchNormRanksProbe(Probe):
         first = noisy[0]
         ranks = world_size()
         floor = ctx.settings.bn_min_effective
+        apart = shards_differ(first)
         title = (
             f"BatchNorm {first.module!r} normalizes with the statistics of one rank's batch ({first.samples_per_rank} "
             f"samples, {first.count_per_rank} values per channel), measured to be worth {first.effective_per_rank:.1f} "
             f"independent samples"
         )
+        if apart:
+            title += f", and they stay apart rank by rank over {first.steps_per_rank} batches: the ranks' data differ"
         if len(noisy) > 1:
             title += f" ({len(noisy)} of {measured} BatchNorms)"
         evidence: dict[str, Any] = {
@@ -183,12 +195,13 @@ class BatchNormRanksProbe(Probe):
             "sync_deviation": _round(first.sync_deviation),
             "mean_offset": _round(first.mean_offset),
             "var_ratio": [_round(first.var_ratio_low), _round(first.var_ratio_high)],
+            "rank_offset_share": _round(first.rank_offset_share),
             "min_effective": floor,
             "modules": {c.module: _round(c.effective_per_rank) for c in noisy},
         }
         advice = (
-            f"Each rank's BatchNorm statistics are noise: the batch mean of {first.module!r} sits "
-            f"{first.mean_offset:.2f} std from the mean over all {ranks} ranks on average, and its variance is "
+            f"Each rank's BatchNorm statistics are {'off' if apart else 'noise'}: the batch mean of {first.module!r} "
+            f"sits {first.mean_offset:.2f} std from the mean over all {ranks} ranks on average, and its variance is "
             f"{first.var_ratio_low:.2f}x to {first.var_ratio_high:.2f}x theirs. "
         )
         if first.effective_sync is None:
@@ -204,7 +217,15 @@ class BatchNormRanksProbe(Probe):
                 f"{first.effective_sync:.1f} samples: SyncBatchNorm alone is not enough; prefer GroupNorm or a "
                 "larger per-rank batch. "
             )
-        advice += FIX
+        if apart:
+            advice += (
+                "Each rank's offset persists from batch to batch, so its shard is not like the others' (data split "
+                "by file, class or source without shuffling), and a larger per-rank batch would not help: shuffle "
+                "across ranks (DistributedSampler(dataset, shuffle=True)), and pool the statistics: "
+                "model = nn.SyncBatchNorm.convert_sync_batchnorm(model) before DistributedDataParallel(model)."
+            )
+        else:
+            advice += FIX
         if getattr(ctx.setup.device, "type", None) == "cpu":
             advice += " (SyncBatchNorm needs GPU inputs: on CPUs use GroupNorm or a larger per-rank batch.)"
         return Finding(

@@ -187,3 +187,16 @@ def bn_one_sample_on_rank_1():
     if _rank() == 1:
         setup["data"] = [(x[:1], y[:1]) for x, y in setup["data"]]
     return setup
+
+
+def bn_mlp_shards_by_class(per_rank: int = 64):
+    """The MLP with BatchNorm1d and 64 samples per rank, but rank r holds only classes 2r and 2r+1:
+    a dataset split by class across ranks without shuffling."""
+    setup = bn_mlp_large_batch(per_rank)
+    g = torch.Generator().manual_seed(1 + _rank())
+    centers = 2.0 * torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    setup["data"] = []
+    for _ in range(4):
+        labels = 2 * _rank() + torch.randint(0, 2, (per_rank,), generator=g)
+        setup["data"].append((centers[labels] + torch.randn(per_rank, 16, generator=g), labels))
+    return setup
