@@ -105,3 +105,12 @@ def test_ranks_whose_data_differ_are_told_from_a_small_batch(monkeypatch):
     assert too_noisy(small, 8.0) and not shards_differ(small) and small.rank_offset_share < 0.5
     (large,) = compare_ranks(records_per_rank(ranks.bn_mlp_large_batch, 2, monkeypatch))
     assert not too_noisy(large, 8.0) and not shards_differ(large)
+
+
+def test_a_nan_channel_is_left_out_of_the_comparison(monkeypatch):
+    sent = records_per_rank(ranks.bn_mlp_large_batch, 2, monkeypatch)
+    for call in sent[1]["1"].calls:
+        call["mean"][0] = float("nan")
+    (row,) = compare_ranks(sent)
+    assert all(v == v for v in (row.deviation, row.effective_per_rank, row.mean_offset, row.var_ratio_high))
+    assert row.effective_per_rank > 20

@@ -68,7 +68,7 @@ def batchnorm_calls(ctx: Any) -> tuple[dict[str, ModuleCalls], int]:
         return {}, 0
     names = module_names(ctx.model)
     records = {name: ModuleCalls(float(module.eps)) for name, module in found}
-    pending: list[tuple[str, int, int, int, Any, Any]] = []  # read back once per batch
+    pending: list[tuple[str, int, int, int, int, Any]] = []  # on the device until the one read-back
     step = 0
     calls_in_step: dict[str, int] = {}
 
@@ -104,8 +104,9 @@ def batchnorm_calls(ctx: Any) -> tuple[dict[str, ModuleCalls], int]:
                 raise
             except Exception:  # the user's forward raised (or its loss is not usable): other probes say so
                 pass
-    if pending:  # one read-back for every call
-        flat = torch.cat([stats.reshape(-1).double() for *_, stats in pending]).cpu().tolist()
+    if pending:  # one read-back for every call (of modules on any device)
+        device = pending[0][-1].device
+        flat = torch.cat([stats.reshape(-1).double().to(device) for *_, stats in pending]).cpu().tolist()
         at = 0
         for name, step_of_call, call, count, samples, stats in pending:
             width = stats.shape[1]
@@ -203,7 +204,8 @@ def _compare_calls(name: str, eps: float, by_call: dict[int, list[dict[int, tupl
     apart: dict[tuple[int, int], list[Any]] = {}  # (call, rank) -> each step's offset from the pooled mean
     for index, steps in by_call.items():
         reference_mean, reference_var, total = _pooled([r[:3] for ranks in steps for r in ranks.values()])
-        live = reference_var > max(eps, 1e-12)  # a constant channel: BatchNorm outputs its bias, no noise
+        # a constant channel (BatchNorm outputs its bias: no noise) or a non-finite one (other probes' business)
+        live = (reference_var > max(eps, 1e-12)) & reference_var.isfinite() & reference_mean.isfinite()
         if not bool(live.any()):
             continue
         scale = (reference_var[live] + eps).sqrt()
