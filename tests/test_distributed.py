@@ -73,11 +73,12 @@ def test_a_bug_found_in_one_process_is_the_same_top_finding_under_ddp(diagnose):
 @pytest.mark.parametrize("name", sorted(RANK_CASES))
 def test_rank_cases_raise_their_code_and_their_twin_is_healthy(name):
     case = RANK_CASES[name]
-    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:{case.build.__name__}", "--format", "json")
+    strict = ("--format", "json", "--fail-on", "warning")  # a warning case exits 1 too; the twin has none
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:{case.build.__name__}", *strict)
     top = report_of(stdout)["findings"][0]
     assert code == 1, stderr[-3000:]
     assert top["code"] == case.code and {k: top["where"][k] for k in case.where} == case.where
-    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:{case.twin.__name__}", "--format", "json")
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:{case.twin.__name__}", *strict)
     assert code == 0 and report_of(stdout)["verdict"] == "healthy", stdout[:2000]
 
 
@@ -383,3 +384,53 @@ def test_an_fsdp2_model_with_no_whole_on_every_rank_is_one_usage_error_on_every_
     assert "sharded over 1 of the 2 ranks" in error["error"]["message"]
     said = [line.split("error: ", 1)[1] for line in stderr.splitlines() if "] nandoctor: error: " in line]
     assert len(said) == 2 and said[0] == said[1], stderr[-3000:]  # both ranks stop, with the same one line
+
+
+def test_batchnorm_statistics_of_two_images_per_rank_are_measured_as_noise_and_syncbn_is_the_fix():
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:bn_two_images_per_rank", "--format", "json", "--quick")
+    report = report_of(stdout)
+    assert code == 0, stderr[-3000:]  # a warning: the default --fail-on critical passes
+    (finding,) = [f for f in report["findings"] if f["code"] == "batchnorm_small_batch"]
+    evidence = finding["evidence"]
+    where = finding["where"]
+    assert finding["severity"] == "warning" and (where["module"], where["rank"]) == ("body.1", None)
+    assert evidence["count_per_rank"] == 32 and evidence["samples_per_rank"] == 2 and evidence["world_size"] == 2
+    assert evidence["sync_count"] == 64 and list(evidence["modules"]) == ["body.1"]  # body.4's statistics hold
+    # measured, not counted: 32 values per channel are worth a few samples (the 4x4 positions move together);
+    # pooling the 2 ranks (the control) shrinks the noise as a larger sample would
+    assert evidence["effective_per_rank"] < 8 and evidence["effective_sync"] > 2 * evidence["effective_per_rank"]
+    assert evidence["deviation"] > evidence["sync_deviation"]
+    assert "SyncBatchNorm.convert_sync_batchnorm(model)" in finding["fix"]["advice"]
+    body = report["probes"]["batchnorm_ranks"]["modules"]
+    assert [m["module"] for m in body] == ["body.1", "body.4"] and body[1]["effective_per_rank"] > 8
+
+
+def test_the_same_conv_model_with_groupnorm_is_healthy_under_ddp():
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:gn_two_images_per_rank", "--format", "json", "--quick")
+    report = report_of(stdout)
+    assert code == 0 and report["verdict"] == "healthy", report["findings"]
+    assert "no training-mode BatchNorm" in report["probes"]["batchnorm_ranks"]["skipped"]
+
+
+def test_a_batchnorm_model_in_one_process_says_nothing_about_ranks(diagnose):
+    from tests.specs import ranks
+
+    report = diagnose(ranks.bn_two_images_per_rank())
+    assert "batchnorm_ranks" not in report["coverage"]["probes_run"] and "batchnorm_ranks" not in report["probes"]
+    assert not [f for f in report["findings"] if f["code"] == "batchnorm_small_batch"]
+
+
+def test_one_sample_per_rank_is_a_critical_batchnorm_finding_on_that_rank():
+    """Training-mode BatchNorm raises on one value per channel: the forward error it causes on rank 1 is explained."""
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:bn_one_sample_on_rank_1", "--format", "json", "--quick")
+    report = report_of(stdout)
+    assert code == 1, stderr[-3000:]
+    (top,) = report["findings"]  # rank 1's forward_error at the same module is folded under it
+    assert (top["code"], top["severity"], top["where"]["module"], top["where"]["rank"]) == (
+        "batchnorm_small_batch",
+        "critical",
+        "1",
+        1,
+    )
+    assert top["evidence"]["ranks_with_one_value"] == [1] and top["evidence"]["sync_count"] == 65
+    assert "drop_last=True" in top["fix"]["advice"]

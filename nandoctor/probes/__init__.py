@@ -9,6 +9,7 @@ from nandoctor.probes.activations import ActivationsProbe
 from nandoctor.probes.amp import AmpProbe
 from nandoctor.probes.backward import BackwardProbe
 from nandoctor.probes.base import Cost, Fold, Probe
+from nandoctor.probes.batchnorm_ranks import BatchNormRanksProbe
 from nandoctor.probes.components import ComponentsProbe
 from nandoctor.probes.constant_inputs import ConstantInputsProbe
 from nandoctor.probes.dead_units import DeadUnitsProbe
@@ -26,6 +27,7 @@ from nandoctor.probes.targets import TargetsProbe
 
 PROBES: list[type[Probe]] = [
     RanksProbe,
+    BatchNormRanksProbe,
     InputsProbe,
     ConstantInputsProbe,
     ParametersProbe,

@@ -280,3 +280,86 @@ def fsdp2_on_a_sub_mesh():
         mesh = init_device_mesh("cpu", (dist.get_world_size(), 1), mesh_dim_names=("stage", "shard"))
         fully_shard(model, mesh=mesh["shard"])
     return {"model": model, "data": blobs(seed=1 + _rank()), "loss": ce}
+
+
+class SmallConvNet(nn.Module):
+    """Two conv blocks and a linear head for 3x4x4 images; ``norm`` makes each block's normalization."""
+
+    def __init__(self, norm=nn.BatchNorm2d):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            norm(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1),
+            norm(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def tiny_images(seed: int, per_rank: int, count: int = 64):
+    """3x4x4 images of 4 classes: a class pattern, a strong per-image lighting offset per colour
+    channel (dark and bright photos), noise."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    batches = []
+    for _ in range(count):
+        labels = torch.randint(0, 4, (per_rank,), generator=g)
+        lighting = 2.0 * torch.randn(per_rank, 3, 1, 1, generator=g)
+        batches.append((patterns[labels] + lighting + 0.3 * torch.randn(per_rank, 3, 4, 4, generator=g), labels))
+    return batches
+
+
+def _conv_ddp(norm, per_rank: int):
+    torch.manual_seed(0)
+    model = SmallConvNet(norm)
+    if dist.is_initialized():
+        model = DistributedDataParallel(model)
+    return {"model": model, "data": tiny_images(seed=1 + _rank(), per_rank=per_rank), "loss": ce}
+
+
+def bn_two_images_per_rank(per_rank: int = 2):
+    """A BatchNorm2d image classifier under DDP with 2 images of 4x4 per rank: each BatchNorm
+    normalizes with the statistics of 2 images (32 values per channel, about 2 samples' worth)."""
+    return _conv_ddp(nn.BatchNorm2d, per_rank)
+
+
+def gn_two_images_per_rank(per_rank: int = 2):
+    """The same classifier with GroupNorm: per-sample statistics, no batch to be too small."""
+    return _conv_ddp(lambda channels: nn.GroupNorm(2, channels), per_rank)
+
+
+def bn_mlp_large_batch(per_rank: int = 64):
+    """An MLP with BatchNorm1d under DDP and 64 samples per rank: batch statistics that hold."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
+    if dist.is_initialized():
+        model = DistributedDataParallel(model)
+    return {"model": model, "data": blobs(seed=1 + _rank(), count=4, size=per_rank), "loss": ce}
+
+
+def bn_one_sample_on_rank_1():
+    """The MLP with BatchNorm1d, whose rank 1 gets one sample per batch (the short last batch of an epoch)."""
+    setup = bn_mlp_large_batch()
+    if _rank() == 1:
+        setup["data"] = [(x[:1], y[:1]) for x, y in setup["data"]]
+    return setup
+
+
+def bn_mlp_shards_by_class(per_rank: int = 64):
+    """The MLP with BatchNorm1d and 64 samples per rank, but rank r holds only classes 2r and 2r+1:
+    a dataset split by class across ranks without shuffling."""
+    setup = bn_mlp_large_batch(per_rank)
+    g = torch.Generator().manual_seed(1 + _rank())
+    centers = 2.0 * torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    setup["data"] = []
+    for _ in range(4):
+        labels = 2 * _rank() + torch.randint(0, 2, (per_rank,), generator=g)
+        setup["data"].append((centers[labels] + torch.randn(per_rank, 16, generator=g), labels))
+    return setup
