@@ -345,3 +345,27 @@ def per_rank_path(path: Any) -> Any:
         return path
     number = rank() if active() else int(os.environ.get("RANK", "0"))
     return path.with_name(f"{path.stem}.rank{number}{path.suffix}")
+
+
+@contextmanager
+def local_sync_batchnorm(model: Any) -> Iterator[list[str]]:
+    """Under torchrun, every ``SyncBatchNorm`` of ``model`` runs as a per-rank BatchNorm while inside
+    (the names of those modules; restored on exit). A training-mode SyncBatchNorm all-reduces its
+    statistics in every forward: a collective inside the probes, where ranks run different forwards
+    (a rate cut on one rank only, a forward that raises on one) and one would wait for the other."""
+    if not active():
+        yield []
+        return
+    import types
+
+    import torch
+
+    synced = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    local_forward = torch.nn.modules.batchnorm._BatchNorm.forward
+    for _, module in synced:
+        module.forward = types.MethodType(local_forward, module)  # an instance attribute: found before the class's
+    try:
+        yield [name for name, _ in synced]
+    finally:
+        for _, module in synced:
+            module.__dict__.pop("forward", None)

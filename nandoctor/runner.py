@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from nandoctor.batches import check_feature_names, read_batches, to_device
 from nandoctor.context import RunContext
-from nandoctor.distributed import active
+from nandoctor.distributed import active, local_sync_batchnorm
 from nandoctor.errors import InternalError, UsageError, describe
 from nandoctor.probes import PROBES, with_dependencies
 from nandoctor.ranking import rank, verdict
@@ -131,10 +131,12 @@ def _initialize_lazy(ctx: RunContext, progress: Callable[[str], None]) -> None:
 def open_context(setup: Setup, settings: Settings, progress: Callable[[str], None] = _say) -> Iterator[RunContext]:
     """The run context: the model on its device and the first batches read once, moved there."""
     _refuse_meta(setup.model)
-    with on_device(setup.model, setup.device):
+    with on_device(setup.model, setup.device), local_sync_batchnorm(setup.model) as per_rank_norms:
         batches = [to_device(b, setup.device) for b in read_batches(setup.data, settings.batches)]
         check_feature_names(setup.feature_names, batches[0])
         ctx = RunContext(setup=setup, batches=batches, settings=settings)
+        if per_rank_norms:
+            ctx.shared["sync_batchnorm_per_rank"] = per_rank_norms
         _initialize_lazy(ctx, progress)
         yield ctx
 
@@ -209,6 +211,12 @@ def run_probes(
         if "dynamics" in ran:  # training is allowed in this run: config fixes are re-run
             findings = _verify_fixes(ctx, findings, progress, debug)
         checked = len(ctx.batches)
+        if "sync_batchnorm_per_rank" in ctx.shared:
+            raw["sync_batchnorm"] = {
+                "ran_per_rank": ctx.shared["sync_batchnorm_per_rank"][:20],
+                "why": "a SyncBatchNorm all-reduces in every training forward; the probes ran it as a per-rank "
+                "BatchNorm, so no rank waits on another (batchnorm_ranks measures what syncing would change)",
+            }
     coverage = {
         "batches_checked": checked,
         "batches_total": batches_total(setup.data),

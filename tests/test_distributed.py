@@ -434,3 +434,16 @@ def test_one_sample_per_rank_is_a_critical_batchnorm_finding_on_that_rank():
     )
     assert top["evidence"]["ranks_with_one_value"] == [1] and top["evidence"]["sync_count"] == 65
     assert "drop_last=True" in top["fix"]["advice"]
+
+
+def test_a_syncbatchnorm_model_is_probed_with_per_rank_statistics_and_put_back():
+    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:syncbn_mlp", "--format", "json")
+    report = report_of(stdout)
+    assert code == 0 and report["verdict"] == "healthy", [(f["code"], f["title"]) for f in report["findings"]]
+    assert report["probes"]["sync_batchnorm"]["ran_per_rank"] == ["1"]
+    import torch
+
+    from tests.specs import ranks
+
+    model = ranks.syncbn_mlp()["model"]  # one process: the local forward is only a run's
+    assert isinstance(model[1], torch.nn.SyncBatchNorm) and "forward" not in vars(model[1])

@@ -363,3 +363,12 @@ def bn_mlp_shards_by_class(per_rank: int = 64):
         labels = 2 * _rank() + torch.randint(0, 2, (per_rank,), generator=g)
         setup["data"].append((centers[labels] + torch.randn(per_rank, 16, generator=g), labels))
     return setup
+
+
+def syncbn_mlp(per_rank: int = 64):
+    """The BatchNorm MLP converted with SyncBatchNorm.convert_sync_batchnorm (its gradients all-reduced by
+    hand: DDP refuses SyncBatchNorm on CPU modules). Its training forward would all-reduce on every call."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return {"model": model, "data": blobs(seed=1 + _rank(), count=4, size=per_rank), "loss": ce}
