@@ -19,6 +19,8 @@ nothing to compare.
 
 from __future__ import annotations
 
+from typing import Any
+
 from nandoctor.context import RunContext
 from nandoctor.distributed import active, fingerprint, gather
 from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
@@ -169,36 +171,44 @@ _SEED_ADVICE = (
 )
 
 
-def _diverged_before(ctx: RunContext, prints: tuple, differing: dict[int, list[str]]) -> Finding:
-    reference = prints[0]
+def _diverging(
+    title: str, differing: dict[int, list[str]], prints: Any, when: str, advice: str, **evidence: Any
+) -> Finding:
+    """The ``rank_divergence`` finding of the first rank that differs from rank 0, with both fingerprints."""
     first_rank = min(differing)
     names = differing[first_rank]
-    buffers = {n for n, _ in ctx.model.named_buffers()}
-    kind = "buffer" if names[0] in buffers else "parameter"
-    title = (
-        f"rank {first_rank} starts from different weights than rank 0: {len(names)} of {len(reference)} "
-        f"parameters and buffers differ (first: {kind} '{names[0]}')"
-    )
     evidence = {
         "ranks_differing": sorted(differing),
         "differing": len(names),
-        "of": len(reference),
         "names": names[:10],
-        "rank0_sum": reference[names[0]][0],
+        **evidence,
+        "rank0_sum": prints[0][names[0]][0],
         f"rank{first_rank}_sum": prints[first_rank].get(names[0], (None,))[0],
-        "when": "before the first step",
+        "when": when,
     }
-    advice = _SEED_ADVICE
-    if kind == "buffer":
-        advice += "; a buffer changed after wrapping is synced only with broadcast_buffers=True"
     return Finding(
         "rank_divergence",
         Severity.CRITICAL,
         title,
         Where(parameter=names[0], rank=first_rank),
         evidence,
-        Fix(advice=advice + "."),
+        Fix(advice=advice),
     )
+
+
+def _diverged_before(ctx: RunContext, prints: tuple, differing: dict[int, list[str]]) -> Finding:
+    first_rank = min(differing)
+    names = differing[first_rank]
+    buffers = {n for n, _ in ctx.model.named_buffers()}
+    kind = "buffer" if names[0] in buffers else "parameter"
+    title = (
+        f"rank {first_rank} starts from different weights than rank 0: {len(names)} of {len(prints[0])} "
+        f"parameters and buffers differ (first: {kind} '{names[0]}')"
+    )
+    advice = _SEED_ADVICE
+    if kind == "buffer":
+        advice += "; a buffer changed after wrapping is synced only with broadcast_buffers=True"
+    return _diverging(title, differing, prints, "before the first step", advice + ".", of=len(prints[0]))
 
 
 def _diverged_after(ctx: RunContext, after: list, drifted: dict[int, list[str]]) -> Finding:
@@ -226,20 +236,5 @@ def _diverged_after(ctx: RunContext, after: list, drifted: dict[int, list[str]])
         f"rank {first_rank}'s weights drift from rank 0's after one DDP step: {len(names)} parameter(s) "
         f"differ (first: '{names[0]}'): {why}"
     )
-    evidence = {
-        "ranks_differing": sorted(drifted),
-        "differing": len(names),
-        "names": names[:10],
-        "requires_grad_false": frozen[:10],
-        "rank0_sum": after[0][names[0]][0],
-        f"rank{first_rank}_sum": after[first_rank].get(names[0], (None,))[0],
-        "when": "after one step through DistributedDataParallel",
-    }
-    return Finding(
-        "rank_divergence",
-        Severity.CRITICAL,
-        title,
-        Where(parameter=names[0], rank=first_rank),
-        evidence,
-        Fix(advice=advice + "."),
-    )
+    when = "after one step through DistributedDataParallel"
+    return _diverging(title, drifted, after, when, advice + ".", requires_grad_false=frozen[:10])
