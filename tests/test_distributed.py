@@ -73,7 +73,9 @@ def test_a_bug_found_in_one_process_is_the_same_top_finding_under_ddp(diagnose):
 @pytest.mark.parametrize("name", sorted(RANK_CASES))
 def test_rank_cases_raise_their_code_and_their_twin_is_healthy(name):
     case = RANK_CASES[name]
-    strict = ("--format", "json", "--fail-on", "warning")  # a warning case exits 1 too; the twin has none
+    # a warning case exits 1 too; the twin has none. --quick: these detectors run before any training
+    # (the healthy DDP and FSDP2 tests run the whole pipeline)
+    strict = ("--format", "json", "--fail-on", "warning", "--quick")
     code, stdout, stderr = torchrun("diagnose", f"{SPECS}:{case.build.__name__}", *strict)
     top = report_of(stdout)["findings"][0]
     assert code == 1, stderr[-3000:]
