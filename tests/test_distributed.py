@@ -166,14 +166,6 @@ def test_the_sweep_under_ddp_trains_on_the_effective_batch_and_says_so():
     assert "effective batch of DDP over 2 ranks" in report["probes"]["distributed"]["batch"]
 
 
-def test_batches_padded_to_their_own_length_accumulate_as_well():
-    code, stdout, stderr = torchrun("diagnose", f"{SPECS}:lengths_per_batch", "--probe", "dynamics", "--format", "json")
-    report = report_of(stdout)
-    assert code == 0, stderr[-3000:]
-    batches = report["probes"]["dynamics"]["batches"]
-    assert batches["per_step"] == 2 and batches["heldout"] == 2 and "accumulates 2" in batches["ranks_note"]
-
-
 def test_lr_sweep_under_torchrun_accumulates_the_batches_prints_once_and_agrees_on_the_exit():
     code, stdout, stderr = torchrun("lr-sweep", f"{SPECS}:ddp", "--set", "lr=3e-3", "--format", "json")
     sweep = report_of(stdout)

@@ -106,3 +106,46 @@ def test_in_one_process_a_step_trains_on_one_batch():
         stream = BatchStream(ctx, 8)
         assert (stream.group, stream.group_note) == (1, None)
         assert stream.train(0).shape == (8, 4) and stream.heldout[0].shape == (8, 4)
+
+
+def _padded_token_batches():
+    """Token batches padded to their own length (6, 7, ... ids): batches that could not be concatenated."""
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for length in range(6, 12):
+        labels = torch.randint(0, 4, (32,), generator=g)
+        batches.append((torch.randint(0, 25, (32, length), generator=g) + 25 * labels[:, None], labels))
+    return batches
+
+
+class _MeanTokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(100, 16), nn.Linear(16, 4)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).mean(1))
+
+
+def test_a_step_accumulates_several_batches_when_asked_and_holds_out_as_many():
+    setup = validate({"model": _MeanTokens(), "data": _padded_token_batches()}, "spec")
+    with open_context(setup, Settings(sweep_rank_batches=2)) as ctx:
+        stream = BatchStream(ctx, 8)
+        assert stream.group == 2 and "accumulates 2 batches" in stream.group_note
+        assert [b[0].shape[1] for b in stream.heldout] == [8, 9]  # the last two cached, never trained on
+        assert [stream.train(i)[0].shape[1] for i in range(4)] == [6, 7, 10, 11]  # then fresh ones
+
+
+def test_the_sweep_accumulates_and_says_so(capsys):
+    import nandoctor
+
+    data = _padded_token_batches()
+    sweep = nandoctor.lr_sweep(
+        {"model": _MeanTokens(), "data": data, "loss": lambda m, b: F.cross_entropy(m(b[0]), b[1])},
+        lrs=[1e-3, 1e-2],
+        steps=4,
+        settings={"sweep_rank_batches": 2},
+        progress=False,
+    ).to_dict()
+    assert sweep["batches"]["per_step"] == 2 and sweep["batches"]["heldout"] == 2
+    assert all(run["steps_run"] == 4 for run in sweep["runs"])

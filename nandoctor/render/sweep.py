@@ -49,8 +49,7 @@ def render_sweep(report: dict[str, Any]) -> str:
         f"better half to {report['checkpoints'][-1]}; optimizer {report['optimizer']}, "
         f"grad_clip {report['grad_clip']}, "
         f"amp {report['amp']}; {batches['distinct_training']} training batches ({batches['fresh_read']} read fresh), "
-        f"{batches['heldout']} held out"
-        + (f"; under torchrun, {batches['ranks_note']}" if batches.get("ranks_note") else "")
+        f"{batches['heldout']} held out" + (f"; {batches['ranks_note']}" if batches.get("ranks_note") else "")
     )
     table = tabulate(
         rows,

@@ -39,8 +39,8 @@ SETTINGS = (
     Setting(
         "sweep_rank_batches",
         0,
-        "under torchrun, each sweep step accumulates this many of the rank's own batches (0: the "
-        "world size, the batch DDP's averaged gradient is for; 1: one rank's batch)",
+        "each sweep step accumulates this many batches (0: under torchrun the world size, the batch "
+        "DDP's averaged gradient is for, and 1 in one process; 1: one batch)",
     ),
     Setting(
         "tie_tolerance",

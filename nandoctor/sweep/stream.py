@@ -119,16 +119,17 @@ class BatchStream:
 def rank_group(ctx: Any) -> tuple[int, str | None]:
     """How many of this rank's batches one sweep step accumulates, and the note that says so: under
     ``torchrun``, DDP averages the gradients of every rank's batch, so the rates a sweep judges are
-    for a batch the world size times one rank's (``sweep_rank_batches`` sets another count).
-    Accumulating the rank's own batches gives that gradient with one rank's batch in memory and no
-    collective inside the sweep (every rank's sweep runs alone, see :mod:`nandoctor.distributed`);
-    BatchNorm sees one rank's batch at a time, as under DDP. 1, with no note, in one process."""
+    for a batch the world size times one rank's (``sweep_rank_batches`` sets another count, in one
+    process too: a run that accumulates gradients over several batches). Accumulating the rank's own
+    batches gives that gradient with one rank's batch in memory and no collective inside the sweep
+    (every rank's sweep runs alone, see :mod:`nandoctor.distributed`); BatchNorm sees one rank's
+    batch at a time, as under DDP. 1, with no note, in one process by default."""
     ranks = world_size()
-    if ranks == 1:
-        return 1, None
     group = ctx.settings.sweep_rank_batches or ranks
     if group == 1:
-        return 1, "one rank's batch (sweep_rank_batches: 1)"
+        return 1, None if ranks == 1 else "one rank's batch (sweep_rank_batches: 1)"
+    if ranks == 1:
+        return group, f"each step accumulates {group} batches (sweep_rank_batches: {group})"
     return group, f"each step accumulates {group} of a rank's batches: the gradient DDP averages over {ranks} ranks"
 
 

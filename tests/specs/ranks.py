@@ -173,20 +173,6 @@ def tokens_head_before_wrapping():
     return {"model": model, "data": data, "loss": ce}
 
 
-def lengths_per_batch():
-    """Token batches padded to their own length (6, 7, 8, ... ids): a rank's batches cannot be joined."""
-    torch.manual_seed(0)
-    model = Tokens()
-    if dist.is_initialized():
-        model = DistributedDataParallel(model)
-    g = torch.Generator().manual_seed(_rank())
-    data = []
-    for length in range(6, 11):
-        labels = torch.randint(0, 4, (32,), generator=g)
-        data.append((torch.randint(0, 25, (32, length), generator=g) + 25 * labels[:, None], labels))
-    return {"model": model, "data": data, "loss": ce}
-
-
 class WithAuxHead(nn.Module):
     """A classifier with an auxiliary head left over from another task: no loss reads it."""
 
