@@ -358,3 +358,25 @@ def syncbn_mlp(per_rank: int = 64):
     model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
     model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return {"model": model, "data": blobs(seed=1 + _rank(), count=4, size=per_rank), "loss": ce}
+
+
+def train_under_guard(model, data, path: str, spec: str, check_every: int) -> None:
+    """The torchrun scripts' training loop under nandoctor.Guard: rank 1's batch at step 3 gets a NaN
+    in its first value; each rank prints what tripped its guard."""
+    import sys
+
+    from nandoctor import Guard
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    guard = Guard(model, optimizer, path=path, spec=spec, check_every=check_every, on_failure="continue")
+    with guard:
+        for step, (x, y) in enumerate(data):
+            if step == 3 and _rank() == 1:
+                x = x.clone()
+                x.view(-1)[0] = float("nan")
+            loss = ce(model, (x, y))
+            optimizer.zero_grad()
+            loss.backward()
+            guard.step(loss, (x, y))
+            optimizer.step()
+    print(f"rank {_rank()} tripped {guard.tripped}", file=sys.stderr)
