@@ -305,19 +305,21 @@ def score(setup: Any, batches: list[Any]) -> tuple[float | None, float | None]:
     try:
         for module in dropouts:
             module.training = False
-        try:  # without a graph: no activation is kept for a backward that never comes
-            with torch.no_grad(), autocast(setup), model.register_forward_hook(record):
-                for batch in batches:
-                    losses.append(compute_loss(setup, model, batch).total.detach().float().reshape(()))
-        except Exception:  # a loss that takes gradients itself (a gradient penalty): scored as it trains
+
+        def forward_all(grad_mode: Any) -> None:
             losses.clear()
             spreads.clear()
             with torch.no_grad():
                 for buffer, value in zip(buffers, saved):
                     buffer.copy_(value)
-            with torch.enable_grad(), autocast(setup), model.register_forward_hook(record):
+            with grad_mode, autocast(setup), model.register_forward_hook(record):
                 for batch in batches:
                     losses.append(compute_loss(setup, model, batch).total.detach().float().reshape(()))
+
+        try:  # without a graph: no activation is kept for a backward that never comes
+            forward_all(torch.no_grad())
+        except Exception:  # a loss that takes gradients itself (a gradient penalty): scored as it trains
+            forward_all(torch.enable_grad())
     finally:
         for module in dropouts:
             module.training = True

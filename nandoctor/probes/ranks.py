@@ -6,14 +6,16 @@ built after a rank-dependent change, a buffer DDP does not broadcast) drifts apa
 first step. Each rank sends a fingerprint of every floating parameter and buffer (its sum and
 sum of squares, one read-back); rank 0's are the reference.
 
-After a step: a model in DDP takes one step through the wrapper (its gradient all-reduce), and
-the parameters' fingerprints are compared again. One that now differs is one DDP does not keep
-in sync: a parameter added after wrapping, one listed to ignore, a ``requires_grad=False``
-parameter the forward changes from the rank's own batch. Buffers are left out there: DDP
-broadcasts them at the next forward, so after a step they may differ by design.
+Parameters DDP does not hold (added after it wrapped the model) are named from its own
+parameter list, with no step. Then a model in DDP takes one step through the wrapper (its
+gradient all-reduce), and the parameters' fingerprints are compared again. One that now differs
+is one DDP does not keep in sync: a ``requires_grad=False`` parameter the forward changes from
+the rank's own batch. Buffers are left out there: DDP broadcasts them at the next forward, so
+after a step they may differ by design.
 
 Every rank reaches the same collectives in the same order: the step runs only when the gathered
-fingerprints agree and every rank's forward ran without raising. In one process the probe has
+fingerprints agree and every rank's loss and backward ran, finite, reaching every parameter DDP
+waits for. In one process the probe has
 nothing to compare.
 """
 

@@ -51,40 +51,34 @@ class BatchStream:
 
     def _read_more_into(self, cached: list[Any], count: int) -> None:
         """Batches past the cached ones, read before any step (fewer when ``data`` ends or is one-pass)."""
-        if self._fresh is None:
-            return
-        try:
-            iterator = iter(self._fresh)
-            if iterator is self._fresh:  # a one-pass iterator: reading on would consume the user's data
-                self._fresh = None
-                return
-            extra = list(itertools.islice(itertools.islice(iterator, self._skip, None), count))
-        except (Exception, SystemExit):
-            extra = []
-        cached += [to_device(b, self._device) for b in extra]
-        if len(extra) < count:
-            self._fresh = None
+        cached += [to_device(b, self._device) for b in self._fresh_batches(count)]
 
-    def _read_more(self, count: int) -> None:
-        """Read ``count`` more batches from a fresh iterator over ``data``; stop quietly when it ends."""
+    def _fresh_batches(self, count: int) -> list[Any]:
+        """Up to ``count`` more batches from one fresh iterator over ``data`` (fewer, and none after, when it
+        ends, cannot be read again, or is a one-pass iterator that reading would consume)."""
         if self._fresh is None:
-            return
+            return []
         try:
             if not hasattr(self, "_iterator"):
                 iterator = iter(self._fresh)
                 if iterator is self._fresh:  # a one-pass iterator: reading on would consume the user's data
                     self._fresh = None
-                    return
+                    return []
                 # a re-iterable (list, DataLoader) starts again from the top: skip what is cached already
                 self._iterator = itertools.islice(iterator, self._skip, None)
             batches = list(itertools.islice(self._iterator, count))
         except (Exception, SystemExit):  # a loader that cannot be read again: train on the cached batches
             batches = []
+        if len(batches) < count:
+            self._fresh = None
+        return batches
+
+    def _read_more(self, count: int) -> None:
+        """Read ``count`` more batches to train on; stop quietly when ``data`` ends."""
+        batches = self._fresh_batches(count)
         self._indices += range(self._skip + self.fresh_read, self._skip + self.fresh_read + len(batches))
         self._train += [to_device(self._without_heldout(b), self._device) for b in batches]
         self.fresh_read += len(batches)
-        if len(batches) < count:
-            self._fresh = None
 
     def _without_heldout(self, batch: Any) -> Any:
         """``batch`` less its rows that are held-out samples; as it is when none are, or all (a loader
