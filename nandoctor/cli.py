@@ -378,8 +378,11 @@ def feature_stats(
 
 
 def main() -> None:
+    from nandoctor.distributed import ranks_leave_together
+
     try:
-        app()
+        with ranks_leave_together():
+            app()
     except KeyboardInterrupt:  # outside a command (while parsing): nothing ran yet
         typer.echo("nandoctor: interrupted; nothing was changed", err=True)
         sys.exit(130)

@@ -98,6 +98,42 @@ def process_group() -> Iterator[None]:
         dist.destroy_process_group()
 
 
+@contextmanager
+def ranks_leave_together() -> Iterator[None]:
+    """Under ``torchrun``, no rank exits before every rank has finished its command.
+
+    torchrun stops the other ranks as soon as one exits with a non-zero code: a rank 1 that leaves
+    while rank 0 still renders the report (exit 1, "unhealthy") would take the report with it.
+    The wait uses torchrun's own store, not the process group, which the command has torn down.
+    """
+    interrupted = False
+    try:
+        yield
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank: none waits for another
+        interrupted = True
+        raise
+    finally:
+        if not interrupted and launched() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            _wait_for_every_rank()
+
+
+def _wait_for_every_rank() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=timeout_s())
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout
+        )
+        prefix = f"nandoctor/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/finished"
+        store.set(f"{prefix}/{os.environ['RANK']}", "1")
+        store.wait([f"{prefix}/{r}" for r in range(int(os.environ["WORLD_SIZE"]))], timeout)
+    except Exception:  # noqa: BLE001 - a rank that crashed or a store that is gone: exit as we are
+        pass
+
+
 def label(message: str) -> str:
     """A progress line labelled with its rank when several ranks print."""
     if active():
