@@ -44,6 +44,7 @@ def test_a_small_model_gets_the_full_schedule_and_the_plan_is_the_same_every_run
     first, second = plan_for(fx.adamw_right()), plan_for(fx.adamw_right())
     assert first == second
     assert (first.steps, first.continued, first.starting_rates, first.scaled) == (32, None, None, False)
+    assert first.long_steps == 4 * 32  # and the long rung
     assert first.step_gflop > 0 and first.guard_steps == Settings().guard_steps
 
 
@@ -70,11 +71,14 @@ def test_counted_flops_grow_with_the_batch_and_counting_leaves_batch_norm_statis
 
 def test_a_large_model_gets_a_shorter_schedule_that_still_judges_seven_rates():
     plan = plan_for(fx.adamw_right(), **SLOW)
-    steps, continued, starting = SCHEDULES[-1]
+    steps, continued, starting, _ = SCHEDULES[-1]
     assert plan.scaled and (plan.continued, plan.starting_rates) == (continued, starting)
     assert plan.steps == round(Settings().sweep_steps * steps) and plan.guard_steps == plan.steps
     # each shorter schedule costs less than the one before it
-    costs = [estimated_steps(round(32 * share), kept, min(9, first or 9)) for share, kept, first in SCHEDULES]
+    costs = [
+        estimated_steps(round(32 * share), kept, min(9, first or 9), 128 if long_rung else 0)
+        for share, kept, first, long_rung in SCHEDULES
+    ]
     assert costs == sorted(costs, reverse=True)
 
     raw, _ = probes_on(fx.adamw_right(), ["dynamics"], **SLOW)

@@ -59,6 +59,7 @@ def render_sweep(report: dict[str, Any]) -> str:
     )
     lines = [head, table, ""]
     lines += [f"grid: {line}" for line in report["grid_extended"]]
+    lines += _long_rung_lines(report.get("long_rung") or {})
     note = plan_note(report.get("plan") or {})
     if note:
         lines.append(f"plan: {note}")
@@ -76,6 +77,17 @@ def render_sweep(report: dict[str, Any]) -> str:
     if report.get("user_diverged"):
         lines.append(f"your rate {report['user_lr']:.3g} diverges")
     return "\n".join(lines)
+
+
+def _long_rung_lines(long_rung: dict[str, Any]) -> list[str]:
+    """The long rung in one line: each rate's held-out loss where it ended (short runs favour high rates)."""
+    runs = long_rung.get("runs") or []
+    if not runs:
+        return [f"long rung: {long_rung['note']}"] if long_rung.get("note") else []
+    scores = ", ".join(
+        f"{run['lr']:.3g}: {_g(run['heldout_final'])} ({run['verdict']})" for run in sorted(runs, key=lambda r: r["lr"])
+    )
+    return [f"long rung, {long_rung['steps']} steps, held-out loss: {scores}"]
 
 
 def plot_sweep(report: dict[str, Any], path: str) -> None:

@@ -27,6 +27,9 @@ from nandoctor.sweep.stacked import RateRunner
 from nandoctor.sweep.stream import BatchStream
 from nandoctor.sweep.training import BAD, LEARNS, TrainRun, evaluate, heldout_parts
 
+#: rates the long rung may add beyond its lowest or highest while that one is clearly its best
+LONG_EDGE_STEPS = 2
+
 
 def snap(rate: float) -> float:
     """The nearest of 1 and 3 x 10^k in log space: grids read as 1e-4, 3e-4, 1e-3."""
@@ -77,6 +80,8 @@ class Sweep:
     batches_per_step: int = 1  # under torchrun: a rank's batches each step accumulates (the effective batch)
     batch_note: str | None = None  # which batch the rates are for, under torchrun
     plan: dict[str, Any] = field(default_factory=dict)
+    long_runs: list[TrainRun] = field(default_factory=list)  # the long rung: the best rate and its neighbours
+    long_note: str | None = None  # why the long rung did not run, when it was planned
 
     @property
     def user(self) -> TrainRun:
@@ -168,6 +173,8 @@ def run_sweep(
                 for rate, r in runs.items():
                     if r.cut is None and r.reached < checkpoints[-1] and not r.cut_short:
                         r.cut = f"worse half after {checkpoints[0]} steps"
+                if plan.long_steps > checkpoints[-1]:
+                    _long_rung(runs, result, checkpoints + [plan.long_steps], runner, run, affordable, settings)
         finally:
             snapshot.restore()
             result.plan["stacked"] = runner.summary()
@@ -177,6 +184,54 @@ def run_sweep(
     result.fresh_batches, result.distinct_batches = stream.fresh_read, stream.distinct
     result.batches_per_step, result.batch_note = stream.group, stream.group_note
     return result
+
+
+def _long_rung(
+    runs: dict[float, TrainRun],
+    result: Sweep,
+    checkpoints: list[int],
+    runner: RateRunner,
+    run_rate: Callable[[float, list[int]], TrainRun],
+    affordable: Callable[[int], bool],
+    settings: Any,
+) -> None:
+    """The best rate after the second rung and its grid neighbours, each replayed to the long rung.
+
+    Which rate is best moves down as runs grow longer (a high rate wins the first steps and then
+    stalls or overfits): the recommendation is read where that has had time to show."""
+    result.runs = sorted(runs.values(), key=lambda r: r.lr)
+    chosen, _ = recommend(result, settings)
+    ordered = [rate for rate in sorted(runs) if not runs[rate].cut_short and runs[rate].verdict not in BAD]
+    if chosen is None or chosen.lr not in ordered:
+        result.long_note = "no rate to refine: none learns after the second rung"
+        return
+    at = ordered.index(chosen.lr)
+    candidates = nearest_first(ordered[max(0, at - 1) : at + 2], chosen.lr)
+    runner.expect(candidates, checkpoints)
+    for _ in range(LONG_EDGE_STEPS + 1):
+        for rate in candidates:
+            if not affordable(checkpoints[-1]):
+                result.long_note = f"the time budget stopped the long rung before lr {rate:.3g}"
+                return
+            result.long_runs.append(run_rate(rate, checkpoints))
+        candidates = _long_edge(result.long_runs, ordered, checkpoints[-1], settings)
+
+
+def _long_edge(long_runs: list[TrainRun], ordered: list[float], steps: int, settings: Any) -> list[float]:
+    """The next rate beyond the long rung's lowest (or highest) when that one is clearly its best:
+    the grid's next rate that way, or half a decade further. Empty when the best is inside."""
+    tried = {r.lr: r for r in long_runs}
+    rates = sorted(tried)
+    usable = [rate for rate in rates if tried[rate].verdict not in BAD]
+    if len(rates) < 2 or not usable:
+        return []
+    best = min(usable, key=lambda rate: tried[rate].score_at(steps))
+    edge = 0 if best == rates[0] else -1 if best == rates[-1] else None
+    if edge is None or not _clearly_best(tried, rates, edge, steps, settings):
+        return []
+    beyond = [r for r in ordered if (r < best if edge == 0 else r > best)]
+    step = (beyond[-1] if edge == 0 else beyond[0]) if beyond else snap(best * 10 ** (0.5 if edge else -0.5))
+    return [step] if step not in tried else []
 
 
 def _extend(
@@ -280,6 +335,14 @@ def recommend(sweep: Sweep, settings: Any) -> tuple[TrainRun | None, str]:
     pool = finished or [r for r in sweep.runs if r.verdict not in BAD]
     if not pool:
         return None, "every rate tried diverged, was unstable or collapsed"
+    longest = max((r.reached for r in sweep.long_runs), default=0)
+    long_pool = [r for r in sweep.long_runs if r.verdict not in BAD and r.reached >= longest]
+    failed = {r.lr for r in sweep.long_runs if r.verdict in BAD}
+    judged_long = any(r.verdict == LEARNS for r in long_pool)
+    if judged_long:  # the long rung judges the rates where it ran them
+        pool = long_pool
+    else:  # a rate that went bad in the long rung is not recommended
+        pool = [r for r in pool if r.lr not in failed] or pool
     # a fall beyond the held-out noise outranks a deeper one that is not: never recommend a coin toss
     pool = [r for r in pool if r.verdict == LEARNS] or pool
     steps = min(r.reached for r in pool)
@@ -307,6 +370,8 @@ def recommend(sweep: Sweep, settings: Any) -> tuple[TrainRun | None, str]:
     why = f"the lowest {what} after {steps} steps ({chosen.score_at(steps):.4g}, down {chosen.drop:.0%})"
     if len(tied) > 1:
         why += f"; the largest of {len(tied)} rates within {settings.tie_tolerance:.0%} of its fall"
+    if judged_long:
+        why += f" (the long rung: the best rate after {final} steps and its grid neighbours)"
     return chosen, why
 
 
@@ -330,6 +395,12 @@ def sweep_summary(sweep: Any, best: Any, why: str) -> dict[str, Any]:
             "heldout": sweep.heldout_batches,
             "per_step": sweep.batches_per_step,
             **({"ranks_note": sweep.batch_note} if sweep.batch_note else {}),
+        },
+        "long_rung": {
+            "steps": max((r.reached for r in sweep.long_runs), default=0),
+            "rates": [r.lr for r in sweep.long_runs],
+            "runs": [r.to_dict() for r in sweep.long_runs],
+            **({"note": sweep.long_note} if sweep.long_note else {}),
         },
         "grid_extended": sweep.extended,
         "rates_not_run": sweep.dropped,

@@ -14,6 +14,13 @@ SETTINGS = (
         32,
         "LR sweep (diagnose and lr-sweep): steps for the rates that reach the end; every rate runs a quarter of them",
     ),
+    Setting(
+        "sweep_long_factor",
+        4,
+        "... the last rung: the best rate after sweep_steps and its grid neighbours train this many times as "
+        "long, and the recommendation is the best of them there (short runs favour high rates); 0: off",
+        minimum=0,
+    ),
     Setting("sweep_decades_down", 2, "... the first grid: half-decade rates from user_lr / 10**down ...", minimum=0),
     Setting(
         "sweep_decades_up", 2, "... to user_lr * 10**up; it grows while the best rate is on an edge ...", minimum=0

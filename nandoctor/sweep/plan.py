@@ -17,17 +17,22 @@ from typing import Any
 from nandoctor.sweep.stream import rank_group
 
 # (share of sweep_steps, rates continued past the first rung besides the user's (None: the better
-# half), starting rates kept nearest the user's (None: the whole grid)); the first that fits is taken
+# half), starting rates kept nearest the user's (None: the whole grid), the long rung run); the first
+# that fits is taken: the long rung is the first thing a large model gives up
 SCHEDULES = (
-    (1.0, None, None),
-    (0.75, None, None),
-    (0.5, None, None),
-    (0.5, 2, None),
-    (0.375, 2, None),
-    (0.25, 2, None),
-    (0.25, 1, None),
-    (0.25, 1, 7),
+    (1.0, None, None, True),
+    (1.0, None, None, False),
+    (0.75, None, None, False),
+    (0.5, None, None, False),
+    (0.5, 2, None, False),
+    (0.375, 2, None, False),
+    (0.25, 2, None, False),
+    (0.25, 1, None, False),
+    (0.25, 1, 7, False),
 )
+
+#: rates the long rung trains: the best after the second rung and its two grid neighbours
+LONG_RATES = 3
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class Plan:
     affordable_steps: float | None = None
     scaled: bool = False  # shorter than the full schedule
     full_steps: int = 0  # the full schedule's steps (sweep_steps)
+    long_steps: int = 0  # the long rung's steps (0: none): the best rate and its neighbours, judged there
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,11 +57,11 @@ def first_rung(steps: int) -> int:
     return max(2, math.ceil(steps / 4))
 
 
-def estimated_steps(steps: int, continued: int | None, rates: int) -> int:
+def estimated_steps(steps: int, continued: int | None, rates: int, long_steps: int = 0) -> int:
     """Optimizer steps of a schedule: every rate (and two grid extensions) to the first rung, the
-    continued ones and the user's own rate replayed to the end."""
+    continued ones and the user's own rate replayed to the end, the long rung's rates replayed to it."""
     kept = math.ceil(rates / 2) if continued is None else min(continued, rates)
-    return (rates + 2) * first_rung(steps) + (kept + 1) * steps
+    return (rates + 2) * first_rung(steps) + (kept + 1) * steps + LONG_RATES * long_steps
 
 
 def _flops(name: str, args: tuple, out: Any) -> float:
@@ -147,12 +153,23 @@ def plan_sweep(ctx: Any, rates: int, steps: int | None = None) -> Plan:
         gflop *= rank_group(ctx)[0]
     speed = settings.sweep_gpu_gflops if ctx.setup.device.type == "cuda" else settings.sweep_cpu_gflops
     full = settings.sweep_steps
-    plan = Plan(steps=full, continued=None, guard_steps=guard, step_gflop=gflop, assumed_gflops=speed, full_steps=full)
+    long_steps = settings.sweep_long_factor * full
+    plan = Plan(
+        steps=full,
+        continued=None,
+        guard_steps=guard,
+        step_gflop=gflop,
+        assumed_gflops=speed,
+        full_steps=full,
+        long_steps=long_steps,
+    )
     if gflop is not None:
         affordable = settings.sweep_plan_s * speed / gflop
-        for share, continued, starting in SCHEDULES:
+        for share, continued, starting, long_rung in SCHEDULES:
             length = max(4, round(full * share))
             scaled = share < 1.0 or continued is not None or starting is not None
+            if long_rung and not long_steps:
+                continue
             # scaled down, the steps probe reads the sweep's run of the user's rate instead of its own
             # (unless steps were asked for: diagnose --steps)
             plan = Plan(
@@ -165,8 +182,9 @@ def plan_sweep(ctx: Any, rates: int, steps: int | None = None) -> Plan:
                 affordable_steps=affordable,
                 scaled=scaled,
                 full_steps=full,
+                long_steps=long_steps if long_rung else 0,
             )
-            if estimated_steps(length, continued, min(rates, starting or rates)) <= affordable:
+            if estimated_steps(length, continued, min(rates, starting or rates), plan.long_steps) <= affordable:
                 break
     ctx.shared["sweep_plan"] = plan
     return plan
