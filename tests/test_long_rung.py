@@ -1,5 +1,5 @@
 """The sweep's long rung: short runs favour high rates (a slower one has had no time, a faster one
-has not yet overfit), so the best rate after the second rung and its grid neighbours are trained
+has not yet overfit), so the best rate after the second rung and the next lower one are trained
 four times as long and the recommendation is read there."""
 
 import json
@@ -48,3 +48,20 @@ def test_without_the_long_rung_the_short_runs_decide():
     report = json.loads(api.lr_sweep(fx.overlapping_blobs_few_batches, settings={"sweep_long_factor": 0}).to_json())
     assert report["long_rung"]["runs"] == [] and report["recommended_lr"] == _best_after_short_runs(report)
     assert "long rung" not in render_sweep(report)
+
+
+def test_a_rate_still_far_behind_at_the_long_rung_gets_a_hint_and_one_that_caught_up_gets_none():
+    from tests.fixtures import learning
+    from tests.test_dynamics import dynamics_only
+
+    torch.manual_seed(0)  # SGD with momentum at 3e-3 on a small CNN, where 0.1 .. 0.3 train
+    findings, raw, _ = dynamics_only(learning.cnn_sgd(lr=3e-3), sweep_budget_s=1e9)
+    assert [(f["code"], f["severity"]) for f in findings] == [("lr_too_low", "info")], findings
+    hint = findings[0]
+    assert hint["evidence"]["compared_at_steps"] == raw["long_rung"]["steps"] == 128
+    assert hint["fix"]["verified"]["ok"] and hint["fix"]["verified"]["steps"] == 128
+    assert raw["long_rung"]["user_run"]["lr"] == 3e-3  # the user's rate ran the long rung too
+    # AdamW at 3e-4 on an MLP: slower than 0.03 in 32 steps, within a tenth of its fall by 128
+    torch.manual_seed(0)
+    findings, raw, _ = dynamics_only(fx.adamw_diverges(lr=3e-4), sweep_budget_s=1e9)
+    assert findings == [] and raw["long_rung"]["user_run"]["verdict"] == "learns"

@@ -24,7 +24,7 @@ from nandoctor.findings import CodeDoc, Finding, Fix, Severity, Stage, Where
 from nandoctor.probes.base import Cost, Fact, Fold, Phase, Probe, ProbeResult, Setting, nothing_to_train
 from nandoctor.probes.label_control import SETTINGS as LABEL_CONTROL_SETTINGS
 from nandoctor.probes.label_control import label_control, no_learning, runs_away
-from nandoctor.probes.rate_fixes import nice_below, rate_fix
+from nandoctor.probes.rate_fixes import nice_below, rate_fix, slow_at_the_long_rung
 from nandoctor.state import run_snapshot
 from nandoctor.step import StepRaised
 from nandoctor.sweep.grid import Sweep, recommend, run_sweep, sweep_rates, sweep_summary
@@ -255,7 +255,8 @@ class DynamicsProbe(Probe):
         # decades above it (SGD at 1e-5 where 0.1 trains: it moves, and would take thousands of times longer)
         far = best.lr >= user.lr * 10**settings.lr_far_decades
         if (user.drop >= settings.learns_drop or user.moved(settings)) and not far:
-            return []
+            gap, worse = settings.lr_worse_gap, settings.lr_worse_loss
+            return slow_at_the_long_rung(ctx, sweep, best, why, evidence, gap, worse)
         return [
             Finding(
                 "lr_too_low",

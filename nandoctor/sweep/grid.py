@@ -22,10 +22,11 @@ from typing import Any
 
 from nandoctor.state import preserved_rng, run_snapshot
 from nandoctor.step import StepRaised
+from nandoctor.sweep.judge import clearly_best, recommend, tie_margin
 from nandoctor.sweep.plan import Plan, first_rung
 from nandoctor.sweep.stacked import RateRunner
 from nandoctor.sweep.stream import BatchStream
-from nandoctor.sweep.training import BAD, LEARNS, TrainRun, evaluate, heldout_parts
+from nandoctor.sweep.training import BAD, TrainRun, evaluate, heldout_parts
 
 #: rates the long rung may add beyond its lowest or highest while that one is clearly its best
 LONG_EDGE_STEPS = 2
@@ -82,6 +83,7 @@ class Sweep:
     plan: dict[str, Any] = field(default_factory=dict)
     long_runs: list[TrainRun] = field(default_factory=list)  # the long rung: the best rate and its neighbours
     long_note: str | None = None  # why the long rung did not run, when it was planned
+    long_user: TrainRun | None = None  # the user's rate at the long rung, when it is not one of its rates
 
     @property
     def user(self) -> TrainRun:
@@ -174,7 +176,7 @@ def run_sweep(
                     if r.cut is None and r.reached < checkpoints[-1] and not r.cut_short:
                         r.cut = f"worse half after {checkpoints[0]} steps"
                 if plan.long_steps > checkpoints[-1]:
-                    _long_rung(runs, result, checkpoints + [plan.long_steps], runner, run, affordable, settings)
+                    _long_rung(runs, result, checkpoints + [plan.long_steps], runner, run, affordable, settings, center)
         finally:
             snapshot.restore()
             result.plan["stacked"] = runner.summary()
@@ -194,8 +196,9 @@ def _long_rung(
     run_rate: Callable[[float, list[int]], TrainRun],
     affordable: Callable[[int], bool],
     settings: Any,
+    center: float,
 ) -> None:
-    """The best rate after the second rung and its grid neighbours, each replayed to the long rung.
+    """The best rate after the second rung and its lower grid neighbour, each replayed to the long rung.
 
     Which rate is best moves down as runs grow longer (a high rate wins the first steps and then
     stalls or overfits): the recommendation is read where that has had time to show."""
@@ -206,14 +209,22 @@ def _long_rung(
         result.long_note = "no rate to refine: none learns after the second rung"
         return
     at = ordered.index(chosen.lr)
-    candidates = nearest_first(ordered[max(0, at - 1) : at + 2], chosen.lr)
-    runner.expect(candidates, checkpoints)
+    candidates = nearest_first(ordered[max(0, at - 1) : at + 1], chosen.lr)
+    # the user's rate too, when it is lower and behind (in the same stacked pass where it can): is it
+    # slower only in a short run?
+    steps, best = checkpoints[-2], chosen.score_at(checkpoints[-2])
+    mine = runs[center].score_at(steps) if center in ordered and center < chosen.lr else None
+    behind = mine is not None and best is not None and mine > best + tie_margin(best, chosen.start_score, settings)
+    user = center if behind and center not in candidates else None
+    runner.expect(candidates + ([user] if user is not None else []), checkpoints)
     for _ in range(LONG_EDGE_STEPS + 1):
         for rate in candidates:
             if not affordable(checkpoints[-1]):
                 result.long_note = f"the time budget stopped the long rung before lr {rate:.3g}"
                 return
             result.long_runs.append(run_rate(rate, checkpoints))
+        if user is not None and affordable(checkpoints[-1]):
+            result.long_user, user = run_rate(user, checkpoints), None
         candidates = _long_edge(result.long_runs, ordered, checkpoints[-1], settings)
 
 
@@ -227,7 +238,7 @@ def _long_edge(long_runs: list[TrainRun], ordered: list[float], steps: int, sett
         return []
     best = min(usable, key=lambda rate: tried[rate].score_at(steps))
     edge = 0 if best == rates[0] else -1 if best == rates[-1] else None
-    if edge is None or not _clearly_best(tried, rates, edge, steps, settings):
+    if edge is None or not clearly_best(tried, rates, edge, steps, settings):
         return []
     beyond = [r for r in ordered if (r < best if edge == 0 else r > best)]
     step = (beyond[-1] if edge == 0 else beyond[0]) if beyond else snap(best * 10 ** (0.5 if edge else -0.5))
@@ -255,9 +266,9 @@ def _extend(
             step, reason = snap(ordered[-1] * 10**0.5), "no rate lowered the held-out loss"
         else:
             best = min(usable, key=lambda r: runs[r].score_at(steps))
-            if best == ordered[-1] and _clearly_best(runs, ordered, -1, steps, settings):
+            if best == ordered[-1] and clearly_best(runs, ordered, -1, steps, settings):
                 step, reason = snap(ordered[-1] * 10**0.5), "the best rate was the highest tried"
-            elif best == ordered[0] and _clearly_best(runs, ordered, 0, steps, settings):
+            elif best == ordered[0] and clearly_best(runs, ordered, 0, steps, settings):
                 step, reason = snap(ordered[0] / 10**0.5), "the best rate was the lowest tried"
             else:
                 return
@@ -272,22 +283,6 @@ def _extend(
             return
         result.extended.append(f"tried {step:.3g}: {reason}")
         runs[step] = run_rate(step)
-
-
-def tie_margin(best: float, start: float | None, settings: Any) -> float:
-    """Scores this close to the best tie: a share of the best rate's fall from the start, plus 0.1% of the start."""
-    fall = max((start if start is not None else best) - best, 0.0)
-    return settings.tie_tolerance * fall + 1e-3 * abs(start if start is not None else best)
-
-
-def _clearly_best(runs: dict[float, TrainRun], ordered: list[float], edge: int, steps: int, settings: Any) -> bool:
-    """The edge rate beats its neighbour by more than the tie tolerance (rates the optimizer ignores tie)."""
-    if len(ordered) < 2:
-        return True
-    mine, neighbour = runs[ordered[edge]], runs[ordered[1 if edge == 0 else -2]]
-    theirs = neighbour.score_at(steps) if neighbour.verdict not in BAD else math.inf
-    score = mine.score_at(steps)
-    return score < theirs - tie_margin(score, mine.start_score, settings)
 
 
 def _better_half(runs: dict[float, TrainRun], center: float, steps: int, most: int | None = None) -> list[float]:
@@ -305,74 +300,6 @@ def _better_half(runs: dict[float, TrainRun], center: float, steps: int, most: i
     if center in runs and not runs[center].cut_short:
         keep.add(center)
     return nearest_first(sorted(keep), center)
-
-
-def _tail_noise(a: TrainRun, b: TrainRun) -> float:
-    """Standard error of the difference of two runs' last-quarter mean training losses, from the
-    step-to-step differences of each (a trend does not count as noise; dropout and small batches do)."""
-
-    def variance_of_mean(run: TrainRun) -> float:
-        finite = [loss for loss in run.losses if math.isfinite(loss)]
-        tail = finite[-max(1, len(finite) // 4) :]
-        if len(tail) < 3:
-            return 0.0
-        steps = [(later - earlier) ** 2 for earlier, later in zip(tail, tail[1:])]
-        return sum(steps) / len(steps) / 2 / len(tail)
-
-    return math.sqrt(variance_of_mean(a) + variance_of_mean(b))
-
-
-def recommend(sweep: Sweep, settings: Any) -> tuple[TrainRun | None, str]:
-    """The rate with the best held-out loss at the end; ties go to the larger rate; never a bad one.
-
-    Ties: within ``tie_tolerance`` of the best rate's fall from the start, first on held-out
-    loss, then on the training loss of the last quarter (there a difference within two standard
-    errors of the step-to-step noise ties too: under dropout or small batches the training loss
-    is noisy, and the noise must not outvote the held-out loss that tied).
-    """
-    final = sweep.checkpoints[-1]
-    finished = [r for r in sweep.runs if r.verdict not in BAD and r.reached >= final]
-    pool = finished or [r for r in sweep.runs if r.verdict not in BAD]
-    if not pool:
-        return None, "every rate tried diverged, was unstable or collapsed"
-    longest = max((r.reached for r in sweep.long_runs), default=0)
-    long_pool = [r for r in sweep.long_runs if r.verdict not in BAD and r.reached >= longest]
-    failed = {r.lr for r in sweep.long_runs if r.verdict in BAD}
-    judged_long = any(r.verdict == LEARNS for r in long_pool)
-    if judged_long:  # the long rung judges the rates where it ran them
-        pool = long_pool
-    else:  # a rate that went bad in the long rung is not recommended
-        pool = [r for r in pool if r.lr not in failed] or pool
-    # a fall beyond the held-out noise outranks a deeper one that is not: never recommend a coin toss
-    pool = [r for r in pool if r.verdict == LEARNS] or pool
-    steps = min(r.reached for r in pool)
-    best = min(pool, key=lambda r: r.score_at(steps))
-    margin = tie_margin(best.score_at(steps), best.start_score, settings)
-    tied = [r for r in pool if r.score_at(steps) <= best.score_at(steps) + margin]
-    tails = [r for r in tied if r.train_tail is not None]
-    if tails:
-        lowest = min(tails, key=lambda r: r.train_tail)
-        low = lowest.train_tail
-        tied = [
-            r
-            for r in tied
-            if r.train_tail is None
-            or r.train_tail <= low + max(tie_margin(low, r.initial_loss, settings), 2 * _tail_noise(r, lowest))
-        ]
-    # a tie whose fall is not beyond the held-out noise loses to one whose is
-    chosen = max([r for r in tied if r.verdict == LEARNS] or tied, key=lambda r: r.lr)
-    if chosen.verdict != LEARNS:
-        return None, (
-            f"no rate brought the held-out loss down by {settings.learns_drop:.0%} "
-            f"(best: {chosen.drop:.1%} at {chosen.lr:.3g})"
-        )
-    what = "held-out loss" if chosen.heldout_initial is not None else "training loss"
-    why = f"the lowest {what} after {steps} steps ({chosen.score_at(steps):.4g}, down {chosen.drop:.0%})"
-    if len(tied) > 1:
-        why += f"; the largest of {len(tied)} rates within {settings.tie_tolerance:.0%} of its fall"
-    if judged_long:
-        why += f" (the long rung: the best rate after {final} steps and its grid neighbours)"
-    return chosen, why
 
 
 def sweep_rates(setup: Any, settings: Any) -> list[float]:
@@ -400,6 +327,7 @@ def sweep_summary(sweep: Any, best: Any, why: str) -> dict[str, Any]:
             "steps": max((r.reached for r in sweep.long_runs), default=0),
             "rates": [r.lr for r in sweep.long_runs],
             "runs": [r.to_dict() for r in sweep.long_runs],
+            "user_run": sweep.long_user.to_dict() if sweep.long_user is not None else None,
             **({"note": sweep.long_note} if sweep.long_note else {}),
         },
         "grid_extended": sweep.extended,

@@ -17,7 +17,7 @@ SETTINGS = (
     Setting(
         "sweep_long_factor",
         4,
-        "... the last rung: the best rate after sweep_steps and its grid neighbours train this many times as "
+        "... the last rung: the best rate after sweep_steps and the next lower one train this many times as "
         "long, and the recommendation is the best of them there (short runs favour high rates); 0: off",
         minimum=0,
     ),

@@ -31,7 +31,7 @@ SCHEDULES = (
     (0.25, 1, 7, False),
 )
 
-#: rates the long rung trains: the best after the second rung and its two grid neighbours
+#: rates the long rung trains, at most at first: the best after the second rung, the next lower one, the user's
 LONG_RATES = 3
 
 
