@@ -16,11 +16,17 @@ def on_test_device(result):
     return result
 
 
+#: the detector tests run without the sweep's long rung: it changes only which rate a rate fix names
+#: (and adds an info hint), and it doubles a diagnose; tests/test_long_rung.py, the LR tests and the
+#: zoo keep it (the zoo runs the product's defaults)
+DETECTOR_SETTINGS = {"sweep_long_factor": 0}
+
+
 def diagnose_setup(result, settings=None, probes=None):
     setup = validate(on_test_device(result), "test:build")
     parts = run_probes(
         setup,
-        settings or Settings(),
+        settings or Settings(**DETECTOR_SETTINGS),
         probes or sorted(PROBES, key=lambda p: p.order),
         progress=lambda message: None,
         debug=True,

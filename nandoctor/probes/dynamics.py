@@ -174,7 +174,9 @@ class DynamicsProbe(Probe):
         # answer either way): silence would say "healthy"
         user = sweep.user
         unanswered = best is None and not user.moved(settings) and user.drop < settings.learns_drop
-        plateau, raw["control"] = label_control(ctx, sweep, best, stream, needed=bool(droppable), stuck=unanswered)
+        # the control trains as long as the short runs: against the best of those, not the long rung's pick
+        short = next((r for r in sweep.runs if r.lr == sweep.short_best), best)
+        plateau, raw["control"] = label_control(ctx, sweep, short, stream, needed=bool(droppable), stuck=unanswered)
         no_signal = raw["control"].get("signal") is False
         findings = [f for f in lr_findings if not (no_signal and any(f is d for d in droppable))]
         if unanswered and not plateau and not any(f.code == "lr_too_high" for f in findings):
@@ -223,11 +225,15 @@ class DynamicsProbe(Probe):
             return [self._too_high_bad(ctx, sweep, user, best, why, evidence)]
         if best is None or best.lr == user.lr:
             return []
-        steps = min(user.reached, best.reached)
-        mine, theirs, start = user.score_at(steps), best.score_at(steps), user.start_score
+        # the short runs show the gap (the best rate after the second rung); the fix is the recommendation
+        shown = next((r for r in sweep.runs if r.lr == sweep.short_best), best)
+        if shown.lr == user.lr or (shown.lr < user.lr) != (best.lr < user.lr):
+            return []  # the long rung and the short runs disagree on the side: no finding either way
+        steps = min(user.reached, shown.reached)
+        mine, theirs, start = user.score_at(steps), shown.score_at(steps), user.start_score
         if mine is None or theirs is None or start is None:
             return []
-        if runs_away(best, settings):
+        if runs_away(shown, settings):
             return []
         fall = max(start - theirs, 1e-12)
         missed = (mine - theirs) / fall
@@ -237,7 +243,7 @@ class DynamicsProbe(Probe):
         evidence.update(compared_at_steps=steps, share_of_fall_missed=missed)
         what = "held-out" if user.heldout_initial is not None else "training"
         numbers = (
-            f"after {steps} steps its {what} loss is {mine:.4g} against {theirs:.4g} at lr {best.lr:.3g} "
+            f"after {steps} steps its {what} loss is {mine:.4g} against {theirs:.4g} at lr {shown.lr:.3g} "
             f"(from {start:.4g}: it misses {missed:.0%} of that fall)"
         )
         if best.lr < user.lr:
@@ -253,7 +259,7 @@ class DynamicsProbe(Probe):
             ]
         # it trains, only slower in a short run, which favours high rates; unless the rate that trains is
         # decades above it (SGD at 1e-5 where 0.1 trains: it moves, and would take thousands of times longer)
-        far = best.lr >= user.lr * 10**settings.lr_far_decades
+        far = shown.lr >= user.lr * 10**settings.lr_far_decades
         if (user.drop >= settings.learns_drop or user.moved(settings)) and not far:
             gap, worse = settings.lr_worse_gap, settings.lr_worse_loss
             return slow_at_the_long_rung(ctx, sweep, best, why, evidence, gap, worse)

@@ -84,6 +84,7 @@ class Sweep:
     long_runs: list[TrainRun] = field(default_factory=list)  # the long rung: the best rate and its neighbours
     long_note: str | None = None  # why the long rung did not run, when it was planned
     long_user: TrainRun | None = None  # the user's rate at the long rung, when it is not one of its rates
+    short_best: float | None = None  # the best rate after the second rung, where the long rung started
 
     @property
     def user(self) -> TrainRun:
@@ -208,7 +209,7 @@ def _long_rung(
     if chosen is None or chosen.lr not in ordered:
         result.long_note = "no rate to refine: none learns after the second rung"
         return
-    at = ordered.index(chosen.lr)
+    result.short_best, at = chosen.lr, ordered.index(chosen.lr)
     candidates = nearest_first(ordered[max(0, at - 1) : at + 1], chosen.lr)
     # the user's rate too, when it is lower and behind (in the same stacked pass where it can): is it
     # slower only in a short run?
