@@ -81,7 +81,7 @@ class Sweep:
     batches_per_step: int = 1  # under torchrun: a rank's batches each step accumulates (the effective batch)
     batch_note: str | None = None  # which batch the rates are for, under torchrun
     plan: dict[str, Any] = field(default_factory=dict)
-    long_runs: list[TrainRun] = field(default_factory=list)  # the long rung: the best rate and its neighbours
+    long_runs: list[TrainRun] = field(default_factory=list)  # the long rung: the best rate, the next lower, the edge
     long_note: str | None = None  # why the long rung did not run, when it was planned
     long_user: TrainRun | None = None  # the user's rate at the long rung, when it is not one of its rates
     short_best: float | None = None  # the best rate after the second rung, where the long rung started
